@@ -1,0 +1,347 @@
+//! The config model of SPEC §3: schema, parsing with field paths, validation
+//! that reports every error, and layered loading (environment > flags > file >
+//! defaults).
+//!
+//! The YAML parser lives in `nexus-bin`; this module takes the parsed document
+//! as a [`serde_json::Value`], so any front end (YAML, JSON, a test's `json!`)
+//! shares one schema and one set of error messages.
+//!
+//! ```
+//! use nexus_core::config::Config;
+//! let errors = Config::from_json(serde_json::json!({
+//!     "routes": [{ "name": "a", "paths": [{ "path": "/" }], "upstream": "nope", "upstreamz": 1 }]
+//! }))
+//! .unwrap_err();
+//! let text = errors.to_string();
+//! assert!(text.contains("routes[0].upstreamz: unknown key"));
+//! ```
+
+mod load;
+mod schema;
+mod units;
+mod validate;
+
+pub use load::{Env, Overrides, ProcessEnv};
+pub use schema::*;
+pub use units::{ByteSize, Duration};
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// One config error: where (a field path such as `routes[0].upstream`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path, e.g. `upstreams.user-v1.timeout`; empty for the document itself.
+    pub path: String,
+    /// What is wrong, with a hint where one helps.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in a config, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The errors.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether some error sits at exactly this path.
+    pub fn has_path(&self, path: &str) -> bool {
+        self.0.iter().any(|e| e.path == path)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "logging",
+    "admin",
+    "upstreams",
+    "auth",
+    "rate_limits",
+    "routes",
+];
+
+impl Config {
+    /// Parse and validate a config document. Each route, upstream, rate limit and
+    /// auth policy is read on its own, so one bad entry does not hide the errors
+    /// of the next: every error comes back, each with its field path.
+    pub fn from_json(value: Value) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut info = ParseInfo::default();
+        let config = parse_document(value, &mut errors, &mut info);
+        if let Some(config) = &config {
+            validate::validate(config, &info, &mut errors);
+        }
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Validate a config built in code (or modified after parsing).
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        validate::validate(self, &ParseInfo::default(), &mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Number of routes and upstreams, phrased as `nexus validate` prints it:
+    /// `1 route, 2 upstreams`.
+    pub fn summary(&self) -> String {
+        fn plural(n: usize, word: &str) -> String {
+            if n == 1 {
+                format!("1 {word}")
+            } else {
+                format!("{n} {word}s")
+            }
+        }
+        format!(
+            "{}, {}",
+            plural(self.routes.len(), "route"),
+            plural(self.upstreams.len(), "upstream")
+        )
+    }
+}
+
+/// What parsing dropped, so validation keeps the user's indices and does not
+/// report a reference to an entry that failed to parse as unknown.
+#[derive(Debug, Default)]
+pub(crate) struct ParseInfo {
+    /// Original `routes[i]` index of each parsed route; empty = identity.
+    pub(crate) route_index: Vec<usize>,
+    /// Names of map entries (`upstreams.x`, `rate_limits.x`, `auth.jwt.x`) that failed to parse.
+    pub(crate) failed: std::collections::HashSet<String>,
+}
+
+fn parse_document(
+    value: Value,
+    errors: &mut Vec<ConfigError>,
+    info: &mut ParseInfo,
+) -> Option<Config> {
+    let obj = match value {
+        Value::Null => Map::new(),
+        Value::Object(m) => m,
+        _ => {
+            errors.push(ConfigError::new(
+                "",
+                "the config must be a mapping of sections (server, upstreams, routes, ...)",
+            ));
+            return None;
+        }
+    };
+    let mut config = Config::default();
+    for (key, v) in obj {
+        match key.as_str() {
+            "server" => set(&mut config.server, section("server", v, errors)),
+            "logging" => set(&mut config.logging, section("logging", v, errors)),
+            "admin" => set(&mut config.admin, section("admin", v, errors)),
+            "upstreams" => config.upstreams = entries("upstreams", v, errors, info),
+            "rate_limits" => config.rate_limits = entries("rate_limits", v, errors, info),
+            "auth" => match v {
+                Value::Null => {}
+                Value::Object(auth) => {
+                    for (k, v) in auth {
+                        if k == "jwt" {
+                            config.auth.jwt = entries("auth.jwt", v, errors, info);
+                        } else {
+                            errors.push(unknown_key(&format!("auth.{k}"), &["jwt"]));
+                        }
+                    }
+                }
+                _ => errors.push(ConfigError::new("auth", "expected a mapping")),
+            },
+            "routes" => match v {
+                Value::Null => {}
+                Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        if let Some(route) =
+                            section::<RouteConfig>(&format!("routes[{i}]"), item, errors)
+                        {
+                            config.routes.push(route);
+                            info.route_index.push(i);
+                        }
+                    }
+                }
+                _ => errors.push(ConfigError::new("routes", "expected a list of routes")),
+            },
+            other => errors.push(unknown_key(other, TOP_KEYS)),
+        }
+    }
+    Some(config)
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn unknown_key(path: &str, expected: &[&str]) -> ConfigError {
+    ConfigError::new(
+        path,
+        format!("unknown key (expected one of: {})", expected.join(", ")),
+    )
+}
+
+/// Deserialize a map section entry by entry, so each bad entry reports its own errors.
+fn entries<T: DeserializeOwned>(
+    path: &str,
+    v: Value,
+    errors: &mut Vec<ConfigError>,
+    info: &mut ParseInfo,
+) -> std::collections::BTreeMap<String, T> {
+    match v {
+        Value::Null => Default::default(),
+        Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let full = format!("{path}.{k}");
+                let parsed = section(&full, v, errors);
+                if parsed.is_none() {
+                    info.failed.insert(full);
+                }
+                parsed.map(|t| (k, t))
+            })
+            .collect(),
+        _ => {
+            errors.push(ConfigError::new(
+                path,
+                "expected a mapping of names to entries",
+            ));
+            Default::default()
+        }
+    }
+}
+
+/// Deserialize one value, turning serde's first error into a [`ConfigError`] with a full path.
+fn section<T: DeserializeOwned>(
+    prefix: &str,
+    v: Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let v = if v.is_null() {
+        Value::Object(Map::new())
+    } else {
+        v
+    };
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let mut path = prefix.to_string();
+            for seg in e.path().iter() {
+                use serde_path_to_error::Segment;
+                match seg {
+                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                    Segment::Map { key } => {
+                        path.push('.');
+                        path.push_str(key);
+                    }
+                    Segment::Enum { variant } => {
+                        path.push('.');
+                        path.push_str(variant);
+                    }
+                    Segment::Unknown => {}
+                }
+            }
+            errors.push(describe_serde_error(path, &e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Rephrase serde's messages: name the unknown or missing key by its own path.
+fn describe_serde_error(mut path: String, msg: &str) -> ConfigError {
+    let backticked = |rest: &str| rest.split('`').nth(1).map(str::to_string);
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        if let Some(key) = backticked(rest) {
+            let expected = rest
+                .split_once("expected ")
+                .map(|(_, e)| e.replace('`', ""))
+                .unwrap_or_default();
+            if !path.ends_with(&format!(".{key}")) && path != key {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key);
+            }
+            let message = if expected.is_empty() {
+                "unknown key".to_string()
+            } else {
+                format!("unknown key (expected {expected})")
+            };
+            return ConfigError::new(path, message);
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        if let Some(key) = backticked(rest) {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&key);
+            return ConfigError::new(path, "is required");
+        }
+    }
+    ConfigError::new(path, msg.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,610 @@
+//! The config file schema of SPEC §3. Every struct rejects unknown keys; every
+//! default is written next to its field.
+
+use super::{ByteSize, Duration};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, de};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, limits and shutdown timings.
+    pub server: ServerConfig,
+    /// Log level and format.
+    pub logging: LoggingConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Authentication policies.
+    pub auth: AuthConfig,
+    /// Rate limits by name.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Routes, in the order they are listed (the last tie-breaker).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `server:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Main listener. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Admin listener. Default `127.0.0.1:9090` (loopback only).
+    pub admin_listen: SocketAddr,
+    /// Set `SO_REUSEPORT` on both listeners, so a new process can bind before the old one leaves. Default false.
+    pub reuse_port: bool,
+    /// CIDRs (or single addresses) whose `X-Forwarded-For` is believed. Default none.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Prefix of the probe paths on the main listener (`<prefix>/healthz`, `<prefix>/readyz`). Default empty.
+    pub probe_prefix: String,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// Shutdown timings.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            reuse_port: false,
+            trusted_proxies: Vec::new(),
+            probe_prefix: String::new(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    de::Error::custom(format!("invalid CIDR {s:?}; write e.g. \"10.0.0.0/8\""))
+                })
+        })
+        .collect()
+}
+
+/// `server.limits:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body; larger is 413. Default `10MiB`.
+    pub max_request_body: ByteSize,
+    /// Largest sum of header names and values; larger is 431. Default `64KiB`; 1 KiB to 1 MiB.
+    pub max_header_bytes: ByteSize,
+    /// Time allowed to read a request's headers (slowloris guard). Default `10s`.
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole request unless the route sets its own; then 504. Default `30s`.
+    pub request_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body: ByteSize::mib(10),
+            max_header_bytes: ByteSize::kib(64),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `server.shutdown:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long `/readyz` is 503 while listeners still serve. Default `5s`.
+    pub drain_delay: Duration,
+    /// Then how long in-flight requests may take before exit. Default `30s`.
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::from_secs(5),
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `logging:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A `tracing` filter: `info`, `debug`, `nexus=debug,hyper=warn`. Default `info`.
+    pub level: String,
+    /// `json` or `text`. Default `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            _ => Err(format!("invalid log format {s:?} (expected json or text)")),
+        }
+    }
+}
+
+/// `admin:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Environment variable holding the bearer token for mutating admin calls. Default `NEXUS_ADMIN_TOKEN`.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token_env: "NEXUS_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+/// `upstreams.<name>:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The endpoints (at least one).
+    pub endpoints: Vec<EndpointConfig>,
+    /// How requests are spread over endpoints. Default `round_robin`.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// In-flight cap for the whole upstream; over it the gateway answers 503 at once. Default 1024 (Envoy's).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// Time allowed for the upstream's response headers. Default: the route's or the server's request timeout.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// Time allowed to open a TCP connection. Default `5s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Active health checks; absent = none.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Circuit breaker; absent = none.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Retries; absent = none.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+fn default_max_concurrent() -> usize {
+    1024
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// One endpoint of an upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `http://host:port` (a path is not allowed).
+    pub url: String,
+    /// Relative weight for `round_robin` and `random`. Default 1; 0 parks the endpoint.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `load_balancing:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, the one with fewer requests in flight.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+}
+
+/// `health_check:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` or `tcp`.
+    #[serde(rename = "type", default)]
+    pub kind: HealthCheckKind,
+    /// Path for `http` checks. Default `/health`.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Status an `http` check expects. Default 200.
+    #[serde(default = "default_expected_status")]
+    pub expected_status: u16,
+    /// Time between checks. Default `5s`.
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// Time one check may take. Default `1s`.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Consecutive passes that make an endpoint healthy. Default 2.
+    #[serde(default = "default_two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an endpoint unhealthy. Default 3.
+    #[serde(default = "default_three")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_expected_status() -> u16 {
+    200
+}
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_two() -> u32 {
+    2
+}
+fn default_three() -> u32 {
+    3
+}
+
+/// `health_check.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// An HTTP GET that expects a status.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `circuit_breaker:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures (5xx, connect error, timeout) that open it. Default 5.
+    #[serde(default = "default_five")]
+    pub failure_threshold: u32,
+    /// Successful requests in half-open that close it. Default 2.
+    #[serde(default = "default_two")]
+    pub success_threshold: u32,
+    /// How long it stays open before half-open. Default `10s`.
+    #[serde(default = "default_open_timeout")]
+    pub open_timeout: Duration,
+    /// Requests let through at once while half-open. Default 1.
+    #[serde(default = "default_one")]
+    pub half_open_max_requests: u32,
+}
+
+fn default_five() -> u32 {
+    5
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_open_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `retry:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first try (idempotent methods only). Default 2.
+    #[serde(default = "default_two")]
+    pub max_retries: u32,
+    /// First backoff. Default `50ms`.
+    #[serde(default = "default_initial_delay")]
+    pub initial_delay: Duration,
+    /// Largest backoff. Default `1s`.
+    #[serde(default = "default_max_delay")]
+    pub max_delay: Duration,
+    /// Backoff multiplier. Default 2.0.
+    #[serde(default = "default_backoff")]
+    pub backoff_factor: f64,
+    /// What is retried. Default `[connect_error, 502, 503, 504]`.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+}
+
+fn default_initial_delay() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff() -> f64 {
+    2.0
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectError,
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+        RetryOn::Status(504),
+    ]
+}
+
+/// One `retry_on` condition: `connect_error`, `timeout`, `reset`, or a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    /// The TCP connection could not be opened.
+    ConnectError,
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The connection was reset before a response.
+    Reset,
+    /// The upstream answered with this status.
+    Status(u16),
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("connect_error, timeout, reset or a status code such as 503")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                match u16::try_from(v) {
+                    Ok(s @ 100..=599) => Ok(RetryOn::Status(s)),
+                    _ => Err(E::custom(format!("{v} is not an HTTP status code"))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                self.visit_u64(u64::try_from(v).map_err(|_| E::custom("negative status"))?)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                match v {
+                    "connect_error" => Ok(RetryOn::ConnectError),
+                    "timeout" => Ok(RetryOn::Timeout),
+                    "reset" => Ok(RetryOn::Reset),
+                    other => match other.parse::<u64>() {
+                        Ok(n) => self.visit_u64(n),
+                        Err(_) => Err(E::custom(format!(
+                            "unknown retry condition {other:?} (expected connect_error, timeout, reset or a status code)"
+                        ))),
+                    },
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `auth:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// JWT policies by name.
+    pub jwt: BTreeMap<String, JwtConfig>,
+}
+
+/// `auth.jwt.<name>:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one). Empty = `aud` not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed algorithms. Default `[RS256]`; `none` is never accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// A JWKS file on disk.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// A JWKS URL (https except on loopback), cached and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Environment variable holding the HMAC secret (HS* only).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A PEM public key file.
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`. Default `30s`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+    /// Claims copied into upstream request headers: claim -> header.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Claims that must be present with this value (403 otherwise).
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `rate_limits.<name>:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per `per`.
+    pub requests: u64,
+    /// The window, e.g. `1m`.
+    pub per: Duration,
+    /// Bucket size. Default `requests`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// `client_ip`, `header:NAME` or `claim:NAME`. Default `client_ip`.
+    #[serde(default = "default_rl_key")]
+    pub key: String,
+    /// `local` or `redis`. Default `local`.
+    #[serde(default)]
+    pub backend: RateLimitBackend,
+    /// Environment variable holding the Redis URL (backend `redis`).
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
+    /// What to do when the backend cannot answer: `allow` or `deny`. Default `allow`.
+    #[serde(default)]
+    pub on_backend_error: OnBackendError,
+}
+
+fn default_rl_key() -> String {
+    "client_ip".into()
+}
+
+/// Where rate-limit buckets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    /// In this process.
+    #[default]
+    Local,
+    /// In Redis, shared by every replica.
+    Redis,
+}
+
+/// Behaviour when a shared rate-limit backend fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendError {
+    /// Let the request through (and log).
+    #[default]
+    Allow,
+    /// Reject the request with 429 (and log).
+    Deny,
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name; the `route` metric label.
+    pub name: String,
+    /// Exact host, or `*.example.com`; absent = any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Paths this route serves (at least one).
+    #[serde(default)]
+    pub paths: Vec<PathConfig>,
+    /// Methods; absent = any.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Headers that must all be present with these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The one upstream (or use `split`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A weighted split across upstreams (canary, blue-green).
+    #[serde(default)]
+    pub split: Option<Vec<SplitConfig>>,
+    /// `header:NAME`, `cookie:NAME` or `claim:NAME`: the same key lands on the same side of a split.
+    #[serde(default)]
+    pub sticky: Option<String>,
+    /// Shadow traffic; responses discarded.
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
+    /// Remove the matched prefix before forwarding. Default false.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// This route's request timeout (overrides the server's).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// Name under `auth.jwt`.
+    #[serde(default)]
+    pub auth: Option<String>,
+    /// Name under `rate_limits`.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+}
+
+/// One path matcher of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathConfig {
+    /// The path, prefix or regex (a regex must match the whole path).
+    pub path: String,
+    /// `exact`, `prefix` or `regex`. Default `prefix`.
+    #[serde(rename = "type", default)]
+    pub kind: PathKind,
+}
+
+/// How a path is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// The whole path, trailing slash significant.
+    Exact,
+    /// A prefix on segment boundaries.
+    #[default]
+    Prefix,
+    /// A regular expression over the whole normalised path.
+    Regex,
+}
+
+/// One side of a weighted split.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Upstream name.
+    pub upstream: String,
+    /// Relative weight; 0 parks the side.
+    pub weight: u32,
+}
+
+/// `mirror:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Upstream that receives the copies.
+    pub upstream: String,
+    /// Percentage of requests copied, 0 to 100. Default 100.
+    #[serde(default = "default_percent")]
+    pub percent: f64,
+}
+
+fn default_percent() -> f64 {
+    100.0
+}

@@ -1,0 +1,139 @@
+use super::*;
+use serde_json::json;
+
+fn errors(v: serde_json::Value) -> ConfigErrors {
+    Config::from_json(v).expect_err("config should be invalid")
+}
+
+#[test]
+fn empty_document_gives_defaults() {
+    let c = Config::from_json(serde_json::Value::Null).unwrap();
+    assert_eq!(c.server.listen.port(), 8080);
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.server.limits.max_request_body.bytes(), 10 << 20);
+    assert_eq!(c.admin.token_env, "NEXUS_ADMIN_TOKEN");
+    assert_eq!(c.summary(), "0 routes, 0 upstreams");
+}
+
+#[test]
+fn every_error_is_reported_with_its_field_path() {
+    let e = errors(json!({
+        "server": { "limits": { "request_timeout": "soon" } },
+        "upstreams": {
+            "user-v1": { "endpoints": [{ "url": "http://10.0.0.1:8080" }], "timeout": "5 parsecs" },
+            "user-v2": { "endpoints": [{ "url": "not a url" }] },
+        },
+        "routes": [
+            { "name": "a", "paths": [{ "path": "/" }], "upstreamz": "user-v1" },
+            { "name": "b", "paths": [{ "path": "/b" }], "upstream": "user-v3" },
+            { "name": "b", "paths": [{ "path": "([", "type": "regex" }], "split": [{ "upstream": "user-v1", "weight": 0 }] },
+        ],
+        "bogus": 1,
+    }));
+    for path in [
+        "server.limits.request_timeout",
+        "upstreams.user-v1.timeout",
+        "upstreams.user-v2.endpoints[0].url",
+        "routes[0].upstreamz",
+        "routes[1].upstream",
+        "routes[2].name",
+        "routes[2].paths[0].path",
+        "routes[2].split",
+        "bogus",
+    ] {
+        assert!(e.has_path(path), "missing error at {path}; got:\n{e}");
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains("routes[1].upstream: unknown upstream \"user-v3\" (known: user-v1, user-v2)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("unknown upstream \"user-v1\""),
+        "an entry that failed to parse is not also unknown:\n{text}"
+    );
+}
+
+#[test]
+fn references_are_checked() {
+    let e = errors(json!({
+        "upstreams": { "u": { "endpoints": [{ "url": "http://127.0.0.1:1" }] } },
+        "routes": [{ "name": "r", "paths": [{ "path": "/" }], "upstream": "u",
+                     "auth": "main", "rate_limit": "per-ip", "mirror": { "upstream": "shadow" } }],
+    }));
+    assert!(e.has_path("routes[0].auth"), "{e}");
+    assert!(e.has_path("routes[0].rate_limit"), "{e}");
+    assert!(e.has_path("routes[0].mirror.upstream"), "{e}");
+}
+
+#[test]
+fn cidrs_weights_and_limits_are_checked() {
+    let e = errors(json!({
+        "server": { "limits": { "max_header_bytes": "2MiB" } },
+        "upstreams": { "u": { "endpoints": [{ "url": "http://127.0.0.1:1", "weight": 0 }] } },
+        "rate_limits": { "l": { "requests": 0, "per": "1m", "key": "cookie:x" } },
+    }));
+    assert!(e.has_path("server.limits.max_header_bytes"), "{e}");
+    assert!(e.has_path("upstreams.u.endpoints"), "{e}");
+    assert!(e.has_path("rate_limits.l.requests"), "{e}");
+    assert!(e.has_path("rate_limits.l.key"), "{e}");
+    let e = errors(json!({ "server": { "trusted_proxies": ["10.0.0.0/33"] } }));
+    assert!(e.has_path("server.trusted_proxies"), "{e}");
+}
+
+#[test]
+fn trusted_proxies_accept_cidrs_and_addresses() {
+    let c = Config::from_json(
+        json!({ "server": { "trusted_proxies": ["10.0.0.0/8", "127.0.0.1", "::1"] } }),
+    )
+    .unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 3);
+}
+
+#[test]
+fn jwt_policies_are_checked() {
+    let e = errors(json!({ "auth": { "jwt": {
+        "a": { "algorithms": ["none"], "jwks_file": "/x" },
+        "b": { "algorithms": ["HS256"], "jwks_file": "/x" },
+        "c": { "algorithms": ["RS256"], "jwks_url": "http://issuer.example.com/jwks" },
+        "d": { "algorithms": ["RS256"] },
+    }}}));
+    assert!(e.has_path("auth.jwt.a.algorithms[0]"), "{e}");
+    assert!(e.has_path("auth.jwt.b.algorithms"), "{e}");
+    assert!(e.has_path("auth.jwt.c.jwks_url"), "{e}");
+    assert!(e.has_path("auth.jwt.d"), "{e}");
+    let ok = Config::from_json(json!({ "auth": { "jwt": {
+        "local": { "algorithms": ["RS256"], "jwks_url": "http://127.0.0.1:8000/jwks" } } } }));
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn retry_on_mixes_names_and_codes() {
+    let c = Config::from_json(json!({ "upstreams": { "u": {
+        "endpoints": [{ "url": "http://127.0.0.1:1" }],
+        "retry": { "retry_on": ["connect_error", 502, "503"] } } } }))
+    .unwrap();
+    let r = c.upstreams["u"].retry.as_ref().unwrap();
+    assert_eq!(
+        r.retry_on,
+        vec![
+            RetryOn::ConnectError,
+            RetryOn::Status(502),
+            RetryOn::Status(503)
+        ]
+    );
+    let e = errors(json!({ "upstreams": { "u": {
+        "endpoints": [{ "url": "http://127.0.0.1:1" }], "retry": { "retry_on": [99] } } } }));
+    assert!(e.has_path("upstreams.u.retry.retry_on[0]"), "{e}");
+}
+
+#[test]
+fn summary_uses_correct_plurals() {
+    let c = Config::from_json(json!({
+        "upstreams": { "a": { "endpoints": [{ "url": "http://127.0.0.1:1" }] },
+                       "b": { "endpoints": [{ "url": "http://127.0.0.1:2" }] } },
+        "routes": [{ "name": "r", "paths": [{ "path": "/" }], "upstream": "a" }],
+    }))
+    .unwrap();
+    assert_eq!(c.summary(), "1 route, 2 upstreams");
+}
