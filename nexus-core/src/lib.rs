@@ -26,6 +26,7 @@
 
 pub mod body;
 pub mod claims;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod path;

@@ -1,0 +1,142 @@
+//! Why a forward failed, and what the client gets for it.
+
+use nexus_core::{BoxError, ErrorCode, GatewayError};
+use std::fmt;
+
+/// Which side failed, as far as the proxy can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The TCP connection to the endpoint could not be opened (refused, unreachable).
+    Connect,
+    /// Opening the connection took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// The upstream did not answer within the timeout.
+    Timeout,
+    /// The upstream reset the connection or sent a response that is not HTTP.
+    Upstream,
+    /// The client's request body failed (aborted, or over the size limit).
+    ClientBody,
+    /// The request body went over `max_request_body`.
+    BodyTooLarge,
+    /// Every endpoint is unhealthy or parked.
+    NoHealthyEndpoint,
+    /// The upstream's `max_concurrent_requests` is reached.
+    Overloaded,
+}
+
+/// A failed forward: what failed, on which upstream, and the underlying cause.
+#[derive(Debug)]
+pub struct ProxyError {
+    kind: ErrorKind,
+    source: Option<BoxError>,
+}
+
+impl ProxyError {
+    pub(crate) fn new(kind: ErrorKind, source: Option<BoxError>) -> Self {
+        Self { kind, source }
+    }
+
+    /// Classify an error from the pooled client.
+    pub(crate) fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        let timed_out = chain(&err).any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        let kind = if chain(&err).any(nexus_core::body::is_body_too_large) {
+            ErrorKind::BodyTooLarge
+        } else if err.is_connect() {
+            if timed_out {
+                ErrorKind::ConnectTimeout
+            } else {
+                ErrorKind::Connect
+            }
+        } else if chain(&err).any(|e| {
+            e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
+        }) {
+            ErrorKind::ClientBody
+        } else {
+            ErrorKind::Upstream
+        };
+        Self::new(kind, Some(Box::new(err)))
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The connection could not be opened (nothing was sent: always safe to retry).
+    pub fn is_connect(&self) -> bool {
+        matches!(self.kind, ErrorKind::Connect | ErrorKind::ConnectTimeout)
+    }
+
+    /// A timeout, connecting or waiting for the answer.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ErrorKind::Timeout | ErrorKind::ConnectTimeout)
+    }
+
+    /// The client, not the upstream, caused the failure.
+    pub fn is_client(&self) -> bool {
+        matches!(self.kind, ErrorKind::ClientBody | ErrorKind::BodyTooLarge)
+    }
+
+    /// The answer the client gets: 502, 503, 504, 413 or 400.
+    pub fn to_gateway_error(&self) -> GatewayError {
+        match self.kind {
+            ErrorKind::Connect => GatewayError::new(ErrorCode::BadGateway)
+                .with_message("upstream refused the connection"),
+            ErrorKind::ConnectTimeout => GatewayError::new(ErrorCode::GatewayTimeout)
+                .with_message("timed out connecting to the upstream"),
+            ErrorKind::Timeout => GatewayError::new(ErrorCode::GatewayTimeout),
+            ErrorKind::Upstream => GatewayError::new(ErrorCode::BadGateway),
+            ErrorKind::BodyTooLarge => GatewayError::new(ErrorCode::PayloadTooLarge),
+            ErrorKind::ClientBody => GatewayError::new(ErrorCode::BadRequest)
+                .with_message("the request body could not be read"),
+            ErrorKind::NoHealthyEndpoint => GatewayError::new(ErrorCode::UpstreamUnavailable)
+                .with_message("no healthy endpoint"),
+            ErrorKind::Overloaded => GatewayError::new(ErrorCode::UpstreamUnavailable)
+                .with_message("upstream has too many requests in flight"),
+        }
+    }
+}
+
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            ErrorKind::Connect => "connect error",
+            ErrorKind::ConnectTimeout => "connect timeout",
+            ErrorKind::Timeout => "upstream timeout",
+            ErrorKind::Upstream => "upstream error",
+            ErrorKind::ClientBody => "client body error",
+            ErrorKind::BodyTooLarge => "request body too large",
+            ErrorKind::NoHealthyEndpoint => "no healthy endpoint",
+            ErrorKind::Overloaded => "upstream overloaded",
+        };
+        match &self.source {
+            Some(s) => {
+                write!(f, "{what}: {s}")?;
+                let mut cur = s.source();
+                while let Some(e) = cur {
+                    write!(f, ": {e}")?;
+                    cur = e.source();
+                }
+                Ok(())
+            }
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}

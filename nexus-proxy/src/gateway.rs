@@ -1,0 +1,322 @@
+//! The gateway service: normalise the path, match a route, pick the side of a
+//! split, forward to that upstream, and answer errors with the JSON body.
+//!
+//! One [`Gateway`] is an immutable snapshot of a config; a reload builds a new
+//! one and swaps it, and requests in flight finish on the one they started with.
+
+use crate::balance::Rng;
+use crate::body::ResponseBody;
+use crate::upstream::{ClientInfo, Upstream};
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use http_body::Body;
+use nexus_core::body::GatewayBody;
+use nexus_core::claims::VerifiedClaims;
+use nexus_core::config::{Config, ConfigError, ConfigErrors};
+use nexus_core::error::REQUEST_ID;
+use nexus_core::router::{Match, RequestInfo, RouteMatch, RouteTable};
+use nexus_core::{BoxError, ErrorCode, GatewayError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a route chooses the side of a split for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// The value of this request header.
+    Header(HeaderName),
+    /// The value of this cookie.
+    Cookie(String),
+    /// This verified JWT claim.
+    Claim(String),
+}
+
+impl StickyKey {
+    /// Parse `header:NAME`, `cookie:NAME` or `claim:NAME`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (kind, name) = s.split_once(':')?;
+        match kind {
+            "header" => HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(Self::Header),
+            "cookie" => Some(Self::Cookie(name.to_string())),
+            "claim" => Some(Self::Claim(name.to_string())),
+            _ => None,
+        }
+    }
+
+    fn value<'r, B>(&self, req: &'r Request<B>) -> Option<std::borrow::Cow<'r, str>> {
+        match self {
+            Self::Header(h) => req
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(Into::into),
+            Self::Cookie(name) => req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then_some(v.into())
+                }),
+            Self::Claim(c) => req
+                .extensions()
+                .get::<VerifiedClaims>()
+                .and_then(|cl| cl.get_str(c))
+                .map(|v| v.into_owned().into()),
+        }
+    }
+}
+
+/// Where one route sends its requests.
+#[derive(Debug)]
+pub struct RouteTarget<B> {
+    sides: Box<[(Arc<Upstream<B>>, u64)]>,
+    total: u64,
+    sticky: Option<StickyKey>,
+    timeout: Duration,
+}
+
+impl<B> RouteTarget<B> {
+    /// The upstreams and their cumulative weights.
+    pub fn sides(&self) -> impl Iterator<Item = (&Upstream<B>, u64)> {
+        let mut prev = 0;
+        self.sides.iter().map(move |(u, c)| {
+            let w = c - prev;
+            prev = *c;
+            (&**u, w)
+        })
+    }
+
+    fn choose<Req>(&self, req: &Request<Req>, rng: &Rng) -> &Arc<Upstream<B>> {
+        if self.sides.len() == 1 {
+            return &self.sides[0].0;
+        }
+        let point = match self.sticky.as_ref().and_then(|k| k.value(req)) {
+            // Same key, same point on the weight line: a weight change only moves
+            // the keys whose point crosses the new boundary.
+            Some(key) => fnv1a(key.as_bytes()) % self.total,
+            None => rng.below(self.total),
+        };
+        let i = self.sides.partition_point(|(_, c)| *c <= point);
+        &self.sides[i.min(self.sides.len() - 1)].0
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Finalise (murmur3 fmix64) so nearby keys spread over the whole range.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// The gateway: a compiled route table and, per route, where it forwards.
+#[derive(Debug)]
+pub struct Gateway<B> {
+    table: RouteTable,
+    targets: Box<[RouteTarget<B>]>,
+    upstreams: BTreeMap<String, Arc<Upstream<B>>>,
+    rng: Rng,
+}
+
+impl<B> Gateway<B>
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Build from a validated config.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigErrors> {
+        Self::with_rng(config, Rng::from_entropy())
+    }
+
+    /// Build with a chosen random source, so splits are reproducible in tests.
+    pub fn with_rng(config: &Config, rng: Rng) -> Result<Self, ConfigErrors> {
+        let table = RouteTable::from_config(config)?;
+        let mut errors = Vec::new();
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in &config.upstreams {
+            match Upstream::with_rng(name, u, Rng::seeded(rng.next_u64())) {
+                Ok(up) => {
+                    upstreams.insert(name.clone(), Arc::new(up));
+                }
+                Err(e) => errors.push(ConfigError::new(format!("upstreams.{name}"), e)),
+            }
+        }
+        let default_timeout = config.server.limits.request_timeout.as_std();
+        let mut targets = Vec::with_capacity(table.len());
+        for (i, route) in table.routes().iter().enumerate() {
+            let rc = route.config();
+            let wanted: Vec<(&str, u32)> = match (&rc.upstream, &rc.split) {
+                (Some(u), _) => vec![(u.as_str(), 1)],
+                (None, Some(split)) => split
+                    .iter()
+                    .map(|s| (s.upstream.as_str(), s.weight))
+                    .collect(),
+                (None, None) => Vec::new(),
+            };
+            let mut acc = 0u64;
+            let mut sides = Vec::new();
+            for (name, weight) in wanted {
+                match upstreams.get(name) {
+                    Some(up) => {
+                        acc += u64::from(weight);
+                        sides.push((Arc::clone(up), acc));
+                    }
+                    None => errors.push(ConfigError::new(
+                        format!("routes[{i}].upstream"),
+                        format!("unknown upstream {name:?}"),
+                    )),
+                }
+            }
+            if acc == 0 {
+                errors.push(ConfigError::new(
+                    format!("routes[{i}]"),
+                    "no upstream carries traffic",
+                ));
+            }
+            targets.push(RouteTarget {
+                sides: sides.into_boxed_slice(),
+                total: acc.max(1),
+                sticky: rc.sticky.as_deref().and_then(StickyKey::parse),
+                timeout: rc
+                    .timeout
+                    .map_or(default_timeout, nexus_core::config::Duration::as_std),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Self {
+            table,
+            targets: targets.into_boxed_slice(),
+            upstreams,
+            rng,
+        })
+    }
+
+    /// The route table.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// Upstreams by name.
+    pub fn upstreams(&self) -> &BTreeMap<String, Arc<Upstream<B>>> {
+        &self.upstreams
+    }
+
+    /// Per route (by [`Route::id`](nexus_core::router::Route::id)), where it forwards.
+    pub fn target(&self, route_id: usize) -> &RouteTarget<B> {
+        &self.targets[route_id]
+    }
+
+    /// Route and forward one request. Never fails: errors become the JSON body
+    /// of SPEC §4 carrying the request's `X-Request-Id`.
+    pub async fn handle(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody> {
+        match self.route(req) {
+            Ok((req, route_id)) => {
+                let target = &self.targets[route_id];
+                let upstream = target.choose(&req, &self.rng);
+                let rid = req.headers().get(REQUEST_ID).cloned();
+                match upstream.forward(req, client, target.timeout).await {
+                    Ok(res) => res.map(GatewayBody::stream),
+                    Err(e) => {
+                        tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
+                        let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                        e.to_gateway_error().into_response(id)
+                    }
+                }
+            }
+            Err(res) => res,
+        }
+    }
+
+    /// Normalise and match; on success the request's path is what the upstream must see.
+    #[allow(clippy::result_large_err)]
+    fn route(&self, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody>> {
+        let uri_path = req.uri().path();
+        let path = match nexus_core::path::normalize(uri_path) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(GatewayError::new(ErrorCode::BadRequest)
+                    .with_message(format!("invalid path: {e}"))
+                    .into_response_for(req.headers()));
+            }
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
+        let info = RequestInfo::new(req.method(), host, &path).with_headers(req.headers());
+        let found: RouteMatch<'_> = match self.table.match_request(&info) {
+            Match::Found(m) => m,
+            Match::NotFound => {
+                return Err(
+                    GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers())
+                );
+            }
+            Match::MethodNotAllowed { allow } => {
+                let mut res: Response<ResponseBody> =
+                    GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
+                let allow = allow
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    res.headers_mut().insert(header::ALLOW, v);
+                }
+                return Err(res);
+            }
+        };
+        let id = found.route().id();
+        let upstream_path = found.upstream_path(&path);
+        if upstream_path != uri_path {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{upstream_path}?{q}"),
+                None => upstream_path.into_owned(),
+            };
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.path_and_query = pq.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        Ok((req, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_keys_parse() {
+        assert_eq!(
+            StickyKey::parse("header:X-User-Id"),
+            Some(StickyKey::Header(HeaderName::from_static("x-user-id")))
+        );
+        assert_eq!(
+            StickyKey::parse("cookie:ab"),
+            Some(StickyKey::Cookie("ab".into()))
+        );
+        assert_eq!(StickyKey::parse("ip"), None);
+    }
+
+    #[test]
+    fn fnv_spreads_keys_evenly() {
+        let n = 10_000u64;
+        let below: u64 = (0..n)
+            .filter(|i| fnv1a(format!("user-{i}").as_bytes()) % 100 < 10)
+            .count() as u64;
+        assert!((800..=1200).contains(&below), "{below}");
+    }
+}

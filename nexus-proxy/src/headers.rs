@@ -1,0 +1,195 @@
+//! Header rewriting between client and upstream (SPEC §4 and §8): hop-by-hop
+//! headers removed in both directions, `X-Forwarded-*` set.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Remove hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, and `Upgrade`
+/// unless `upgrade` is true (then `Connection: upgrade` and `Upgrade` stay).
+///
+/// ```
+/// use http::HeaderMap;
+/// let mut h = HeaderMap::new();
+/// h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+/// h.insert("x-secret", "1".parse().unwrap());
+/// h.insert("proxy-authorization", "Basic x".parse().unwrap());
+/// h.insert("x-kept", "1".parse().unwrap());
+/// nexus_proxy::headers::remove_hop_by_hop(&mut h, false);
+/// assert_eq!(h.len(), 1);
+/// assert!(h.contains_key("x-kept"));
+/// ```
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Headers named by Connection (rare beyond keep-alive/close/upgrade).
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || t.eq_ignore_ascii_case("upgrade")
+                {
+                    None
+                } else {
+                    HeaderName::from_bytes(t.as_bytes()).ok()
+                }
+            })
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // Proxy-* (Proxy-Authorization, Proxy-Connection, ...): scan only when present.
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for n in names {
+            headers.remove(n);
+        }
+    }
+}
+
+/// Set `X-Forwarded-For`, `-Proto` and `-Host` on a request going upstream.
+///
+/// `client` is the peer's IP as a header value (cache it per connection).
+/// From an untrusted peer, `-Proto` and `-Host` are overwritten; from a trusted
+/// proxy, values it sent are kept. `-For` is always appended to.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    trusted_peer: bool,
+    host: Option<&HeaderValue>,
+) {
+    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
+    let appended = lines.next().map(|first| {
+        // Fold every earlier line into one, in order, then append this hop.
+        let mut v = first.as_bytes().to_vec();
+        for more in lines {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(more.as_bytes());
+        }
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(client.as_bytes());
+        v
+    });
+    let value = match appended {
+        Some(v) => HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone()),
+        None => client.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR, value);
+    if !trusted_peer || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !trusted_peer || !headers.contains_key(&X_FORWARDED_HOST) {
+        match host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_headers_survive_only_for_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(is_upgrade(&h));
+        let mut kept = h.clone();
+        remove_hop_by_hop(&mut kept, true);
+        assert_eq!(kept["upgrade"], "websocket");
+        assert_eq!(kept["connection"], "upgrade");
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peer_are_overwritten() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert(X_FORWARDED_HOST, "evil".parse().unwrap());
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(
+            &mut h,
+            &HeaderValue::from_static("9.9.9.9"),
+            false,
+            Some(&host),
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 9.9.9.9");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
+        h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
+        set_forwarded(&mut h, &HeaderValue::from_static("3.3.3.3"), false, None);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 9.9.9.9, 2.2.2.2, 3.3.3.3");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn forwarded_headers_from_trusted_proxy_are_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert(X_FORWARDED_HOST, "public.example.com".parse().unwrap());
+        set_forwarded(
+            &mut h,
+            &HeaderValue::from_static("10.0.0.1"),
+            true,
+            Some(&HeaderValue::from_static("internal")),
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "public.example.com");
+    }
+}

@@ -1,0 +1,287 @@
+//! One upstream: its endpoints, their balancer, and a pooled HTTP/1.1 client
+//! (hyper-util's legacy `Client`: keep-alive reuse, connect timeout, `TCP_NODELAY`).
+
+use crate::balance::{Balancer, Rng};
+use crate::body::UpstreamBody;
+use crate::error::{ErrorKind, ProxyError};
+use crate::headers;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use nexus_core::BoxError;
+use nexus_core::config::UpstreamConfig;
+use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// One endpoint of an upstream, with its live state.
+#[derive(Debug)]
+pub struct Endpoint {
+    url: String,
+    addr: EndpointAddr,
+    authority: Authority,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+}
+
+impl Endpoint {
+    /// The URL from the config.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `host:port` (the `endpoint` metric label).
+    pub fn authority(&self) -> &str {
+        self.addr.authority()
+    }
+
+    /// Requests in flight to this endpoint.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether balancing may pick it (endpoints are healthy until a check says otherwise).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Mark healthy or not (for active health checks).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    endpoints: Box<[Endpoint]>,
+    in_flight: AtomicUsize,
+    max_concurrent: usize,
+}
+
+/// A request's slot in the upstream's and the endpoint's in-flight counts; freed on drop.
+#[derive(Debug)]
+pub struct InFlight {
+    shared: Arc<Shared>,
+    endpoint: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.endpoints[self.endpoint]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the proxy needs to know of the client for `X-Forwarded-*`.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client IP as a header value (computed once per connection).
+    pub ip: HeaderValue,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto/-Host` are kept).
+    pub trusted: bool,
+}
+
+impl ClientInfo {
+    /// Client info for a peer, given the trusted proxy networks.
+    pub fn new(peer: std::net::IpAddr, trusted: &[ipnet::IpNet]) -> Self {
+        let ip = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        Self {
+            ip: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            trusted: nexus_core::client::is_trusted(peer, trusted),
+        }
+    }
+}
+
+/// An upstream: endpoints, balancer and pooled client, for request bodies of type `B`.
+#[derive(Debug)]
+pub struct Upstream<B> {
+    shared: Arc<Shared>,
+    balancer: Balancer,
+    rng: Rng,
+    client: Client<HttpConnector, B>,
+    timeout: Option<Duration>,
+}
+
+impl<B> Upstream<B>
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Build from config. URLs are assumed validated (a bad one is an error here too).
+    pub fn from_config(name: &str, config: &UpstreamConfig) -> Result<Self, String> {
+        Self::with_rng(name, config, Rng::from_entropy())
+    }
+
+    /// Like [`from_config`](Self::from_config) with a chosen random source
+    /// (for reproducible random and least-request balancing in tests).
+    pub fn with_rng(name: &str, config: &UpstreamConfig, rng: Rng) -> Result<Self, String> {
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for e in &config.endpoints {
+            let addr = parse_endpoint_url(&e.url)?;
+            let authority: Authority = addr.authority().parse().map_err(|e| format!("{e}"))?;
+            endpoints.push(Endpoint {
+                url: e.url.clone(),
+                addr,
+                authority,
+                in_flight: AtomicUsize::new(0),
+                healthy: AtomicBool::new(true),
+            });
+        }
+        let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout.as_std()));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                endpoints: endpoints.into_boxed_slice(),
+                in_flight: AtomicUsize::new(0),
+                max_concurrent: config.max_concurrent_requests,
+            }),
+            balancer: Balancer::new(config.load_balancing, &weights),
+            rng,
+            client,
+            timeout: config.timeout.map(nexus_core::config::Duration::as_std),
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The endpoints and their live state.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.shared.endpoints
+    }
+
+    /// Requests in flight to this upstream.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self) -> Result<InFlight, ProxyError> {
+        let shared = &self.shared;
+        if shared.in_flight.fetch_add(1, Ordering::Relaxed) >= shared.max_concurrent {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::new(ErrorKind::Overloaded, None));
+        }
+        let eps = &shared.endpoints;
+        let Some(i) =
+            self.balancer
+                .pick(&self.rng, |i| eps[i].is_healthy(), |i| eps[i].in_flight())
+        else {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, None));
+        };
+        eps[i].in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(InFlight {
+            shared: Arc::clone(shared),
+            endpoint: i,
+        })
+    }
+
+    /// Forward a request to one endpoint and return its response, streamed.
+    ///
+    /// The request's path and query are sent as they are (the caller normalises
+    /// and strips them); `Host` is kept as the client sent it; hop-by-hop
+    /// headers are removed both ways; `X-Forwarded-*` are set from `client`.
+    /// `timeout` bounds the wait for the response headers (the upstream's own
+    /// `timeout`, when shorter, wins). Upgrades (WebSocket) are spliced.
+    pub async fn forward(
+        &self,
+        req: Request<B>,
+        client: &ClientInfo,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let guard = self.reserve()?;
+        let endpoint = &self.shared.endpoints[guard.endpoint];
+        let (mut parts, body) = req.into_parts();
+        let upgrade = headers::is_upgrade(&parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/2 clients send :authority instead of Host.
+            if let Some(a) = &uri.authority {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri)
+            .map_err(|e| ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))))?;
+        parts.version = Version::HTTP_11;
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::set_forwarded(
+            &mut parts.headers,
+            &client.ip,
+            client.trusted,
+            host.as_ref(),
+        );
+
+        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut res = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => return Err(ProxyError::from_client(e)),
+            Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+        };
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_side) = client_upgrade {
+                let upstream_side = hyper::upgrade::on(&mut res);
+                let name = self.shared.name.clone();
+                tokio::spawn(async move {
+                    // The upgraded connection holds its in-flight slot until it closes.
+                    let _slot = guard;
+                    match tokio::try_join!(client_side, upstream_side) {
+                        Ok((c, u)) => {
+                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(upstream = %name, error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade failed"),
+                    }
+                });
+                let (parts, body) = res.into_parts();
+                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None)));
+            }
+        } else {
+            headers::remove_hop_by_hop(res.headers_mut(), false);
+        }
+        let (parts, body) = res.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            UpstreamBody::new(body, Some(guard)),
+        ))
+    }
+}
