@@ -29,6 +29,7 @@ pub mod claims;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod path;
 pub mod router;
 pub mod upstream;

@@ -1,0 +1,23 @@
+//! Structured logs with `tracing`: JSON or text, level from config/flags/env.
+
+use nexus_core::config::{LogFormat, LoggingConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber (once; later calls are ignored).
+pub(crate) fn init(cfg: &LoggingConfig) {
+    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|e| {
+        eprintln!("nexus: invalid log level {:?} ({e}); using info", cfg.level);
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,232 @@
+//! Listeners, connections and the shutdown sequence.
+
+use crate::config_file::LoadedConfig;
+use crate::stack::{self, Shared};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use nexus_core::config::{Config, Overrides};
+use nexus_health::ReadinessGate;
+use nexus_proxy::ClientInfo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+
+/// Build a runtime and serve until shut down.
+pub(crate) fn run_blocking(loaded: LoadedConfig, _overrides: Overrides) -> ExitCode {
+    crate::logging::init(&loaded.config.logging);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nexus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(loaded, None))
+}
+
+/// Bind a listener, with `SO_REUSEPORT` when asked.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Serve a loaded config: main and admin listeners, then drain on a signal.
+/// `ready` is told the bound addresses (for `nexus demo` and tests).
+pub(crate) async fn serve(
+    loaded: LoadedConfig,
+    ready: Option<tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>>,
+) -> ExitCode {
+    let config = &loaded.config;
+    let gate = ReadinessGate::new();
+    let shared = match stack::shared(config, gate.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            for err in &e {
+                eprintln!("  {err}");
+            }
+            return ExitCode::from(crate::cli::EXIT_BAD_CONFIG);
+        }
+    };
+    let reuse = config.server.reuse_port;
+    let (main, admin) = match (
+        bind(config.server.listen, reuse),
+        bind(config.server.admin_listen, reuse),
+    ) {
+        (Ok(m), Ok(a)) => (m, a),
+        (Err(e), _) => return bind_failed("listen", config.server.listen, &e),
+        (_, Err(e)) => return bind_failed("admin_listen", config.server.admin_listen, &e),
+    };
+    let (main_addr, admin_addr) = (local(&main), local(&admin));
+    tracing::info!(listen = %main_addr, admin_listen = %admin_addr, version = %loaded.version,
+        routes = config.routes.len(), upstreams = config.upstreams.len(), "nexus started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let main_task = tokio::spawn(accept_loop(
+        main,
+        Arc::clone(&shared),
+        builder(config),
+        Arc::clone(&graceful),
+        stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin,
+        crate::admin::AdminState::new(&loaded, gate.clone()),
+        stop_rx,
+    ));
+    // Ready only once every listener is bound and the config is loaded.
+    gate.set_ready();
+    if let Some(tx) = ready {
+        let _ = tx.send((main_addr, admin_addr));
+    }
+
+    let code = shutdown_sequence(config, &gate).await;
+    let _ = stop_tx.send(true);
+    let _ = main_task.await;
+    let _ = admin_task.await;
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    let grace = config.server.shutdown.grace_period.as_std();
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections finished; exiting"),
+        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; exiting with connections open"),
+        () = second_signal() => {
+            tracing::warn!("second signal; exiting at once");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn local(l: &TcpListener) -> SocketAddr {
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn bind_failed(key: &str, addr: SocketAddr, e: &std::io::Error) -> ExitCode {
+    tracing::error!(%addr, error = %e, "cannot bind server.{key}");
+    eprintln!("nexus: cannot bind server.{key} {addr}: {e}");
+    ExitCode::FAILURE
+}
+
+/// SIGTERM/SIGINT: readiness 503 at once, keep serving for `drain_delay`, then
+/// return so listeners close. A second signal during the delay exits 1.
+async fn shutdown_sequence(config: &Config, gate: &ReadinessGate) -> ExitCode {
+    first_signal().await;
+    gate.set_draining();
+    let delay = config.server.shutdown.drain_delay.as_std();
+    tracing::info!(?delay, "shutdown signal: readiness is now 503; draining");
+    tokio::select! {
+        () = tokio::time::sleep(delay) => ExitCode::SUCCESS,
+        () = second_signal() => {
+            tracing::warn!("second signal; exiting at once");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn first_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn second_signal() {
+    first_signal().await;
+}
+
+fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let limits = &config.server.limits;
+    let max_headers = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(1 << 20);
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.as_std())
+        // hyper's default buffer (~400 KiB) or twice the header limit, whichever is larger:
+        // the exact limit is enforced in stack::precheck with the JSON 431.
+        .max_buf_size((2 * max_headers + 16 * 1024).max(8192 + 4096 * 100))
+        .max_headers(1024)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let client = Arc::new(ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted));
+        let shared = Arc::clone(&shared);
+        let svc = service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            let client = Arc::clone(&client);
+            async move { Ok::<_, Infallible>(stack::handle(&shared, &client, req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+}

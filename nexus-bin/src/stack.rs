@@ -1,0 +1,129 @@
+//! One request's path through the binary, outermost first. Each step says why
+//! it sits where it does; later layers (rate limit, auth, breaker, retry) slot
+//! in between route match and forward.
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use nexus_core::body::LimitedBody;
+use nexus_core::config::Config;
+use nexus_core::config::ConfigErrors;
+use nexus_core::error::REQUEST_ID;
+use nexus_core::{ErrorCode, GatewayError};
+use nexus_health::ReadinessGate;
+use nexus_health::probe::{self, Probe};
+use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
+use std::sync::Arc;
+
+/// The request body type the gateway forwards: the client's, size-limited.
+pub(crate) type ReqBody = LimitedBody<Incoming>;
+
+/// Everything a request needs from one config version; swapped whole on reload.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) gateway: Gateway<ReqBody>,
+    pub(crate) max_body: u64,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) probe_prefix: String,
+    pub(crate) trusted: Vec<IpNet>,
+}
+
+impl Snapshot {
+    pub(crate) fn build(config: &Config) -> Result<Self, ConfigErrors> {
+        let limits = &config.server.limits;
+        Ok(Self {
+            gateway: Gateway::from_config(config)?,
+            max_body: limits.max_request_body.bytes(),
+            max_header_bytes: usize::try_from(limits.max_header_bytes.bytes())
+                .unwrap_or(usize::MAX),
+            probe_prefix: config.server.probe_prefix.clone(),
+            trusted: config.server.trusted_proxies.clone(),
+        })
+    }
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) gate: ReadinessGate,
+}
+
+/// Serve one request on the main listener.
+pub(crate) async fn handle(
+    shared: &Shared,
+    client: &ClientInfo,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    // Request id first: every answer below, errors included, carries it.
+    let id = nexus_middleware::request_id::ensure(req.headers_mut());
+    let snap = shared.snapshot.load_full();
+    let mut res = match precheck(&snap, &shared.gate, &req) {
+        Some(res) => res,
+        None => {
+            // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
+            let req = req.map(|b| LimitedBody::new(b, snap.max_body));
+            // Route match, split choice and forward (with the route's timeout).
+            snap.gateway.handle(req, client).await
+        }
+    };
+    res.headers_mut().insert(REQUEST_ID, id);
+    res
+}
+
+/// Probes and the cheap rejections, before any routing work.
+fn precheck(
+    snap: &Snapshot,
+    gate: &ReadinessGate,
+    req: &Request<Incoming>,
+) -> Option<Response<ResponseBody>> {
+    // Probes win over any route, so a route can never shadow them.
+    if let Some(p) = probe::probe_for(req.uri().path(), &snap.probe_prefix) {
+        return Some(match p {
+            Probe::Liveness => probe::liveness(),
+            Probe::Readiness => probe::readiness(gate),
+        });
+    }
+    let headers = req.headers();
+    // The parser's buffer is larger than the limit; the exact limit is checked here.
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if size > snap.max_header_bytes {
+        return Some(GatewayError::new(ErrorCode::HeadersTooLarge).into_response_for(headers));
+    }
+    // Request smuggling guard: both framings present is refused and the connection closed.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        let mut res: Response<ResponseBody> = GatewayError::new(ErrorCode::BadRequest)
+            .with_message("conflicting Content-Length and Transfer-Encoding")
+            .into_response_for(headers);
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > snap.max_body) {
+        let mut res: Response<ResponseBody> =
+            GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
+        // The unread body would be parsed as the next request: close instead.
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
+    }
+    None
+}
+
+/// Shared state for a config.
+pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>, ConfigErrors> {
+    Ok(Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
+        gate,
+    }))
+}
