@@ -61,10 +61,7 @@ impl Cli {
 
     /// NEXUS_CONFIG > --config.
     fn config_path(&self, env: &dyn Env) -> Option<PathBuf> {
-        env.var("NEXUS_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| self.config.clone())
+        env.var("NEXUS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| self.config.clone())
     }
 }
 
@@ -92,11 +89,7 @@ pub(crate) fn run() -> ExitCode {
                 }
             }
         }
-        Some(Command::Explain {
-            method,
-            url,
-            headers,
-        }) => {
+        Some(Command::Explain { method, url, headers }) => {
             let Some(path) = cli.config_path(&env) else {
                 eprintln!("nexus explain: --config PATH is required");
                 return ExitCode::from(2);
@@ -107,10 +100,7 @@ pub(crate) fn run() -> ExitCode {
             };
             match crate::admin::explain_cli(&loaded, method, url, headers) {
                 Ok(answer) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&answer).unwrap_or_default()
-                    );
+                    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -126,9 +116,7 @@ pub(crate) fn run() -> ExitCode {
                 default.exists().then_some(default)
             });
             let Some(path) = path else {
-                eprintln!(
-                    "nexus: no config; pass --config PATH (or set NEXUS_CONFIG), or try `nexus demo`"
-                );
+                eprintln!("nexus: no config; pass --config PATH (or set NEXUS_CONFIG), or try `nexus demo`");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             };
             let loaded: LoadedConfig = match config_file::load(&path, &overrides) {

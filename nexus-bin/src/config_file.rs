@@ -17,19 +17,10 @@ pub(crate) struct LoadedConfig {
 
 /// Read, parse, override and validate a config file.
 pub(crate) fn load(path: &Path, overrides: &Overrides) -> Result<LoadedConfig, ConfigErrors> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError::new(
-            "",
-            format!("cannot read {}: {e}", path.display()),
-        )])
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))]))?;
     let config = parse(&bytes, overrides)?;
-    Ok(LoadedConfig {
-        config,
-        version: version_of(&bytes),
-        source: path.to_path_buf(),
-        loaded_at: SystemTime::now(),
-    })
+    Ok(LoadedConfig { config, version: version_of(&bytes), source: path.to_path_buf(), loaded_at: SystemTime::now() })
 }
 
 /// The config version: first 12 hex digits of SHA-256 of the bytes.
@@ -41,10 +32,7 @@ pub(crate) fn version_of(bytes: &[u8]) -> String {
 /// Parse YAML bytes into a validated config, with overrides applied.
 pub(crate) fn parse(bytes: &[u8], overrides: &Overrides) -> Result<Config, ConfigErrors> {
     let value: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-            .unwrap_or_default();
+        let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
         ConfigErrors(vec![ConfigError::new("", format!("invalid YAML{at}: {e}"))])
     })?;
     let mut errors = Vec::new();
@@ -70,46 +58,27 @@ pub(crate) fn parse(bytes: &[u8], overrides: &Overrides) -> Result<Config, Confi
 /// Config that this build accepts in the schema but does not enforce yet is
 /// refused rather than silently ignored (an unenforced `auth:` would be an open door).
 fn unsupported(c: &Config, errors: &mut Vec<ConfigError>) {
-    let not_yet =
-        |what: &str| format!("{what} is not supported by this build of nexus yet; remove it");
+    let not_yet = |what: &str| format!("{what} is not supported by this build of nexus yet; remove it");
     for (i, r) in c.routes.iter().enumerate() {
         if r.auth.is_some() {
-            errors.push(ConfigError::new(
-                format!("routes[{i}].auth"),
-                not_yet("JWT authentication"),
-            ));
+            errors.push(ConfigError::new(format!("routes[{i}].auth"), not_yet("JWT authentication")));
         }
         if r.rate_limit.is_some() {
-            errors.push(ConfigError::new(
-                format!("routes[{i}].rate_limit"),
-                not_yet("rate limiting"),
-            ));
+            errors.push(ConfigError::new(format!("routes[{i}].rate_limit"), not_yet("rate limiting")));
         }
         if r.mirror.is_some() {
-            errors.push(ConfigError::new(
-                format!("routes[{i}].mirror"),
-                not_yet("mirroring"),
-            ));
+            errors.push(ConfigError::new(format!("routes[{i}].mirror"), not_yet("mirroring")));
         }
     }
     for (name, u) in &c.upstreams {
         if u.health_check.is_some() {
-            errors.push(ConfigError::new(
-                format!("upstreams.{name}.health_check"),
-                not_yet("active health checking"),
-            ));
+            errors.push(ConfigError::new(format!("upstreams.{name}.health_check"), not_yet("active health checking")));
         }
         if u.circuit_breaker.is_some() {
-            errors.push(ConfigError::new(
-                format!("upstreams.{name}.circuit_breaker"),
-                not_yet("the circuit breaker"),
-            ));
+            errors.push(ConfigError::new(format!("upstreams.{name}.circuit_breaker"), not_yet("the circuit breaker")));
         }
         if u.retry.is_some() {
-            errors.push(ConfigError::new(
-                format!("upstreams.{name}.retry"),
-                not_yet("retrying"),
-            ));
+            errors.push(ConfigError::new(format!("upstreams.{name}.retry"), not_yet("retrying")));
         }
     }
 }

@@ -21,17 +21,15 @@ pub(crate) async fn spawn_upstream(version: &'static str) -> std::io::Result<Soc
                 continue;
             };
             tokio::spawn(async move {
-                let svc = service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = format!("hello from {version} (path {})\n", req.uri().path());
-                        let res = http::Response::builder()
-                            .header("content-type", "text/plain; charset=utf-8")
-                            .header("x-demo-version", version)
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("static response");
-                        Ok::<_, Infallible>(res)
-                    },
-                );
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                    let body = format!("hello from {version} (path {})\n", req.uri().path());
+                    let res = http::Response::builder()
+                        .header("content-type", "text/plain; charset=utf-8")
+                        .header("x-demo-version", version)
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("static response");
+                    Ok::<_, Infallible>(res)
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -65,10 +63,7 @@ pub(crate) fn config(v1: SocketAddr, v2: SocketAddr) -> Config {
 }
 
 pub(crate) fn run(overrides: Overrides) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nexus demo: cannot start the runtime: {e}");
@@ -99,9 +94,7 @@ pub(crate) fn run(overrides: Overrides) -> ExitCode {
         tokio::spawn(async move {
             if let Ok((gw, admin)) = rx.await {
                 println!("nexus demo is running: gateway http://{gw}, admin http://{admin}");
-                println!(
-                    "demo upstreams: v1 on {v1}, v2 on {v2}; GET / is split 90/10 between them.\n"
-                );
+                println!("demo upstreams: v1 on {v1}, v2 on {v2}; GET / is split 90/10 between them.\n");
                 println!("Try:");
                 println!("  curl -i http://{gw}/");
                 println!("  for i in $(seq 20); do curl -s http://{gw}/; done | sort | uniq -c");

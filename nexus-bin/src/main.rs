@@ -13,6 +13,7 @@ mod config_file;
 mod demo;
 mod logging;
 mod server;
+mod sniff;
 mod stack;
 
 fn main() -> ExitCode {

@@ -1,6 +1,7 @@
 //! Listeners, connections and the shutdown sequence.
 
 use crate::config_file::LoadedConfig;
+use crate::sniff::HeadSniffer;
 use crate::stack::{self, Shared};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -13,6 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -20,10 +22,7 @@ use tokio::sync::watch;
 /// Build a runtime and serve until shut down.
 pub(crate) fn run_blocking(loaded: LoadedConfig, _overrides: Overrides) -> ExitCode {
     crate::logging::init(&loaded.config.logging);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nexus: cannot start the runtime: {e}");
@@ -35,11 +34,7 @@ pub(crate) fn run_blocking(loaded: LoadedConfig, _overrides: Overrides) -> ExitC
 
 /// Bind a listener, with `SO_REUSEPORT` when asked.
 pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     if reuse_port {
         socket.set_reuseport(true)?;
@@ -67,10 +62,7 @@ pub(crate) async fn serve(
         }
     };
     let reuse = config.server.reuse_port;
-    let (main, admin) = match (
-        bind(config.server.listen, reuse),
-        bind(config.server.admin_listen, reuse),
-    ) {
+    let (main, admin) = match (bind(config.server.listen, reuse), bind(config.server.admin_listen, reuse)) {
         (Ok(m), Ok(a)) => (m, a),
         (Err(e), _) => return bind_failed("listen", config.server.listen, &e),
         (_, Err(e)) => return bind_failed("admin_listen", config.server.admin_listen, &e),
@@ -81,18 +73,10 @@ pub(crate) async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
-    let main_task = tokio::spawn(accept_loop(
-        main,
-        Arc::clone(&shared),
-        builder(config),
-        Arc::clone(&graceful),
-        stop_rx.clone(),
-    ));
-    let admin_task = tokio::spawn(crate::admin::serve(
-        admin,
-        crate::admin::AdminState::new(&loaded, gate.clone()),
-        stop_rx,
-    ));
+    let main_task =
+        tokio::spawn(accept_loop(main, Arc::clone(&shared), builder(config), Arc::clone(&graceful), stop_rx.clone()));
+    let admin_task =
+        tokio::spawn(crate::admin::serve(admin, crate::admin::AdminState::new(&loaded, gate.clone()), stop_rx));
     // Ready only once every listener is bound and the config is loaded.
     gate.set_ready();
     if let Some(tx) = ready {
@@ -120,8 +104,7 @@ pub(crate) async fn serve(
 }
 
 fn local(l: &TcpListener) -> SocketAddr {
-    l.local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 fn bind_failed(key: &str, addr: SocketAddr, e: &std::io::Error) -> ExitCode {
@@ -150,10 +133,7 @@ async fn first_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             std::future::pending::<()>().await;
             return;
         };
@@ -184,9 +164,7 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_buf_size((2 * max_headers + 16 * 1024).max(8192 + 4096 * 100))
         .max_headers(1024)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
+    b.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
     b
 }
 
@@ -211,16 +189,18 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted));
+        let conn_info = Arc::new(stack::Conn {
+            client: ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted),
+            framing_conflict: Arc::new(AtomicBool::new(false)),
+        });
+        let io = TokioIo::new(HeadSniffer::new(stream, Arc::clone(&conn_info.framing_conflict)));
         let shared = Arc::clone(&shared);
         let svc = service_fn(move |req| {
             let shared = Arc::clone(&shared);
-            let client = Arc::clone(&client);
-            async move { Ok::<_, Infallible>(stack::handle(&shared, &client, req).await) }
+            let conn = Arc::clone(&conn_info);
+            async move { Ok::<_, Infallible>(stack::handle(&shared, &conn, req).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -15,6 +15,7 @@ use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The request body type the gateway forwards: the client's, size-limited.
 pub(crate) type ReqBody = LimitedBody<Incoming>;
@@ -35,8 +36,7 @@ impl Snapshot {
         Ok(Self {
             gateway: Gateway::from_config(config)?,
             max_body: limits.max_request_body.bytes(),
-            max_header_bytes: usize::try_from(limits.max_header_bytes.bytes())
-                .unwrap_or(usize::MAX),
+            max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
             probe_prefix: config.server.probe_prefix.clone(),
             trusted: config.server.trusted_proxies.clone(),
         })
@@ -50,16 +50,23 @@ pub(crate) struct Shared {
     pub(crate) gate: ReadinessGate,
 }
 
+/// What one connection knows of itself.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) client: ClientInfo,
+    /// Set by [`crate::sniff::HeadSniffer`] when the first request head had both
+    /// `Content-Length` and `Transfer-Encoding` (hyper hides this).
+    pub(crate) framing_conflict: Arc<AtomicBool>,
+}
+
 /// Serve one request on the main listener.
-pub(crate) async fn handle(
-    shared: &Shared,
-    client: &ClientInfo,
-    mut req: Request<Incoming>,
-) -> Response<ResponseBody> {
+pub(crate) async fn handle(shared: &Shared, conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
     // Request id first: every answer below, errors included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let snap = shared.snapshot.load_full();
-    let mut res = match precheck(&snap, &shared.gate, &req) {
+    let client = &conn.client;
+    let conflict = conn.framing_conflict.load(Ordering::Relaxed);
+    let mut res = match precheck(&snap, &shared.gate, &req, conflict) {
         Some(res) => res,
         None => {
             // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
@@ -77,6 +84,7 @@ fn precheck(
     snap: &Snapshot,
     gate: &ReadinessGate,
     req: &Request<Incoming>,
+    framing_conflict: bool,
 ) -> Option<Response<ResponseBody>> {
     // Probes win over any route, so a route can never shadow them.
     if let Some(p) = probe::probe_for(req.uri().path(), &snap.probe_prefix) {
@@ -87,34 +95,26 @@ fn precheck(
     }
     let headers = req.headers();
     // The parser's buffer is larger than the limit; the exact limit is checked here.
-    let size: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len())
-        .sum();
+    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
     if size > snap.max_header_bytes {
         return Some(GatewayError::new(ErrorCode::HeadersTooLarge).into_response_for(headers));
     }
     // Request smuggling guard: both framings present is refused and the connection closed.
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
+    if framing_conflict
+        || headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
     {
         let mut res: Response<ResponseBody> = GatewayError::new(ErrorCode::BadRequest)
             .with_message("conflicting Content-Length and Transfer-Encoding")
             .into_response_for(headers);
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Some(res);
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > snap.max_body) {
-        let mut res: Response<ResponseBody> =
-            GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
+        let mut res: Response<ResponseBody> = GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
         // The unread body would be parsed as the next request: close instead.
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Some(res);
     }
     None
@@ -122,8 +122,5 @@ fn precheck(
 
 /// Shared state for a config.
 pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>, ConfigErrors> {
-    Ok(Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
-        gate,
-    }))
+    Ok(Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::build(config)?), gate }))
 }

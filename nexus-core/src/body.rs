@@ -51,9 +51,7 @@ impl<B> GatewayBody<B> {
 
 impl<B> From<Bytes> for GatewayBody<B> {
     fn from(b: Bytes) -> Self {
-        Self::Full {
-            data: if b.is_empty() { None } else { Some(b) },
-        }
+        Self::Full { data: if b.is_empty() { None } else { Some(b) } }
     }
 }
 
@@ -67,10 +65,7 @@ impl<B: Body<Data = Bytes>> Body for GatewayBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project() {
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Stream { body } => body.poll_frame(cx),
@@ -86,9 +81,7 @@ impl<B: Body<Data = Bytes>> Body for GatewayBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Stream { body } => body.size_hint(),
         }
     }
@@ -125,11 +118,7 @@ pin_project! {
 impl<B> LimitedBody<B> {
     /// Limit `inner` to `limit` bytes.
     pub const fn new(inner: B, limit: u64) -> Self {
-        Self {
-            inner,
-            remaining: limit,
-            limit,
-        }
+        Self { inner, remaining: limit, limit }
     }
 
     /// The wrapped body.
@@ -146,10 +135,7 @@ where
     type Data = Bytes;
     type Error = crate::BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -157,9 +143,7 @@ where
                     let n = data.len() as u64;
                     if n > *this.remaining {
                         *this.remaining = 0;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: *this.limit,
-                        }))));
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *this.limit }))));
                     }
                     *this.remaining -= n;
                 }
@@ -202,19 +186,8 @@ mod tests {
         let rt = |b: LimitedBody<http_body_util::Full<Bytes>>| {
             futures_lite_block_on(async move { b.collect().await.map(|c| c.to_bytes()) })
         };
-        assert_eq!(
-            rt(LimitedBody::new(
-                http_body_util::Full::new(Bytes::from_static(b"1234")),
-                4
-            ))
-            .unwrap(),
-            "1234"
-        );
-        let err = rt(LimitedBody::new(
-            http_body_util::Full::new(Bytes::from_static(b"12345")),
-            4,
-        ))
-        .unwrap_err();
+        assert_eq!(rt(LimitedBody::new(http_body_util::Full::new(Bytes::from_static(b"1234")), 4)).unwrap(), "1234");
+        let err = rt(LimitedBody::new(http_body_util::Full::new(Bytes::from_static(b"12345")), 4)).unwrap_err();
         assert!(is_body_too_large(&*err));
     }
 

@@ -42,11 +42,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return canonical(peer);
     }
     let mut last = canonical(peer);
-    let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let values: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
     for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
         let Some(ip) = parse_hop(hop.trim()) else {
             return last;
@@ -79,10 +75,7 @@ mod tests {
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_claims() {
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(
-            client_ip(ip, &xff("1.2.3.4"), &["10.0.0.0/8".parse().unwrap()]),
-            ip
-        );
+        assert_eq!(client_ip(ip, &xff("1.2.3.4"), &["10.0.0.0/8".parse().unwrap()]), ip);
         assert_eq!(client_ip(ip, &xff("1.2.3.4"), &[]), ip);
     }
 
@@ -90,18 +83,9 @@ mod tests {
     fn trusted_chain_is_walked_from_the_right() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(
-            client_ip(peer, &xff("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_ip(peer, &xff("10.0.0.3, 10.0.0.2"), &trusted),
-            "10.0.0.3".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(peer, &xff("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &xff("10.0.0.3, 10.0.0.2"), &trusted), "10.0.0.3".parse::<IpAddr>().unwrap());
         assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
-        assert_eq!(
-            client_ip(peer, &xff("garbage, 10.0.0.2"), &trusted),
-            "10.0.0.2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(peer, &xff("garbage, 10.0.0.2"), &trusted), "10.0.0.2".parse::<IpAddr>().unwrap());
     }
 }

@@ -141,10 +141,7 @@ struct Inner<'a> {
 impl GatewayError {
     /// An error with the code's default message.
     pub const fn new(code: ErrorCode) -> Self {
-        Self {
-            code,
-            message: Cow::Borrowed(code.default_message()),
-        }
+        Self { code, message: Cow::Borrowed(code.default_message()) }
     }
 
     /// Replace the message.
@@ -186,10 +183,7 @@ impl GatewayError {
         let mut res = Response::new(B::from(self.to_json(request_id)));
         *res.status_mut() = self.code.status();
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(REQUEST_ID, v);
         }
@@ -197,14 +191,8 @@ impl GatewayError {
     }
 
     /// Like [`into_response`](Self::into_response), reading the request id from the request's headers.
-    pub fn into_response_for<B: From<Bytes>>(
-        self,
-        request_headers: &http::HeaderMap,
-    ) -> Response<B> {
-        let id = request_headers
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+    pub fn into_response_for<B: From<Bytes>>(self, request_headers: &http::HeaderMap) -> Response<B> {
+        let id = request_headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
         self.into_response(id)
     }
 }

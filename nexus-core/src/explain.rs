@@ -61,9 +61,7 @@ pub fn explain(
                 HostMatch::Wildcard => "wildcard host",
                 HostMatch::Any => "any host",
             };
-            let timeout = route
-                .timeout
-                .unwrap_or(config.server.limits.request_timeout);
+            let timeout = route.timeout.unwrap_or(config.server.limits.request_timeout);
             let target = match (&route.upstream, &route.split) {
                 (Some(u), _) => json!({ "upstream": u }),
                 (None, Some(split)) => json!({ "split": split.iter()
@@ -92,11 +90,7 @@ pub fn explain(
             if let (Value::Object(a), Value::Object(t)) = (&mut answer, target) {
                 a.extend(t);
             }
-            if let Some(u) = route
-                .upstream
-                .as_ref()
-                .and_then(|u| config.upstreams.get(u))
-            {
+            if let Some(u) = route.upstream.as_ref().and_then(|u| config.upstreams.get(u)) {
                 answer["upstream_timeout"] = json!(u.timeout.map(|t| t.to_string()));
             }
             answer

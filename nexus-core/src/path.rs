@@ -50,11 +50,7 @@ fn is_normal(p: &[u8]) -> bool {
             b'.' if prev_slash => {
                 // "/." or "/.." followed by '/' or end.
                 let rest = &p[i..];
-                if rest == b"."
-                    || rest.starts_with(b"./")
-                    || rest == b".."
-                    || rest.starts_with(b"../")
-                {
+                if rest == b"." || rest.starts_with(b"./") || rest == b".." || rest.starts_with(b"../") {
                     return false;
                 }
                 prev_slash = false;
@@ -143,14 +139,7 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in [
-            "/",
-            "/api/v1/users",
-            "/a/b/",
-            "/.well-known/x",
-            "/a.b/c..d",
-            "/a/.hidden",
-        ] {
+        for p in ["/", "/api/v1/users", "/a/b/", "/.well-known/x", "/a.b/c..d", "/a/.hidden"] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }

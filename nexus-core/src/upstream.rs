@@ -27,32 +27,19 @@ pub fn parse_endpoint_url(s: &str) -> Result<EndpointAddr, String> {
     match url.scheme() {
         "http" => {}
         "https" => {
-            return Err(format!(
-                "{s:?}: https endpoints are not supported yet; use http://"
-            ));
+            return Err(format!("{s:?}: https endpoints are not supported yet; use http://"));
         }
         other => {
-            return Err(format!(
-                "{s:?}: scheme {other:?} is not supported (expected http)"
-            ));
+            return Err(format!("{s:?}: scheme {other:?} is not supported (expected http)"));
         }
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "{s:?}: credentials in endpoint URLs are not allowed"
-        ));
+        return Err(format!("{s:?}: credentials in endpoint URLs are not allowed"));
     }
-    if url.path() != "/" && !url.path().is_empty()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        return Err(format!(
-            "{s:?}: an endpoint URL has no path, query or fragment (write http://host:port)"
-        ));
+    if url.path() != "/" && !url.path().is_empty() || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{s:?}: an endpoint URL has no path, query or fragment (write http://host:port)"));
     }
     let host = url.host_str().ok_or_else(|| format!("{s:?} has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
-    Ok(EndpointAddr {
-        authority: format!("{host}:{port}"),
-    })
+    Ok(EndpointAddr { authority: format!("{host}:{port}") })
 }

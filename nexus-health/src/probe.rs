@@ -28,9 +28,7 @@ impl ReadinessGate {
     /// Start-up is done: ready.
     pub fn set_ready(&self) {
         // Never leave draining: once shutting down, stay not ready.
-        let _ = self
-            .0
-            .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.0.compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Shutting down: not ready from now on.
@@ -61,12 +59,8 @@ impl ReadinessGate {
 fn json<B: From<Bytes>>(status: StatusCode, body: Bytes) -> Response<B> {
     let mut res = Response::new(B::from(body));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
@@ -81,10 +75,7 @@ pub fn readiness<B: From<Bytes>>(gate: &ReadinessGate) -> Response<B> {
         None => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
         Some((check, error)) => {
             let body = serde_json::json!({ "status": "not_ready", "check": check, "error": error });
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Bytes::from(body.to_string()),
-            )
+            json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body.to_string()))
         }
     }
 }
@@ -130,18 +121,12 @@ mod tests {
         assert_eq!(res.status(), 503);
         assert_eq!(body(res).await["check"], "startup");
         gate.set_ready();
-        assert_eq!(
-            body(readiness(&gate)).await,
-            serde_json::json!({"status": "ready"})
-        );
+        assert_eq!(body(readiness(&gate)).await, serde_json::json!({"status": "ready"}));
         gate.set_draining();
         gate.set_ready();
         let res = readiness(&gate);
         assert_eq!(res.status(), 503);
         assert_eq!(body(res).await["status"], "not_ready");
-        assert_eq!(
-            body(liveness()).await,
-            serde_json::json!({"status": "alive"})
-        );
+        assert_eq!(body(liveness()).await, serde_json::json!({"status": "alive"}));
     }
 }

@@ -118,10 +118,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = ensure(req.headers_mut());
-        ResponseFuture {
-            inner: self.inner.call(req),
-            id: Some(id),
-        }
+        ResponseFuture { inner: self.inner.call(req), id: Some(id) }
     }
 }
 
@@ -157,16 +154,13 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     async fn roundtrip(id: Option<&[u8]>) -> (String, String) {
-        let svc = ServiceBuilder::new()
-            .layer(RequestIdLayer::new())
-            .service_fn(|req: Request<()>| async move {
-                let seen = req.headers()[REQUEST_ID].to_str().unwrap().to_string();
-                Ok::<_, std::convert::Infallible>(Response::new(seen))
-            });
+        let svc = ServiceBuilder::new().layer(RequestIdLayer::new()).service_fn(|req: Request<()>| async move {
+            let seen = req.headers()[REQUEST_ID].to_str().unwrap().to_string();
+            Ok::<_, std::convert::Infallible>(Response::new(seen))
+        });
         let mut req = Request::new(());
         if let Some(id) = id {
-            req.headers_mut()
-                .insert(REQUEST_ID, HeaderValue::from_bytes(id).unwrap());
+            req.headers_mut().insert(REQUEST_ID, HeaderValue::from_bytes(id).unwrap());
         }
         let res = svc.oneshot(req).await.unwrap();
         let on_response = res.headers()[REQUEST_ID].to_str().unwrap().to_string();
@@ -183,18 +177,10 @@ mod tests {
     #[tokio::test]
     async fn invalid_or_missing_ids_are_replaced_by_a_uuid() {
         let long = vec![b'a'; 129];
-        for id in [
-            None,
-            Some(&b"has space"[..]),
-            Some(&long[..]),
-            Some(&b"\xe9t\xe9"[..]),
-        ] {
+        for id in [None, Some(&b"has space"[..]), Some(&long[..]), Some(&b"\xe9t\xe9"[..])] {
             let (seen, returned) = roundtrip(id).await;
             assert_eq!(seen, returned);
-            assert!(
-                uuid::Uuid::parse_str(&seen).is_ok_and(|u| u.get_version_num() == 4),
-                "{seen}"
-            );
+            assert!(uuid::Uuid::parse_str(&seen).is_ok_and(|u| u.get_version_num() == 4), "{seen}");
         }
         let edge = vec![b'~'; 128];
         assert_eq!(roundtrip(Some(&edge)).await.0.len(), 128);

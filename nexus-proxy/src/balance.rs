@@ -29,19 +29,12 @@ impl Rng {
     pub fn from_entropy() -> Self {
         use std::hash::{BuildHasher, Hasher};
         // std's RandomState is seeded from the OS once per process, then varied per instance.
-        Self::seeded(
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish(),
-        )
+        Self::seeded(std::collections::hash_map::RandomState::new().build_hasher().finish())
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -67,26 +60,18 @@ pub struct Balancer {
 
 #[derive(Debug)]
 enum Kind {
-    RoundRobin {
-        schedule: Box<[u32]>,
-        next: AtomicUsize,
-    },
-    Random {
-        cumulative: Box<[u64]>,
-    },
-    LeastRequest {
-        weighted: Box<[u32]>,
-    },
+    RoundRobin { schedule: Box<[u32]>, next: AtomicUsize },
+    Random { cumulative: Box<[u64]> },
+    LeastRequest { weighted: Box<[u32]> },
 }
 
 impl Balancer {
     /// A balancer for endpoints with these weights (0 = parked, never picked).
     pub fn new(strategy: LoadBalancing, weights: &[u32]) -> Self {
         let kind = match strategy {
-            LoadBalancing::RoundRobin => Kind::RoundRobin {
-                schedule: smooth_schedule(weights),
-                next: AtomicUsize::new(0),
-            },
+            LoadBalancing::RoundRobin => {
+                Kind::RoundRobin { schedule: smooth_schedule(weights), next: AtomicUsize::new(0) }
+            }
             LoadBalancing::Random => {
                 let mut acc = 0u64;
                 Kind::Random {
@@ -100,12 +85,7 @@ impl Balancer {
                 }
             }
             LoadBalancing::LeastRequest => Kind::LeastRequest {
-                weighted: weights
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, w)| **w > 0)
-                    .map(|(i, _)| i as u32)
-                    .collect(),
+                weighted: weights.iter().enumerate().filter(|(_, w)| **w > 0).map(|(i, _)| i as u32).collect(),
             },
         };
         Self { kind }
@@ -114,12 +94,7 @@ impl Balancer {
     /// Pick an endpoint among those `healthy` says yes to; `load` gives an
     /// endpoint's requests in flight (for least-request). `None` when no
     /// endpoint with weight above 0 is healthy.
-    pub fn pick(
-        &self,
-        rng: &Rng,
-        healthy: impl Fn(usize) -> bool,
-        load: impl Fn(usize) -> usize,
-    ) -> Option<usize> {
+    pub fn pick(&self, rng: &Rng, healthy: impl Fn(usize) -> bool, load: impl Fn(usize) -> usize) -> Option<usize> {
         match &self.kind {
             Kind::RoundRobin { schedule, next } => {
                 let len = schedule.len();
@@ -127,9 +102,7 @@ impl Balancer {
                     return None;
                 }
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..len)
-                    .map(|k| schedule[(start + k) % len] as usize)
-                    .find(|&i| healthy(i))
+                (0..len).map(|k| schedule[(start + k) % len] as usize).find(|&i| healthy(i))
             }
             Kind::Random { cumulative } => {
                 let total = *cumulative.last()?;
@@ -143,10 +116,7 @@ impl Balancer {
                 }
                 // Fall back to a weighted draw among the healthy ones.
                 let weight = |i: usize| cumulative[i] - if i == 0 { 0 } else { cumulative[i - 1] };
-                let healthy_total: u64 = (0..cumulative.len())
-                    .filter(|&i| healthy(i))
-                    .map(weight)
-                    .sum();
+                let healthy_total: u64 = (0..cumulative.len()).filter(|&i| healthy(i)).map(weight).sum();
                 if healthy_total == 0 {
                     return None;
                 }
@@ -176,11 +146,9 @@ impl Balancer {
                             (true, true) => Some(if load(b) < load(a) { b } else { a }),
                             (true, false) => Some(a),
                             (false, true) => Some(b),
-                            (false, false) => weighted
-                                .iter()
-                                .map(|&i| i as usize)
-                                .filter(|&i| healthy(i))
-                                .min_by_key(|&i| load(i)),
+                            (false, false) => {
+                                weighted.iter().map(|&i| i as usize).filter(|&i| healthy(i)).min_by_key(|&i| load(i))
+                            }
                         }
                     }
                 }
@@ -199,21 +167,8 @@ fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
     let w: Vec<i64> = weights.iter().map(|x| i64::from(x / g)).collect();
     let total: i64 = w.iter().sum();
     // Very large weight sums are capped: the schedule keeps the ratios to ~0.1%.
-    let scale = if total > 4096 {
-        4096.0 / total as f64
-    } else {
-        1.0
-    };
-    let w: Vec<i64> = w
-        .iter()
-        .map(|&x| {
-            if x == 0 {
-                0
-            } else {
-                ((x as f64 * scale).round() as i64).max(1)
-            }
-        })
-        .collect();
+    let scale = if total > 4096 { 4096.0 / total as f64 } else { 1.0 };
+    let w: Vec<i64> = w.iter().map(|&x| if x == 0 { 0 } else { ((x as f64 * scale).round() as i64).max(1) }).collect();
     let total: i64 = w.iter().sum();
     let mut current = vec![0i64; w.len()];
     let mut out = Vec::with_capacity(total as usize);
@@ -239,12 +194,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 mod tests {
     use super::*;
 
-    fn counts(
-        lb: &Balancer,
-        n: usize,
-        len: usize,
-        healthy: impl Fn(usize) -> bool + Copy,
-    ) -> Vec<usize> {
+    fn counts(lb: &Balancer, n: usize, len: usize, healthy: impl Fn(usize) -> bool + Copy) -> Vec<usize> {
         let rng = Rng::seeded(42);
         let mut c = vec![0; len];
         for _ in 0..n {
@@ -262,11 +212,7 @@ mod tests {
 
     #[test]
     fn unhealthy_endpoints_are_skipped_and_none_healthy_is_none() {
-        for kind in [
-            LoadBalancing::RoundRobin,
-            LoadBalancing::Random,
-            LoadBalancing::LeastRequest,
-        ] {
+        for kind in [LoadBalancing::RoundRobin, LoadBalancing::Random, LoadBalancing::LeastRequest] {
             let lb = Balancer::new(kind, &[1, 1, 1]);
             assert_eq!(counts(&lb, 100, 3, |i| i == 1), vec![0, 100, 0], "{kind:?}");
             assert_eq!(lb.pick(&Rng::seeded(1), |_| false, |_| 0), None, "{kind:?}");
@@ -286,10 +232,7 @@ mod tests {
         let lb = Balancer::new(LoadBalancing::LeastRequest, &[1, 1]);
         let rng = Rng::seeded(3);
         for _ in 0..50 {
-            assert_eq!(
-                lb.pick(&rng, |_| true, |i| if i == 0 { 10 } else { 0 }),
-                Some(1)
-            );
+            assert_eq!(lb.pick(&rng, |_| true, |i| if i == 0 { 10 } else { 0 }), Some(1));
         }
     }
 

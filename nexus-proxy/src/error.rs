@@ -39,22 +39,13 @@ impl ProxyError {
 
     /// Classify an error from the pooled client.
     pub(crate) fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        let timed_out = chain(&err).any(|e| {
-            e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        });
+        let timed_out = chain(&err)
+            .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
         let kind = if chain(&err).any(nexus_core::body::is_body_too_large) {
             ErrorKind::BodyTooLarge
         } else if err.is_connect() {
-            if timed_out {
-                ErrorKind::ConnectTimeout
-            } else {
-                ErrorKind::Connect
-            }
-        } else if chain(&err).any(|e| {
-            e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_user)
-        }) {
+            if timed_out { ErrorKind::ConnectTimeout } else { ErrorKind::Connect }
+        } else if chain(&err).any(|e| e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user)) {
             ErrorKind::ClientBody
         } else {
             ErrorKind::Upstream
@@ -85,17 +76,21 @@ impl ProxyError {
     /// The answer the client gets: 502, 503, 504, 413 or 400.
     pub fn to_gateway_error(&self) -> GatewayError {
         match self.kind {
-            ErrorKind::Connect => GatewayError::new(ErrorCode::BadGateway)
-                .with_message("upstream refused the connection"),
-            ErrorKind::ConnectTimeout => GatewayError::new(ErrorCode::GatewayTimeout)
-                .with_message("timed out connecting to the upstream"),
+            ErrorKind::Connect => {
+                GatewayError::new(ErrorCode::BadGateway).with_message("upstream refused the connection")
+            }
+            ErrorKind::ConnectTimeout => {
+                GatewayError::new(ErrorCode::GatewayTimeout).with_message("timed out connecting to the upstream")
+            }
             ErrorKind::Timeout => GatewayError::new(ErrorCode::GatewayTimeout),
             ErrorKind::Upstream => GatewayError::new(ErrorCode::BadGateway),
             ErrorKind::BodyTooLarge => GatewayError::new(ErrorCode::PayloadTooLarge),
-            ErrorKind::ClientBody => GatewayError::new(ErrorCode::BadRequest)
-                .with_message("the request body could not be read"),
-            ErrorKind::NoHealthyEndpoint => GatewayError::new(ErrorCode::UpstreamUnavailable)
-                .with_message("no healthy endpoint"),
+            ErrorKind::ClientBody => {
+                GatewayError::new(ErrorCode::BadRequest).with_message("the request body could not be read")
+            }
+            ErrorKind::NoHealthyEndpoint => {
+                GatewayError::new(ErrorCode::UpstreamUnavailable).with_message("no healthy endpoint")
+            }
             ErrorKind::Overloaded => GatewayError::new(ErrorCode::UpstreamUnavailable)
                 .with_message("upstream has too many requests in flight"),
         }

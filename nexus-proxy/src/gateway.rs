@@ -35,9 +35,7 @@ impl StickyKey {
     pub fn parse(s: &str) -> Option<Self> {
         let (kind, name) = s.split_once(':')?;
         match kind {
-            "header" => HeaderName::from_bytes(name.as_bytes())
-                .ok()
-                .map(Self::Header),
+            "header" => HeaderName::from_bytes(name.as_bytes()).ok().map(Self::Header),
             "cookie" => Some(Self::Cookie(name.to_string())),
             "claim" => Some(Self::Claim(name.to_string())),
             _ => None,
@@ -46,11 +44,7 @@ impl StickyKey {
 
     fn value<'r, B>(&self, req: &'r Request<B>) -> Option<std::borrow::Cow<'r, str>> {
         match self {
-            Self::Header(h) => req
-                .headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(Into::into),
+            Self::Header(h) => req.headers().get(h).and_then(|v| v.to_str().ok()).map(Into::into),
             Self::Cookie(name) => req
                 .headers()
                 .get_all(header::COOKIE)
@@ -61,11 +55,9 @@ impl StickyKey {
                     let (k, v) = kv.trim().split_once('=')?;
                     (k == name).then_some(v.into())
                 }),
-            Self::Claim(c) => req
-                .extensions()
-                .get::<VerifiedClaims>()
-                .and_then(|cl| cl.get_str(c))
-                .map(|v| v.into_owned().into()),
+            Self::Claim(c) => {
+                req.extensions().get::<VerifiedClaims>().and_then(|cl| cl.get_str(c)).map(|v| v.into_owned().into())
+            }
         }
     }
 }
@@ -156,10 +148,7 @@ where
             let rc = route.config();
             let wanted: Vec<(&str, u32)> = match (&rc.upstream, &rc.split) {
                 (Some(u), _) => vec![(u.as_str(), 1)],
-                (None, Some(split)) => split
-                    .iter()
-                    .map(|s| (s.upstream.as_str(), s.weight))
-                    .collect(),
+                (None, Some(split)) => split.iter().map(|s| (s.upstream.as_str(), s.weight)).collect(),
                 (None, None) => Vec::new(),
             };
             let mut acc = 0u64;
@@ -170,36 +159,24 @@ where
                         acc += u64::from(weight);
                         sides.push((Arc::clone(up), acc));
                     }
-                    None => errors.push(ConfigError::new(
-                        format!("routes[{i}].upstream"),
-                        format!("unknown upstream {name:?}"),
-                    )),
+                    None => errors
+                        .push(ConfigError::new(format!("routes[{i}].upstream"), format!("unknown upstream {name:?}"))),
                 }
             }
             if acc == 0 {
-                errors.push(ConfigError::new(
-                    format!("routes[{i}]"),
-                    "no upstream carries traffic",
-                ));
+                errors.push(ConfigError::new(format!("routes[{i}]"), "no upstream carries traffic"));
             }
             targets.push(RouteTarget {
                 sides: sides.into_boxed_slice(),
                 total: acc.max(1),
                 sticky: rc.sticky.as_deref().and_then(StickyKey::parse),
-                timeout: rc
-                    .timeout
-                    .map_or(default_timeout, nexus_core::config::Duration::as_std),
+                timeout: rc.timeout.map_or(default_timeout, nexus_core::config::Duration::as_std),
             });
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Self {
-            table,
-            targets: targets.into_boxed_slice(),
-            upstreams,
-            rng,
-        })
+        Ok(Self { table, targets: targets.into_boxed_slice(), upstreams, rng })
     }
 
     /// The route table.
@@ -259,18 +236,12 @@ where
         let found: RouteMatch<'_> = match self.table.match_request(&info) {
             Match::Found(m) => m,
             Match::NotFound => {
-                return Err(
-                    GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers())
-                );
+                return Err(GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers()));
             }
             Match::MethodNotAllowed { allow } => {
                 let mut res: Response<ResponseBody> =
                     GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
-                let allow = allow
-                    .iter()
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
                 if let Ok(v) = HeaderValue::from_str(&allow) {
                     res.headers_mut().insert(header::ALLOW, v);
                 }
@@ -300,23 +271,15 @@ mod tests {
 
     #[test]
     fn sticky_keys_parse() {
-        assert_eq!(
-            StickyKey::parse("header:X-User-Id"),
-            Some(StickyKey::Header(HeaderName::from_static("x-user-id")))
-        );
-        assert_eq!(
-            StickyKey::parse("cookie:ab"),
-            Some(StickyKey::Cookie("ab".into()))
-        );
+        assert_eq!(StickyKey::parse("header:X-User-Id"), Some(StickyKey::Header(HeaderName::from_static("x-user-id"))));
+        assert_eq!(StickyKey::parse("cookie:ab"), Some(StickyKey::Cookie("ab".into())));
         assert_eq!(StickyKey::parse("ip"), None);
     }
 
     #[test]
     fn fnv_spreads_keys_evenly() {
         let n = 10_000u64;
-        let below: u64 = (0..n)
-            .filter(|i| fnv1a(format!("user-{i}").as_bytes()) % 100 < 10)
-            .count() as u64;
+        let below: u64 = (0..n).filter(|i| fnv1a(format!("user-{i}").as_bytes()) % 100 < 10).count() as u64;
         assert!((800..=1200).contains(&below), "{below}");
     }
 }

@@ -83,11 +83,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     // Proxy-* (Proxy-Authorization, Proxy-Connection, ...): scan only when present.
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
+        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
         for n in names {
             headers.remove(n);
         }
@@ -99,12 +95,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `client` is the peer's IP as a header value (cache it per connection).
 /// From an untrusted peer, `-Proto` and `-Host` are overwritten; from a trusted
 /// proxy, values it sent are kept. `-For` is always appended to.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    trusted_peer: bool,
-    host: Option<&HeaderValue>,
-) {
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, trusted_peer: bool, host: Option<&HeaderValue>) {
     let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
     let appended = lines.next().map(|first| {
         // Fold every earlier line into one, in order, then append this hop.
@@ -162,12 +153,7 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         h.insert(X_FORWARDED_HOST, "evil".parse().unwrap());
         let host = HeaderValue::from_static("api.example.com");
-        set_forwarded(
-            &mut h,
-            &HeaderValue::from_static("9.9.9.9"),
-            false,
-            Some(&host),
-        );
+        set_forwarded(&mut h, &HeaderValue::from_static("9.9.9.9"), false, Some(&host));
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 9.9.9.9");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
@@ -182,12 +168,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         h.insert(X_FORWARDED_HOST, "public.example.com".parse().unwrap());
-        set_forwarded(
-            &mut h,
-            &HeaderValue::from_static("10.0.0.1"),
-            true,
-            Some(&HeaderValue::from_static("internal")),
-        );
+        set_forwarded(&mut h, &HeaderValue::from_static("10.0.0.1"), true, Some(&HeaderValue::from_static("internal")));
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "public.example.com");

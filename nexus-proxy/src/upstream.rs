@@ -73,9 +73,7 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.shared.endpoints[self.endpoint]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.endpoints[self.endpoint].in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -96,8 +94,7 @@ impl ClientInfo {
             v4 => v4,
         };
         Self {
-            ip: HeaderValue::from_str(&ip.to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
+            ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             trusted: nexus_core::client::is_trusted(peer, trusted),
         }
     }
@@ -185,18 +182,12 @@ where
             return Err(ProxyError::new(ErrorKind::Overloaded, None));
         }
         let eps = &shared.endpoints;
-        let Some(i) =
-            self.balancer
-                .pick(&self.rng, |i| eps[i].is_healthy(), |i| eps[i].in_flight())
-        else {
+        let Some(i) = self.balancer.pick(&self.rng, |i| eps[i].is_healthy(), |i| eps[i].in_flight()) else {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             return Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, None));
         };
         eps[i].in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(InFlight {
-            shared: Arc::clone(shared),
-            endpoint: i,
-        })
+        Ok(InFlight { shared: Arc::clone(shared), endpoint: i })
     }
 
     /// Forward a request to one endpoint and return its response, streamed.
@@ -216,11 +207,7 @@ where
         let endpoint = &self.shared.endpoints[guard.endpoint];
         let (mut parts, body) = req.into_parts();
         let upgrade = headers::is_upgrade(&parts.headers);
-        let client_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
+        let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
 
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         if !parts.headers.contains_key(header::HOST) {
@@ -236,17 +223,11 @@ where
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
-        parts.uri = Uri::from_parts(uri)
-            .map_err(|e| ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))))?;
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))))?;
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         let host = parts.headers.get(header::HOST).cloned();
-        headers::set_forwarded(
-            &mut parts.headers,
-            &client.ip,
-            client.trusted,
-            host.as_ref(),
-        );
+        headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
 
         let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
         let sent = self.client.request(Request::from_parts(parts, body));
@@ -279,9 +260,6 @@ where
             headers::remove_hop_by_hop(res.headers_mut(), false);
         }
         let (parts, body) = res.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            UpstreamBody::new(body, Some(guard)),
-        ))
+        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(guard))))
     }
 }

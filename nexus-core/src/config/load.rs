@@ -82,14 +82,11 @@ impl Overrides {
     /// ```
     pub fn apply(&self, config: &mut Config) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
-        let addr = |v: &str, key: &str, errors: &mut Vec<ConfigError>| match v.parse::<SocketAddr>()
-        {
+        let addr = |v: &str, key: &str, errors: &mut Vec<ConfigError>| match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                errors.push(ConfigError::new(
-                    key,
-                    format!("invalid socket address {v:?}; write e.g. \"0.0.0.0:8080\""),
-                ));
+                errors
+                    .push(ConfigError::new(key, format!("invalid socket address {v:?}; write e.g. \"0.0.0.0:8080\"")));
                 None
             }
         };
@@ -112,11 +109,7 @@ impl Overrides {
                 Err(e) => errors.push(ConfigError::new("logging.format", e)),
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
     }
 }
 
@@ -129,17 +122,10 @@ mod tests {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:1000".parse().unwrap();
         config.logging.level = "warn".into();
-        let env: HashMap<String, String> =
-            [("NEXUS_LISTEN".into(), "127.0.0.1:3000".into())].into();
-        let flags = Overrides {
-            listen: Some("127.0.0.1:2000".into()),
-            log_level: Some("debug".into()),
-            ..Default::default()
-        };
-        Overrides::from_env(&env)
-            .over(flags)
-            .apply(&mut config)
-            .unwrap();
+        let env: HashMap<String, String> = [("NEXUS_LISTEN".into(), "127.0.0.1:3000".into())].into();
+        let flags =
+            Overrides { listen: Some("127.0.0.1:2000".into()), log_level: Some("debug".into()), ..Default::default() };
+        Overrides::from_env(&env).over(flags).apply(&mut config).unwrap();
         assert_eq!(config.server.listen.port(), 3000, "env wins over the flag");
         assert_eq!(config.logging.level, "debug", "flag wins over the file");
     }
@@ -147,13 +133,9 @@ mod tests {
     #[test]
     fn bad_override_is_reported_with_its_key() {
         let mut config = Config::default();
-        let err = Overrides {
-            listen: Some("nope".into()),
-            log_format: Some("xml".into()),
-            ..Default::default()
-        }
-        .apply(&mut config)
-        .unwrap_err();
+        let err = Overrides { listen: Some("nope".into()), log_format: Some("xml".into()), ..Default::default() }
+            .apply(&mut config)
+            .unwrap_err();
         assert!(err.has_path("server.listen"));
         assert!(err.has_path("logging.format"));
     }

@@ -41,20 +41,13 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { path: path.into(), message: message.into() }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -106,15 +99,7 @@ impl<'a> IntoIterator for &'a ConfigErrors {
     }
 }
 
-const TOP_KEYS: &[&str] = &[
-    "server",
-    "logging",
-    "admin",
-    "upstreams",
-    "auth",
-    "rate_limits",
-    "routes",
-];
+const TOP_KEYS: &[&str] = &["server", "logging", "admin", "upstreams", "auth", "rate_limits", "routes"];
 
 impl Config {
     /// Parse and validate a config document. Each route, upstream, rate limit and
@@ -137,28 +122,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         validate::validate(self, &ParseInfo::default(), &mut errors);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
     }
 
     /// Number of routes and upstreams, phrased as `nexus validate` prints it:
     /// `1 route, 2 upstreams`.
     pub fn summary(&self) -> String {
         fn plural(n: usize, word: &str) -> String {
-            if n == 1 {
-                format!("1 {word}")
-            } else {
-                format!("{n} {word}s")
-            }
+            if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
         }
-        format!(
-            "{}, {}",
-            plural(self.routes.len(), "route"),
-            plural(self.upstreams.len(), "upstream")
-        )
+        format!("{}, {}", plural(self.routes.len(), "route"), plural(self.upstreams.len(), "upstream"))
     }
 }
 
@@ -172,11 +145,7 @@ pub(crate) struct ParseInfo {
     pub(crate) failed: std::collections::HashSet<String>,
 }
 
-fn parse_document(
-    value: Value,
-    errors: &mut Vec<ConfigError>,
-    info: &mut ParseInfo,
-) -> Option<Config> {
+fn parse_document(value: Value, errors: &mut Vec<ConfigError>, info: &mut ParseInfo) -> Option<Config> {
     let obj = match value {
         Value::Null => Map::new(),
         Value::Object(m) => m,
@@ -213,9 +182,7 @@ fn parse_document(
                 Value::Null => {}
                 Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
-                        if let Some(route) =
-                            section::<RouteConfig>(&format!("routes[{i}]"), item, errors)
-                        {
+                        if let Some(route) = section::<RouteConfig>(&format!("routes[{i}]"), item, errors) {
                             config.routes.push(route);
                             info.route_index.push(i);
                         }
@@ -236,10 +203,7 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 }
 
 fn unknown_key(path: &str, expected: &[&str]) -> ConfigError {
-    ConfigError::new(
-        path,
-        format!("unknown key (expected one of: {})", expected.join(", ")),
-    )
+    ConfigError::new(path, format!("unknown key (expected one of: {})", expected.join(", ")))
 }
 
 /// Deserialize a map section entry by entry, so each bad entry reports its own errors.
@@ -263,26 +227,15 @@ fn entries<T: DeserializeOwned>(
             })
             .collect(),
         _ => {
-            errors.push(ConfigError::new(
-                path,
-                "expected a mapping of names to entries",
-            ));
+            errors.push(ConfigError::new(path, "expected a mapping of names to entries"));
             Default::default()
         }
     }
 }
 
 /// Deserialize one value, turning serde's first error into a [`ConfigError`] with a full path.
-fn section<T: DeserializeOwned>(
-    prefix: &str,
-    v: Value,
-    errors: &mut Vec<ConfigError>,
-) -> Option<T> {
-    let v = if v.is_null() {
-        Value::Object(Map::new())
-    } else {
-        v
-    };
+fn section<T: DeserializeOwned>(prefix: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+    let v = if v.is_null() { Value::Object(Map::new()) } else { v };
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -313,10 +266,7 @@ fn describe_serde_error(mut path: String, msg: &str) -> ConfigError {
     let backticked = |rest: &str| rest.split('`').nth(1).map(str::to_string);
     if let Some(rest) = msg.strip_prefix("unknown field ") {
         if let Some(key) = backticked(rest) {
-            let expected = rest
-                .split_once("expected ")
-                .map(|(_, e)| e.replace('`', ""))
-                .unwrap_or_default();
+            let expected = rest.split_once("expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
             if !path.ends_with(&format!(".{key}")) && path != key {
                 if !path.is_empty() {
                     path.push('.');

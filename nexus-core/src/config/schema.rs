@@ -69,9 +69,7 @@ fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    de::Error::custom(format!("invalid CIDR {s:?}; write e.g. \"10.0.0.0/8\""))
-                })
+                .map_err(|_| de::Error::custom(format!("invalid CIDR {s:?}; write e.g. \"10.0.0.0/8\"")))
         })
         .collect()
 }
@@ -113,10 +111,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self {
-            drain_delay: Duration::from_secs(5),
-            grace_period: Duration::from_secs(30),
-        }
+        Self { drain_delay: Duration::from_secs(5), grace_period: Duration::from_secs(30) }
     }
 }
 
@@ -132,10 +127,7 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Json,
-        }
+        Self { level: "info".into(), format: LogFormat::Json }
     }
 }
 
@@ -170,9 +162,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            token_env: "NEXUS_ADMIN_TOKEN".into(),
-        }
+        Self { token_env: "NEXUS_ADMIN_TOKEN".into() }
     }
 }
 
@@ -357,12 +347,7 @@ fn default_backoff() -> f64 {
     2.0
 }
 fn default_retry_on() -> Vec<RetryOn> {
-    vec![
-        RetryOn::ConnectError,
-        RetryOn::Status(502),
-        RetryOn::Status(503),
-        RetryOn::Status(504),
-    ]
+    vec![RetryOn::ConnectError, RetryOn::Status(502), RetryOn::Status(503), RetryOn::Status(504)]
 }
 
 /// One `retry_on` condition: `connect_error`, `timeout`, `reset`, or a status code.

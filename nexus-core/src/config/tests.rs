@@ -44,10 +44,7 @@ fn every_error_is_reported_with_its_field_path() {
         assert!(e.has_path(path), "missing error at {path}; got:\n{e}");
     }
     let text = e.to_string();
-    assert!(
-        text.contains("routes[1].upstream: unknown upstream \"user-v3\" (known: user-v1, user-v2)"),
-        "{text}"
-    );
+    assert!(text.contains("routes[1].upstream: unknown upstream \"user-v3\" (known: user-v1, user-v2)"), "{text}");
     assert!(
         !text.contains("unknown upstream \"user-v1\""),
         "an entry that failed to parse is not also unknown:\n{text}"
@@ -83,10 +80,7 @@ fn cidrs_weights_and_limits_are_checked() {
 
 #[test]
 fn trusted_proxies_accept_cidrs_and_addresses() {
-    let c = Config::from_json(
-        json!({ "server": { "trusted_proxies": ["10.0.0.0/8", "127.0.0.1", "::1"] } }),
-    )
-    .unwrap();
+    let c = Config::from_json(json!({ "server": { "trusted_proxies": ["10.0.0.0/8", "127.0.0.1", "::1"] } })).unwrap();
     assert_eq!(c.server.trusted_proxies.len(), 3);
 }
 
@@ -114,14 +108,7 @@ fn retry_on_mixes_names_and_codes() {
         "retry": { "retry_on": ["connect_error", 502, "503"] } } } }))
     .unwrap();
     let r = c.upstreams["u"].retry.as_ref().unwrap();
-    assert_eq!(
-        r.retry_on,
-        vec![
-            RetryOn::ConnectError,
-            RetryOn::Status(502),
-            RetryOn::Status(503)
-        ]
-    );
+    assert_eq!(r.retry_on, vec![RetryOn::ConnectError, RetryOn::Status(502), RetryOn::Status(503)]);
     let e = errors(json!({ "upstreams": { "u": {
         "endpoints": [{ "url": "http://127.0.0.1:1" }], "retry": { "retry_on": [99] } } } }));
     assert!(e.has_path("upstreams.u.retry.retry_on[0]"), "{e}");

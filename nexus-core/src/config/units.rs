@@ -49,9 +49,7 @@ impl FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| {
-                format!("invalid duration {s:?} ({e}); write e.g. \"250ms\", \"5s\", \"1m\"")
-            })
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"250ms\", \"5s\", \"1m\""))
     }
 }
 
@@ -117,8 +115,7 @@ impl FromStr for ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let bad =
-            || format!("invalid size {s:?}; write e.g. \"512KiB\", \"10MiB\" or a number of bytes");
+        let bad = || format!("invalid size {s:?}; write e.g. \"512KiB\", \"10MiB\" or a number of bytes");
         let n: u64 = num.parse().map_err(|_| bad())?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
@@ -159,9 +156,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 v.parse().map_err(E::custom)
@@ -183,12 +178,7 @@ mod tests {
 
     #[test]
     fn durations_parse_spec_forms() {
-        for (s, ms) in [
-            ("250ms", 250),
-            ("5s", 5000),
-            ("1m", 60_000),
-            ("1h", 3_600_000),
-        ] {
+        for (s, ms) in [("250ms", 250), ("5s", 5000), ("1m", 60_000), ("1h", 3_600_000)] {
             assert_eq!(s.parse::<Duration>().unwrap().as_std().as_millis(), ms);
         }
         assert!("5 parsecs".parse::<Duration>().is_err());

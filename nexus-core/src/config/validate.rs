@@ -1,16 +1,11 @@
 //! Semantic checks that serde cannot express. Every check pushes its error and
 //! goes on, so the user sees the whole list at once.
 
-use super::{
-    Config, ConfigError, JwtConfig, ParseInfo, PathKind, RateLimitBackend, RouteConfig,
-    UpstreamConfig,
-};
+use super::{Config, ConfigError, JwtConfig, ParseInfo, PathKind, RateLimitBackend, RouteConfig, UpstreamConfig};
 use std::collections::{BTreeMap, HashSet};
 
-const ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
-];
+const ALGORITHMS: &[&str] =
+    &["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigError>) {
     let mut err = |path: String, msg: String| errors.push(ConfigError::new(path, msg));
@@ -18,26 +13,14 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
     let limits = &c.server.limits;
     let hb = limits.max_header_bytes.bytes();
     if !(1024..=1024 * 1024).contains(&hb) {
-        err(
-            "server.limits.max_header_bytes".into(),
-            format!("{hb} bytes is out of range (1KiB to 1MiB)"),
-        );
+        err("server.limits.max_header_bytes".into(), format!("{hb} bytes is out of range (1KiB to 1MiB)"));
     }
     if limits.max_request_body.bytes() == 0 {
-        err(
-            "server.limits.max_request_body".into(),
-            "must be greater than 0".into(),
-        );
+        err("server.limits.max_request_body".into(), "must be greater than 0".into());
     }
-    for (key, d) in [
-        ("header_read_timeout", limits.header_read_timeout),
-        ("request_timeout", limits.request_timeout),
-    ] {
+    for (key, d) in [("header_read_timeout", limits.header_read_timeout), ("request_timeout", limits.request_timeout)] {
         if d.is_zero() {
-            err(
-                format!("server.limits.{key}"),
-                "must be greater than 0".into(),
-            );
+            err(format!("server.limits.{key}"), "must be greater than 0".into());
         }
     }
     let prefix = &c.server.probe_prefix;
@@ -48,10 +31,7 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
         );
     }
     if c.admin.token_env.trim().is_empty() {
-        err(
-            "admin.token_env".into(),
-            "must name an environment variable".into(),
-        );
+        err("admin.token_env".into(), "must name an environment variable".into());
     }
 
     for (name, u) in &c.upstreams {
@@ -69,21 +49,13 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
             err(format!("{p}.per"), "must be greater than 0".into());
         }
         if rl.burst == Some(0) {
-            err(
-                format!("{p}.burst"),
-                "must be at least 1 (or absent: defaults to requests)".into(),
-            );
+            err(format!("{p}.burst"), "must be at least 1 (or absent: defaults to requests)".into());
         }
         if let Err(e) = check_key(&rl.key, &["client_ip"], &["header:", "claim:"]) {
             err(format!("{p}.key"), e);
         }
-        if rl.backend == RateLimitBackend::Redis
-            && rl.redis_url_env.as_deref().is_none_or(str::is_empty)
-        {
-            err(
-                format!("{p}.redis_url_env"),
-                "is required with backend: redis".into(),
-            );
+        if rl.backend == RateLimitBackend::Redis && rl.redis_url_env.as_deref().is_none_or(str::is_empty) {
+            err(format!("{p}.redis_url_env"), "is required with backend: redis".into());
         }
     }
 
@@ -93,10 +65,7 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
         if r.name.trim().is_empty() {
             err(format!("{p}.name"), "must not be empty".into());
         } else if !seen.insert(r.name.as_str()) {
-            err(
-                format!("{p}.name"),
-                format!("duplicate route name {:?}", r.name),
-            );
+            err(format!("{p}.name"), format!("duplicate route name {:?}", r.name));
         }
         validate_route(&p, r, c, info, &mut err);
     }
@@ -104,67 +73,40 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
 
 fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, String)) {
     if u.endpoints.is_empty() {
-        err(
-            format!("{p}.endpoints"),
-            "at least one endpoint is required".into(),
-        );
+        err(format!("{p}.endpoints"), "at least one endpoint is required".into());
     }
     let mut seen = HashSet::new();
     for (i, e) in u.endpoints.iter().enumerate() {
         if let Err(msg) = crate::upstream::parse_endpoint_url(&e.url) {
             err(format!("{p}.endpoints[{i}].url"), msg);
         } else if !seen.insert(e.url.trim_end_matches('/')) {
-            err(
-                format!("{p}.endpoints[{i}].url"),
-                format!("duplicate endpoint {:?}", e.url),
-            );
+            err(format!("{p}.endpoints[{i}].url"), format!("duplicate endpoint {:?}", e.url));
         }
     }
     if !u.endpoints.is_empty() && u.endpoints.iter().all(|e| e.weight == 0) {
-        err(
-            format!("{p}.endpoints"),
-            "every endpoint has weight 0; at least one must carry traffic".into(),
-        );
+        err(format!("{p}.endpoints"), "every endpoint has weight 0; at least one must carry traffic".into());
     }
     if u.max_concurrent_requests == 0 {
-        err(
-            format!("{p}.max_concurrent_requests"),
-            "must be at least 1".into(),
-        );
+        err(format!("{p}.max_concurrent_requests"), "must be at least 1".into());
     }
     if u.timeout.is_some_and(super::Duration::is_zero) {
         err(format!("{p}.timeout"), "must be greater than 0".into());
     }
     if u.connect_timeout.is_zero() {
-        err(
-            format!("{p}.connect_timeout"),
-            "must be greater than 0".into(),
-        );
+        err(format!("{p}.connect_timeout"), "must be greater than 0".into());
     }
     if let Some(h) = &u.health_check {
         if !h.path.starts_with('/') {
-            err(
-                format!("{p}.health_check.path"),
-                format!("{:?} must start with '/'", h.path),
-            );
+            err(format!("{p}.health_check.path"), format!("{:?} must start with '/'", h.path));
         }
         if !(100..=599).contains(&h.expected_status) {
-            err(
-                format!("{p}.health_check.expected_status"),
-                format!("{} is not an HTTP status", h.expected_status),
-            );
+            err(format!("{p}.health_check.expected_status"), format!("{} is not an HTTP status", h.expected_status));
         }
         if h.interval.is_zero() || h.timeout.is_zero() {
-            err(
-                format!("{p}.health_check"),
-                "interval and timeout must be greater than 0".into(),
-            );
+            err(format!("{p}.health_check"), "interval and timeout must be greater than 0".into());
         }
         if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
-            err(
-                format!("{p}.health_check"),
-                "healthy_threshold and unhealthy_threshold must be at least 1".into(),
-            );
+            err(format!("{p}.health_check"), "healthy_threshold and unhealthy_threshold must be at least 1".into());
         }
     }
     if let Some(cb) = &u.circuit_breaker {
@@ -174,85 +116,51 @@ fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, S
             ("half_open_max_requests", cb.half_open_max_requests),
         ] {
             if v == 0 {
-                err(
-                    format!("{p}.circuit_breaker.{k}"),
-                    "must be at least 1".into(),
-                );
+                err(format!("{p}.circuit_breaker.{k}"), "must be at least 1".into());
             }
         }
         if cb.open_timeout.is_zero() {
-            err(
-                format!("{p}.circuit_breaker.open_timeout"),
-                "must be greater than 0".into(),
-            );
+            err(format!("{p}.circuit_breaker.open_timeout"), "must be greater than 0".into());
         }
     }
     if let Some(r) = &u.retry {
         if !(r.backoff_factor.is_finite() && r.backoff_factor >= 1.0) {
-            err(
-                format!("{p}.retry.backoff_factor"),
-                "must be a number of at least 1.0".into(),
-            );
+            err(format!("{p}.retry.backoff_factor"), "must be a number of at least 1.0".into());
         }
         if r.max_delay < r.initial_delay {
-            err(
-                format!("{p}.retry.max_delay"),
-                "must not be less than initial_delay".into(),
-            );
+            err(format!("{p}.retry.max_delay"), "must not be less than initial_delay".into());
         }
     }
 }
 
 fn validate_jwt(p: &str, j: &JwtConfig, err: &mut impl FnMut(String, String)) {
     if j.algorithms.is_empty() {
-        err(
-            format!("{p}.algorithms"),
-            "at least one algorithm is required".into(),
-        );
+        err(format!("{p}.algorithms"), "at least one algorithm is required".into());
     }
     for (i, a) in j.algorithms.iter().enumerate() {
         if a.eq_ignore_ascii_case("none") {
-            err(
-                format!("{p}.algorithms[{i}]"),
-                "\"none\" is never accepted".into(),
-            );
+            err(format!("{p}.algorithms[{i}]"), "\"none\" is never accepted".into());
         } else if !ALGORITHMS.contains(&a.as_str()) {
-            err(
-                format!("{p}.algorithms[{i}]"),
-                format!("unknown algorithm {a:?} (known: {})", ALGORITHMS.join(", ")),
-            );
+            err(format!("{p}.algorithms[{i}]"), format!("unknown algorithm {a:?} (known: {})", ALGORITHMS.join(", ")));
         }
     }
-    let sources = [
-        j.jwks_file.is_some(),
-        j.jwks_url.is_some(),
-        j.secret_env.is_some(),
-        j.public_key_file.is_some(),
-    ];
+    let sources = [j.jwks_file.is_some(), j.jwks_url.is_some(), j.secret_env.is_some(), j.public_key_file.is_some()];
     match sources.iter().filter(|s| **s).count() {
-        0 => err(
-            p.to_string(),
-            "one key source is required: jwks_file, jwks_url, secret_env or public_key_file".into(),
-        ),
+        0 => {
+            err(p.to_string(), "one key source is required: jwks_file, jwks_url, secret_env or public_key_file".into())
+        }
         1 => {}
         _ => err(
             p.to_string(),
-            "only one key source may be set: jwks_file, jwks_url, secret_env or public_key_file"
-                .into(),
+            "only one key source may be set: jwks_file, jwks_url, secret_env or public_key_file".into(),
         ),
     }
     let hmac = j.algorithms.iter().any(|a| a.starts_with("HS"));
     if hmac && j.secret_env.is_none() {
-        err(
-            format!("{p}.algorithms"),
-            "HS* algorithms need secret_env".into(),
-        );
+        err(format!("{p}.algorithms"), "HS* algorithms need secret_env".into());
     }
     if j.secret_env.is_some() && j.algorithms.iter().any(|a| !a.starts_with("HS")) {
-        err(
-            format!("{p}.algorithms"),
-            "secret_env only works with HS256, HS384 or HS512".into(),
-        );
+        err(format!("{p}.algorithms"), "secret_env only works with HS256, HS384 or HS512".into());
     }
     if let Some(u) = &j.jwks_url {
         match url::Url::parse(u) {
@@ -264,10 +172,7 @@ fn validate_jwt(p: &str, j: &JwtConfig, err: &mut impl FnMut(String, String)) {
                     None => false,
                 };
                 if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-                    err(
-                        format!("{p}.jwks_url"),
-                        "must be https (plain http only on loopback)".into(),
-                    );
+                    err(format!("{p}.jwks_url"), "must be https (plain http only on loopback)".into());
                 }
             }
             Err(e) => err(format!("{p}.jwks_url"), format!("invalid URL {u:?}: {e}")),
@@ -275,32 +180,17 @@ fn validate_jwt(p: &str, j: &JwtConfig, err: &mut impl FnMut(String, String)) {
     }
     for (claim, header) in &j.forward_claims {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            err(
-                format!("{p}.forward_claims.{claim}"),
-                format!("{header:?} is not a valid header name"),
-            );
+            err(format!("{p}.forward_claims.{claim}"), format!("{header:?} is not a valid header name"));
         }
     }
 }
 
-fn validate_route(
-    p: &str,
-    r: &RouteConfig,
-    c: &Config,
-    info: &ParseInfo,
-    err: &mut impl FnMut(String, String),
-) {
+fn validate_route(p: &str, r: &RouteConfig, c: &Config, info: &ParseInfo, err: &mut impl FnMut(String, String)) {
     // A name whose entry failed to parse was already reported; do not call it unknown too.
     let failed = |section: &str, name: &str| info.failed.contains(&format!("{section}.{name}"));
     let check_upstream = |path: String, name: &str, err: &mut dyn FnMut(String, String)| {
         if !c.upstreams.contains_key(name) && !failed("upstreams", name) {
-            err(
-                path,
-                format!(
-                    "unknown upstream {name:?} ({})",
-                    known(&c.upstreams, "upstreams", info)
-                ),
-            );
+            err(path, format!("unknown upstream {name:?} ({})", known(&c.upstreams, "upstreams", info)));
         }
     };
 
@@ -310,10 +200,7 @@ fn validate_route(
         }
     }
     if r.paths.is_empty() {
-        err(
-            format!("{p}.paths"),
-            "at least one path is required (e.g. { path: /, type: prefix })".into(),
-        );
+        err(format!("{p}.paths"), "at least one path is required (e.g. { path: /, type: prefix })".into());
     }
     for (i, path) in r.paths.iter().enumerate() {
         let pp = format!("{p}.paths[{i}].path");
@@ -326,78 +213,44 @@ fn validate_route(
             PathKind::Exact | PathKind::Prefix => {
                 if !path.path.starts_with('/') {
                     err(pp, format!("{:?} must start with '/'", path.path));
-                } else if crate::path::normalize(&path.path).ok().as_deref()
-                    != Some(path.path.as_str())
-                {
-                    err(
-                        pp,
-                        format!(
-                            "{:?} is not a normalised path (no '.', '..' or '//' segments)",
-                            path.path
-                        ),
-                    );
+                } else if crate::path::normalize(&path.path).ok().as_deref() != Some(path.path.as_str()) {
+                    err(pp, format!("{:?} is not a normalised path (no '.', '..' or '//' segments)", path.path));
                 }
             }
         }
     }
     if let Some(methods) = &r.methods {
         if methods.is_empty() {
-            err(
-                format!("{p}.methods"),
-                "must list at least one method (or be absent for any)".into(),
-            );
+            err(format!("{p}.methods"), "must list at least one method (or be absent for any)".into());
         }
         for (i, m) in methods.iter().enumerate() {
-            if http::Method::from_bytes(m.as_bytes()).is_err()
-                || m.chars().any(|c| c.is_ascii_lowercase())
-            {
-                err(
-                    format!("{p}.methods[{i}]"),
-                    format!("{m:?} is not an HTTP method (write it in upper case)"),
-                );
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
+                err(format!("{p}.methods[{i}]"), format!("{m:?} is not an HTTP method (write it in upper case)"));
             }
         }
     }
     for (name, value) in &r.headers {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            err(
-                format!("{p}.headers.{name}"),
-                "is not a valid header name".into(),
-            );
+            err(format!("{p}.headers.{name}"), "is not a valid header name".into());
         } else if http::HeaderValue::from_str(value).is_err() {
-            err(
-                format!("{p}.headers.{name}"),
-                format!("{value:?} is not a valid header value"),
-            );
+            err(format!("{p}.headers.{name}"), format!("{value:?} is not a valid header value"));
         }
     }
     match (&r.upstream, &r.split) {
-        (Some(_), Some(_)) => err(
-            p.to_string(),
-            "set either upstream or split, not both".into(),
-        ),
+        (Some(_), Some(_)) => err(p.to_string(), "set either upstream or split, not both".into()),
         (None, None) => err(format!("{p}.upstream"), "is required (or split)".into()),
         (Some(u), None) => check_upstream(format!("{p}.upstream"), u, err),
         (None, Some(split)) => {
             if split.is_empty() {
-                err(
-                    format!("{p}.split"),
-                    "must list at least one upstream".into(),
-                );
+                err(format!("{p}.split"), "must list at least one upstream".into());
             } else if split.iter().all(|s| s.weight == 0) {
-                err(
-                    format!("{p}.split"),
-                    "weights sum to 0; at least one side must carry traffic".into(),
-                );
+                err(format!("{p}.split"), "weights sum to 0; at least one side must carry traffic".into());
             }
             let mut seen = HashSet::new();
             for (i, s) in split.iter().enumerate() {
                 check_upstream(format!("{p}.split[{i}].upstream"), &s.upstream, err);
                 if !seen.insert(s.upstream.as_str()) {
-                    err(
-                        format!("{p}.split[{i}].upstream"),
-                        format!("{:?} is listed twice", s.upstream),
-                    );
+                    err(format!("{p}.split[{i}].upstream"), format!("{:?} is listed twice", s.upstream));
                 }
             }
         }
@@ -410,40 +263,25 @@ fn validate_route(
     if let Some(m) = &r.mirror {
         check_upstream(format!("{p}.mirror.upstream"), &m.upstream, err);
         if !(0.0..=100.0).contains(&m.percent) {
-            err(
-                format!("{p}.mirror.percent"),
-                format!("{} is not between 0 and 100", m.percent),
-            );
+            err(format!("{p}.mirror.percent"), format!("{} is not between 0 and 100", m.percent));
         }
     }
     if r.timeout.is_some_and(super::Duration::is_zero) {
         err(format!("{p}.timeout"), "must be greater than 0".into());
     }
     if r.strip_prefix && r.paths.iter().any(|x| x.kind == PathKind::Regex) {
-        err(
-            format!("{p}.strip_prefix"),
-            "cannot be used with regex paths".into(),
-        );
+        err(format!("{p}.strip_prefix"), "cannot be used with regex paths".into());
     }
     if let Some(a) = &r.auth {
         if !c.auth.jwt.contains_key(a) && !failed("auth.jwt", a) {
-            err(
-                format!("{p}.auth"),
-                format!(
-                    "unknown auth policy {a:?} ({})",
-                    known(&c.auth.jwt, "auth.jwt", info)
-                ),
-            );
+            err(format!("{p}.auth"), format!("unknown auth policy {a:?} ({})", known(&c.auth.jwt, "auth.jwt", info)));
         }
     }
     if let Some(l) = &r.rate_limit {
         if !c.rate_limits.contains_key(l) && !failed("rate_limits", l) {
             err(
                 format!("{p}.rate_limit"),
-                format!(
-                    "unknown rate limit {l:?} ({})",
-                    known(&c.rate_limits, "rate_limits", info)
-                ),
+                format!("unknown rate limit {l:?} ({})", known(&c.rate_limits, "rate_limits", info)),
             );
         }
     }
@@ -453,17 +291,9 @@ fn validate_route(
 fn known<V>(m: &BTreeMap<String, V>, section: &str, info: &ParseInfo) -> String {
     let mut names: Vec<&str> = m.keys().map(String::as_str).collect();
     let pre = format!("{section}.");
-    names.extend(
-        info.failed
-            .iter()
-            .filter_map(|f| f.strip_prefix(pre.as_str())),
-    );
+    names.extend(info.failed.iter().filter_map(|f| f.strip_prefix(pre.as_str())));
     names.sort_unstable();
-    if names.is_empty() {
-        "none are defined".into()
-    } else {
-        format!("known: {}", names.join(", "))
-    }
+    if names.is_empty() { "none are defined".into() } else { format!("known: {}", names.join(", ")) }
 }
 
 /// Check a `kind:NAME` key such as `header:X-User-Id`.
@@ -484,8 +314,5 @@ fn check_key(key: &str, plain: &[&str], prefixed: &[&str]) -> Result<(), String>
     }
     let mut forms: Vec<String> = plain.iter().map(|s| (*s).to_string()).collect();
     forms.extend(prefixed.iter().map(|p| format!("{p}NAME")));
-    Err(format!(
-        "invalid key {key:?} (expected {})",
-        forms.join(" | ")
-    ))
+    Err(format!("invalid key {key:?} (expected {})", forms.join(" | ")))
 }

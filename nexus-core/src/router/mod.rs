@@ -72,16 +72,12 @@ impl Route {
     fn accepts_method(&self, m: &Method) -> bool {
         match &self.methods {
             None => true,
-            Some(ms) => ms
-                .iter()
-                .any(|x| x == m || (*m == Method::HEAD && *x == Method::GET)),
+            Some(ms) => ms.iter().any(|x| x == m || (*m == Method::HEAD && *x == Method::GET)),
         }
     }
 
     fn accepts_headers(&self, headers: Option<&HeaderMap>) -> bool {
-        self.headers
-            .iter()
-            .all(|(name, want)| headers.is_some_and(|h| h.get_all(name).iter().any(|v| v == want)))
+        self.headers.iter().all(|(name, want)| headers.is_some_and(|h| h.get_all(name).iter().any(|v| v == want)))
     }
 }
 
@@ -98,12 +94,7 @@ impl<'a> RequestInfo<'a> {
     /// A request with this method, `Host` (port and case are ignored) and
     /// *normalised* path (see [`crate::path::normalize`]).
     pub fn new(method: &'a Method, host: Option<&'a str>, path: &'a str) -> Self {
-        Self {
-            method,
-            host,
-            path,
-            headers: None,
-        }
+        Self { method, host, path, headers: None }
     }
 
     /// Add the request headers, for routes that require some.
@@ -219,9 +210,7 @@ impl RouteTable {
     }
 
     /// Compile routes given in code.
-    pub fn from_routes(
-        routes: impl IntoIterator<Item = RouteConfig>,
-    ) -> Result<Self, ConfigErrors> {
+    pub fn from_routes(routes: impl IntoIterator<Item = RouteConfig>) -> Result<Self, ConfigErrors> {
         let mut table = RouteTable::default();
         let mut errors = Vec::new();
         for (id, config) in routes.into_iter().enumerate() {
@@ -231,10 +220,7 @@ impl RouteTable {
                     .filter_map(|m| match Method::from_bytes(m.as_bytes()) {
                         Ok(m) => Some(m),
                         Err(_) => {
-                            errors.push(ConfigError::new(
-                                format!("{p}.methods"),
-                                format!("{m:?} is not a method"),
-                            ));
+                            errors.push(ConfigError::new(format!("{p}.methods"), format!("{m:?} is not a method")));
                             None
                         }
                     })
@@ -242,15 +228,9 @@ impl RouteTable {
             });
             let mut headers = Vec::new();
             for (n, v) in &config.headers {
-                match (
-                    HeaderName::from_bytes(n.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
+                match (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
                     (Ok(n), Ok(v)) => headers.push((n, v)),
-                    _ => errors.push(ConfigError::new(
-                        format!("{p}.headers.{n}"),
-                        "invalid header",
-                    )),
+                    _ => errors.push(ConfigError::new(format!("{p}.headers.{n}"), "invalid header")),
                 }
             }
             let group = match config.host.as_deref() {
@@ -268,28 +248,15 @@ impl RouteTable {
                 }
             };
             for (pi, path) in config.paths.iter().enumerate() {
-                let cand = Cand {
-                    route: id as u32,
-                    path: pi as u32,
-                };
+                let cand = Cand { route: id as u32, path: pi as u32 };
                 match path.kind {
-                    PathKind::Exact => group
-                        .exact
-                        .entry(path.path.as_str().into())
-                        .or_default()
-                        .push(cand),
+                    PathKind::Exact => group.exact.entry(path.path.as_str().into()).or_default().push(cand),
                     PathKind::Prefix => {
-                        group
-                            .prefix
-                            .entry(path.path.trim_end_matches('/').into())
-                            .or_default()
-                            .push(cand);
+                        group.prefix.entry(path.path.trim_end_matches('/').into()).or_default().push(cand);
                     }
                     PathKind::Regex => {
-                        if let Some((_, cands)) = group
-                            .regex
-                            .iter_mut()
-                            .find(|(r, _)| r.as_str() == anchored(&path.path))
+                        if let Some((_, cands)) =
+                            group.regex.iter_mut().find(|(r, _)| r.as_str() == anchored(&path.path))
                         {
                             cands.push(cand);
                         } else {
@@ -304,12 +271,7 @@ impl RouteTable {
                     }
                 }
             }
-            table.routes.push(Route {
-                id,
-                config,
-                methods,
-                headers,
-            });
+            table.routes.push(Route { id, config, methods, headers });
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -318,19 +280,10 @@ impl RouteTable {
         let sort = |cands: &mut Vec<Cand>| {
             cands.sort_by_key(|c| {
                 let r = &routes[c.route as usize];
-                (
-                    std::cmp::Reverse(r.headers.len()),
-                    r.methods.is_none(),
-                    c.route,
-                )
+                (std::cmp::Reverse(r.headers.len()), r.methods.is_none(), c.route)
             });
         };
-        for g in table
-            .exact_hosts
-            .values_mut()
-            .chain(table.wildcard_hosts.values_mut())
-            .chain([&mut table.any_host])
-        {
+        for g in table.exact_hosts.values_mut().chain(table.wildcard_hosts.values_mut()).chain([&mut table.any_host]) {
             g.exact.values_mut().for_each(sort);
             g.prefix.values_mut().for_each(sort);
             g.regex.iter_mut().for_each(|(_, c)| sort(c));
@@ -396,22 +349,14 @@ impl RouteTable {
     ) -> Option<RouteMatch<'t>> {
         let path = req.path;
         if !g.exact.is_empty() {
-            if let Some(c) = g
-                .exact
-                .get(path)
-                .and_then(|c| self.pick(c, req, host, allow))
-            {
+            if let Some(c) = g.exact.get(path).and_then(|c| self.pick(c, req, host, allow)) {
                 return Some(c);
             }
         }
         if !g.prefix.is_empty() {
             let mut key = path.trim_end_matches('/');
             loop {
-                if let Some(c) = g
-                    .prefix
-                    .get(key)
-                    .and_then(|c| self.pick(c, req, host, allow))
-                {
+                if let Some(c) = g.prefix.get(key).and_then(|c| self.pick(c, req, host, allow)) {
                     return Some(c);
                 }
                 match key.rfind('/') {
@@ -443,11 +388,7 @@ impl RouteTable {
                 continue;
             }
             if route.accepts_method(req.method) {
-                return Some(RouteMatch {
-                    route,
-                    path: &route.config.paths[c.path as usize],
-                    host,
-                });
+                return Some(RouteMatch { route, path: &route.config.paths[c.path as usize], host });
             }
             for m in route.methods.iter().flatten() {
                 if !allow.contains(m) {
@@ -485,20 +426,13 @@ pub fn check_host_pattern(h: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.contains('*') {
-        return Err(format!(
-            "{h:?}: a wildcard is only allowed as a leading \"*.\" (e.g. \"*.example.com\")"
-        ));
+        return Err(format!("{h:?}: a wildcard is only allowed as a leading \"*.\" (e.g. \"*.example.com\")"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')) {
         return Err(format!("{h:?} is not a host name"));
     }
     if !name.starts_with('[') && name.contains(':') {
-        return Err(format!(
-            "{h:?}: the host is matched without its port; remove \":port\""
-        ));
+        return Err(format!("{h:?}: the host is matched without its port; remove \":port\""));
     }
     Ok(())
 }

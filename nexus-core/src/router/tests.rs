@@ -12,9 +12,7 @@ fn table(routes: serde_json::Value) -> RouteTable {
 }
 
 fn route_named(t: &RouteTable, method: Method, host: Option<&str>, path: &str) -> Option<String> {
-    t.match_request(&RequestInfo::new(&method, host, path))
-        .route()
-        .map(|r| r.name().to_string())
+    t.match_request(&RequestInfo::new(&method, host, path)).route().map(|r| r.name().to_string())
 }
 
 fn get(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
@@ -28,18 +26,9 @@ fn router_match_exact_path_with_host() {
         "name": "user-api", "host": "api.example.com",
         "paths": [{ "path": "/api/v1/users", "type": "prefix" }], "upstream": "u"
     }]));
-    assert_eq!(
-        get(&t, Some("api.example.com"), "/api/v1/users/123").as_deref(),
-        Some("user-api")
-    );
-    assert_eq!(
-        get(&t, Some("api.example.com"), "/api/v1/users").as_deref(),
-        Some("user-api")
-    );
-    assert_eq!(
-        get(&t, Some("API.Example.com:8080"), "/api/v1/users").as_deref(),
-        Some("user-api")
-    );
+    assert_eq!(get(&t, Some("api.example.com"), "/api/v1/users/123").as_deref(), Some("user-api"));
+    assert_eq!(get(&t, Some("api.example.com"), "/api/v1/users").as_deref(), Some("user-api"));
+    assert_eq!(get(&t, Some("API.Example.com:8080"), "/api/v1/users").as_deref(), Some("user-api"));
     assert_eq!(get(&t, Some("api.example.com"), "/api/v1/usersX"), None);
     assert_eq!(get(&t, Some("other.example.com"), "/api/v1/users"), None);
     assert_eq!(get(&t, None, "/api/v1/users"), None);
@@ -55,11 +44,7 @@ fn exact_beats_longer_prefix_beats_shorter_prefix_beats_regex() {
     ]));
     assert_eq!(get(&t, None, "/api/v1/users").as_deref(), Some("exact"));
     assert_eq!(get(&t, None, "/api/v1/users/1").as_deref(), Some("long"));
-    assert_eq!(
-        get(&t, None, "/api/v1").as_deref(),
-        Some("long"),
-        "prefix /api/v1/ and /api/v1 are the same"
-    );
+    assert_eq!(get(&t, None, "/api/v1").as_deref(), Some("long"), "prefix /api/v1/ and /api/v1 are the same");
     assert_eq!(get(&t, None, "/api/v2").as_deref(), Some("short"));
     assert_eq!(get(&t, None, "/apix/y"), None);
 }
@@ -77,9 +62,7 @@ fn regex_routes_match_whole_path_in_listed_order() {
 
 #[test]
 fn exact_trailing_slash_is_significant() {
-    let t = table(
-        json!([{ "name": "e", "paths": [{ "path": "/a/", "type": "exact" }], "upstream": "u" }]),
-    );
+    let t = table(json!([{ "name": "e", "paths": [{ "path": "/a/", "type": "exact" }], "upstream": "u" }]));
     assert_eq!(get(&t, None, "/a/").as_deref(), Some("e"));
     assert_eq!(get(&t, None, "/a"), None);
 }
@@ -92,24 +75,11 @@ fn host_precedence_exact_then_longest_wildcard_then_none() {
         { "name": "wild-b", "host": "*.b.example.com", "paths": [{ "path": "/" }], "upstream": "u" },
         { "name": "exact", "host": "a.example.com", "paths": [{ "path": "/" }], "upstream": "u" },
     ]));
-    assert_eq!(
-        get(&t, Some("a.example.com"), "/").as_deref(),
-        Some("exact")
-    );
+    assert_eq!(get(&t, Some("a.example.com"), "/").as_deref(), Some("exact"));
     assert_eq!(get(&t, Some("c.example.com"), "/").as_deref(), Some("wild"));
-    assert_eq!(
-        get(&t, Some("a.b.example.com"), "/").as_deref(),
-        Some("wild-b")
-    );
-    assert_eq!(
-        get(&t, Some("x.a.b.example.com"), "/").as_deref(),
-        Some("wild-b")
-    );
-    assert_eq!(
-        get(&t, Some("example.com"), "/").as_deref(),
-        Some("any"),
-        "wildcard never matches the apex"
-    );
+    assert_eq!(get(&t, Some("a.b.example.com"), "/").as_deref(), Some("wild-b"));
+    assert_eq!(get(&t, Some("x.a.b.example.com"), "/").as_deref(), Some("wild-b"));
+    assert_eq!(get(&t, Some("example.com"), "/").as_deref(), Some("any"), "wildcard never matches the apex");
     assert_eq!(get(&t, None, "/").as_deref(), Some("any"));
 }
 
@@ -119,10 +89,7 @@ fn host_beats_path_specificity() {
         { "name": "no-host-exact", "paths": [{ "path": "/x", "type": "exact" }], "upstream": "u" },
         { "name": "host-prefix", "host": "h.test", "paths": [{ "path": "/" }], "upstream": "u" },
     ]));
-    assert_eq!(
-        get(&t, Some("h.test"), "/x").as_deref(),
-        Some("host-prefix")
-    );
+    assert_eq!(get(&t, Some("h.test"), "/x").as_deref(), Some("host-prefix"));
 }
 
 #[test]
@@ -137,23 +104,11 @@ fn more_headers_then_method_list_then_listing_order() {
     h.insert("x-canary", HeaderValue::from_static("true"));
     let m = Method::GET;
     let hit = |req: RequestInfo<'_>| t.match_request(&req).route().map(|r| r.name().to_string());
-    assert_eq!(
-        hit(RequestInfo::new(&m, None, "/a").with_headers(&h)).as_deref(),
-        Some("canary")
-    );
-    assert_eq!(
-        hit(RequestInfo::new(&m, None, "/a")).as_deref(),
-        Some("get-only")
-    );
-    assert_eq!(
-        route_named(&t, Method::POST, None, "/a").as_deref(),
-        Some("plain")
-    );
+    assert_eq!(hit(RequestInfo::new(&m, None, "/a").with_headers(&h)).as_deref(), Some("canary"));
+    assert_eq!(hit(RequestInfo::new(&m, None, "/a")).as_deref(), Some("get-only"));
+    assert_eq!(route_named(&t, Method::POST, None, "/a").as_deref(), Some("plain"));
     h.insert("x-canary", HeaderValue::from_static("false"));
-    assert_eq!(
-        hit(RequestInfo::new(&m, None, "/a").with_headers(&h)).as_deref(),
-        Some("get-only")
-    );
+    assert_eq!(hit(RequestInfo::new(&m, None, "/a").with_headers(&h)).as_deref(), Some("get-only"));
 }
 
 #[test]
@@ -163,23 +118,12 @@ fn method_mismatch_is_405_with_allow_unless_another_route_matches() {
     ]));
     match t.match_request(&RequestInfo::new(&Method::DELETE, None, "/users/1")) {
         Match::MethodNotAllowed { allow } => {
-            assert!(
-                allow.contains(&Method::GET)
-                    && allow.contains(&Method::POST)
-                    && allow.contains(&Method::HEAD)
-            );
+            assert!(allow.contains(&Method::GET) && allow.contains(&Method::POST) && allow.contains(&Method::HEAD));
         }
         other => panic!("expected 405, got {other:?}"),
     }
-    assert_eq!(
-        route_named(&t, Method::HEAD, None, "/users").as_deref(),
-        Some("users"),
-        "GET implies HEAD"
-    );
-    assert!(matches!(
-        t.match_request(&RequestInfo::new(&Method::DELETE, None, "/other")),
-        Match::NotFound
-    ));
+    assert_eq!(route_named(&t, Method::HEAD, None, "/users").as_deref(), Some("users"), "GET implies HEAD");
+    assert!(matches!(t.match_request(&RequestInfo::new(&Method::DELETE, None, "/other")), Match::NotFound));
 }
 
 #[test]
@@ -190,9 +134,7 @@ fn strip_prefix_keeps_a_leading_slash() {
     let m = Method::GET;
     for (path, want) in [("/api/users", "/users"), ("/api", "/"), ("/api/", "/")] {
         let req = RequestInfo::new(&m, None, path);
-        let Match::Found(hit) = t.match_request(&req) else {
-            panic!("{path} did not match")
-        };
+        let Match::Found(hit) = t.match_request(&req) else { panic!("{path} did not match") };
         assert_eq!(hit.upstream_path(path), want, "{path}");
     }
 }
@@ -206,10 +148,7 @@ fn ten_thousand_routes_match_the_right_one() {
         })
         .collect();
     let t = table(serde_json::Value::Array(routes));
-    assert_eq!(
-        get(&t, Some("h7.test"), "/svc9997/v1/items/3").as_deref(),
-        Some("r9997")
-    );
+    assert_eq!(get(&t, Some("h7.test"), "/svc9997/v1/items/3").as_deref(), Some("r9997"));
     assert_eq!(get(&t, Some("h6.test"), "/svc9997/v1/items/3"), None);
 }
 

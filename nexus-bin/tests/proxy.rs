@@ -1,0 +1,285 @@
+//! End-to-end: the real `nexus` binary between a real client and a real upstream.
+
+mod support;
+
+use http::{Request, StatusCode};
+use support::*;
+
+fn one_route(up: &Upstream, extra: &str) -> String {
+    config(
+        &[("app", up.url())],
+        &format!("  - name: app\n    paths: [{{ path: /, type: prefix }}]\n    upstream: app\n{extra}"),
+    )
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path_and_answers_404_with_the_json_body() {
+    let (users, other) = (upstream("users").await, upstream("other").await);
+    let gw = gateway(&config(
+        &[("users", users.url()), ("other", other.url())],
+        "  - name: user-api\n    host: api.example.com\n    paths: [{ path: /api/v1/users, type: prefix }]\n    upstream: users\n\
+         \x20 - name: other\n    paths: [{ path: /other, type: exact }]\n    upstream: other\n",
+    ));
+    let req = Request::get(gw.url("/api/v1/users/123")).header("host", "api.example.com").body(body("")).unwrap();
+    let (status, _, text) = send(req).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "users /api/v1/users/123"));
+    let (status, _, text) = get(&gw.url("/other")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "other /other"));
+
+    let req = Request::get(gw.url("/api/v1/usersX"))
+        .header("host", "api.example.com")
+        .header("x-request-id", "trace-42")
+        .body(body(""))
+        .unwrap();
+    let (status, headers, text) = send(req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["x-request-id"], "trace-42");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "route_not_found");
+    assert_eq!(v["error"]["status"], 404);
+    assert_eq!(v["error"]["request_id"], "trace-42");
+}
+
+#[tokio::test]
+async fn closed_upstream_port_is_502_and_slow_upstream_is_504() {
+    let slow = upstream("slow").await;
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let gw = gateway(&config(
+        &[("dead", dead), ("slow", slow.url())],
+        "  - name: dead\n    paths: [{ path: /dead }]\n    upstream: dead\n\
+         \x20 - name: slow\n    paths: [{ path: /slow }]\n    upstream: slow\n    timeout: 300ms\n",
+    ));
+    let (status, headers, text) = get(&gw.url("/dead")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "bad_gateway");
+    assert_eq!(v["error"]["request_id"], headers["x-request-id"].to_str().unwrap());
+
+    let started = std::time::Instant::now();
+    let (status, _, text) = get(&gw.url("/slow/3000")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
+    assert!(text.contains("gateway_timeout"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "timed out late: {:?}", started.elapsed());
+    let (status, _, _) = get(&gw.url("/slow/10")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_declared_or_streamed() {
+    let up = upstream("app").await;
+    let yaml = one_route(&up, "").replace("server:\n", "server:\n  limits: { max_request_body: 1KiB }\n");
+    let gw = gateway(&yaml);
+    let req = Request::post(gw.url("/upload")).body(body(vec![b'a'; 2048])).unwrap();
+    let (status, _, text) = send(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert!(text.contains("payload_too_large"));
+    // Chunked (no Content-Length): caught while streaming.
+    let chunks = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![b'b'; 512])))),
+    );
+    let req = Request::post(gw.url("/upload"))
+        .body(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(chunks)))
+        .unwrap();
+    let (status, _, text) = send(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    // Exactly at the limit passes.
+    let req = Request::post(gw.url("/upload")).body(body(vec![b'c'; 1024])).unwrap();
+    let (status, _, text) = send(req).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "1024"));
+}
+
+#[tokio::test]
+async fn headers_over_the_limit_are_431() {
+    let up = upstream("app").await;
+    let yaml = one_route(&up, "").replace("server:\n", "server:\n  limits: { max_header_bytes: 2KiB }\n");
+    let gw = gateway(&yaml);
+    let req = Request::get(gw.url("/")).header("x-big", "v".repeat(2100)).body(body("")).unwrap();
+    let (status, headers, text) = send(req).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{text}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(text.contains("headers_too_large"));
+    let req = Request::get(gw.url("/")).header("x-big", "v".repeat(1500)).body(body("")).unwrap();
+    assert_eq!(send(req).await.0, StatusCode::OK);
+    assert_eq!(up.count(), 1, "the rejected request never reached the upstream");
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed_both_ways() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    let req = Request::get(gw.url("/headers?x=1"))
+        .header("host", "shop.example.com:8443")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("proxy-authorization", "Basic Zm9v")
+        .header("te", "trailers")
+        .header("x-request-id", "bad id")
+        .body(body(""))
+        .unwrap();
+    let (status, headers, _) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/headers?x=1");
+    assert_eq!(seen.headers["host"], "shop.example.com:8443", "Host passes as the client sent it");
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example.com:8443");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http", "untrusted peer's proto is overwritten");
+    for h in ["x-secret", "proxy-authorization", "te"] {
+        assert!(!seen.headers.contains_key(h), "{h} reached the upstream");
+    }
+    let id = seen.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "invalid client id replaced by a UUID");
+    assert_eq!(headers["x-request-id"], id.as_str(), "the same id goes back to the client");
+    assert_eq!(headers["x-upstream"], "app");
+    for h in ["x-hop", "keep-alive"] {
+        assert!(!headers.contains_key(h), "{h} reached the client");
+    }
+}
+
+#[tokio::test]
+async fn trusted_proxy_keeps_forwarded_proto_and_host() {
+    let up = upstream("app").await;
+    let yaml = one_route(&up, "").replace("server:\n", "server:\n  trusted_proxies: [127.0.0.0/8]\n");
+    let gw = gateway(&yaml);
+    let req = Request::get(gw.url("/"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "public.example.com")
+        .body(body(""))
+        .unwrap();
+    assert_eq!(send(req).await.0, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "public.example.com");
+}
+
+#[tokio::test]
+async fn paths_are_normalised_and_prefixes_stripped() {
+    let up = upstream("app").await;
+    let gw = gateway(&config(
+        &[("app", up.url())],
+        "  - name: api\n    paths: [{ path: /api/, type: prefix }]\n    strip_prefix: true\n    upstream: app\n",
+    ));
+    let (status, _, text) = get(&gw.url("/api//v1/./users/../items/%7Ebob?q=1")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "app /v1/items/~bob"));
+    assert_eq!(up.last().uri, "/v1/items/~bob?q=1");
+    let raw_res = raw(gw.addr, b"GET /api/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(raw_res.starts_with("HTTP/1.1 400"), "{raw_res}");
+}
+
+#[tokio::test]
+async fn conflicting_content_length_and_transfer_encoding_is_400_and_closes() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    let res = raw(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(!res.contains("HTTP/1.1 200"), "the smuggled request was served: {res}");
+    assert_eq!(up.count(), 0);
+    let garbage = raw(gw.addr, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_in_bounded_memory() {
+    let up = upstream("app").await;
+    let yaml = one_route(&up, "").replace("server:\n", "server:\n  limits: { max_request_body: 1GiB }\n");
+    let gw = gateway(&yaml);
+    const SIZE: u64 = 256 * 1024 * 1024;
+    // Download.
+    let res = client().request(Request::get(gw.url(&format!("/big/{SIZE}"))).body(body("")).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        n += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(n, SIZE);
+    // Upload, streamed from a generator.
+    let chunk = bytes::Bytes::from(vec![b'u'; 64 * 1024]);
+    let frames = futures_util::stream::iter(
+        (0..SIZE / (64 * 1024)).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    let req = Request::post(gw.url("/upload"))
+        .body(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+        .unwrap();
+    let (status, _, text) = send(req).await;
+    assert_eq!((status, text), (StatusCode::OK, SIZE.to_string()));
+    let rss = gw.peak_rss_kib();
+    assert!(rss < 64 * 1024, "peak RSS {rss} KiB after moving 2 x 256 MiB: bodies are being buffered");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    let (mut ws, res) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let echo = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn http2_cleartext_clients_are_served() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let res = h2.request(Request::get(gw.url("/h2")).body(body("")).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/h2");
+    assert_eq!(seen.headers["host"], gw.addr.to_string().as_str(), ":authority becomes Host upstream");
+}
+
+#[tokio::test]
+async fn method_not_allowed_carries_allow_and_probes_win_over_routes() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, "    methods: [GET]\n"));
+    let (status, headers, text) = send(Request::delete(gw.url("/x")).body(body("")).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{text}");
+    assert_eq!(headers["allow"], "GET, HEAD");
+    assert!(text.contains("method_not_allowed"));
+    let (status, _, text) = get(&gw.url("/healthz")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, r#"{"status":"alive"}"#));
+    let (status, _, text) = get(&gw.url("/readyz")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, r#"{"status":"ready"}"#));
+    let (status, _, _) = get(&format!("http://{}/readyz", gw.admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(up.count(), 0, "probes never reach the upstream");
+}
+
+#[tokio::test]
+async fn weighted_round_robin_spreads_over_endpoints() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let yaml = format!(
+        "upstreams:\n  app:\n    endpoints: [{{ url: \"{}\", weight: 3 }}, {{ url: \"{}\", weight: 1 }}]\n\
+         routes:\n  - name: app\n    paths: [{{ path: / }}]\n    upstream: app\n",
+        a.url(),
+        b.url()
+    );
+    let gw = gateway(&yaml);
+    for _ in 0..40 {
+        assert_eq!(get(&gw.url("/")).await.0, StatusCode::OK);
+    }
+    assert_eq!((a.count(), b.count()), (30, 10));
+}

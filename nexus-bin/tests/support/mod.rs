@@ -1,0 +1,289 @@
+//! A small fluent harness for end-to-end tests (after linkerd's
+//! `app/integration`): a real upstream and the real `nexus` binary, both on
+//! 127.0.0.1 with ports chosen by the OS. Every wait is bounded.
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+}
+
+/// A running test upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An upstream named `name` that answers:
+/// - `/slow/<ms>`: waits, then 200;
+/// - `/big/<bytes>`: streams that many bytes in 64 KiB chunks;
+/// - `/upload`: reads the whole body, answers its length;
+/// - `/status/<code>`: that status;
+/// - `/ws`: a WebSocket echo;
+/// - anything else: 200 with body `<name> <path>` and hop-by-hop headers that the gateway must drop.
+pub async fn upstream(name: &'static str) -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = Upstream { addr, seen: Arc::clone(&seen) };
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let seen = Arc::clone(&seen);
+                    async move { Ok::<_, Infallible>(answer(name, req, &seen).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    up
+}
+
+async fn answer(name: &str, mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Response::new(full("slow done"));
+    }
+    if let Some(n) = path.strip_prefix("/big/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len() as u64);
+                Some((Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n as usize))), left - n))
+            }
+        });
+        return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => return Response::builder().status(499).body(full("aborted")).unwrap(),
+            }
+        }
+        return Response::new(full(n.to_string()));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
+        return Response::builder().status(status).body(full(format!("{name} status"))).unwrap();
+    }
+    if path == "/ws" {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.unwrap().as_bytes());
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(full(""))
+            .unwrap();
+    }
+    Response::builder()
+        .header("x-upstream", name)
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "must not reach the client")
+        .header("keep-alive", "timeout=5")
+        .body(full(format!("{name} {path}")))
+        .unwrap()
+}
+
+/// A running `nexus` process. Killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn nexus_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nexus")
+}
+
+/// Start `nexus` with this YAML config on ports the OS picks; waits (at most 20 s) until it is listening.
+pub fn gateway(yaml: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nexus.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(nexus_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("NEXUS_CONFIG")
+        .env_remove("NEXUS_LISTEN")
+        .env_remove("NEXUS_ADMIN_LISTEN")
+        .env("NEXUS_LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("nexus started") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let _ =
+                    tx.send((v["listen"].as_str().map(str::to_string), v["admin_listen"].as_str().map(str::to_string)));
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let (listen, admin) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("nexus did not start; logs:\n{}", logs.lock().unwrap().join("\n"))
+    });
+    Gateway { child, addr: listen.unwrap().parse().unwrap(), admin: admin.unwrap().parse().unwrap(), logs, _dir: dir }
+}
+
+/// A YAML config with one upstream per `(name, url)` and these route lines appended.
+pub fn config(upstreams: &[(&str, String)], routes: &str) -> String {
+    let mut y = String::from("server:\n  shutdown: { drain_delay: 0s, grace_period: 2s }\nupstreams:\n");
+    for (name, url) in upstreams {
+        y.push_str(&format!("  {name}:\n    endpoints: [{{ url: \"{url}\" }}]\n"));
+    }
+    y.push_str("routes:\n");
+    y.push_str(routes);
+    y
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Send a request; return status, headers and the whole body as text. Bounded to 30 s.
+pub async fn send(req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let fut = async {
+        let res = client().request(req).await.expect("request failed");
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.expect("body failed").to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut).await.expect("request timed out")
+}
+
+pub async fn get(url: &str) -> (StatusCode, http::HeaderMap, String) {
+    send(Request::get(url).body(full("")).unwrap()).await
+}
+
+pub fn body(s: impl Into<Bytes>) -> Body {
+    full(s)
+}
+
+/// Write raw bytes on a fresh connection; read until the peer closes (at most 10 s).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A free TCP port on 127.0.0.1 with nothing listening (bound, then released).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
