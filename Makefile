@@ -1,0 +1,55 @@
+# Nexus: one entry point for humans and CI. `make test` is the test command the
+# README gives and .ci/run calls; it installs what it needs when missing.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build release test test-deps lint fmt clippy bench bench-router peer-bench fuzz docker-build demo clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release -p nexus-bin
+
+## Everything the test suite needs, installed only when missing.
+test-deps:
+	@./scripts/install-test-deps.sh
+
+## The whole suite: unit, integration (real listeners on 127.0.0.1), doc tests, examples.
+test: test-deps
+	$(CARGO) test --workspace --locked
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --manifest-path examples/Cargo.toml --locked
+
+lint: fmt clippy
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## All criterion micro benches.
+bench:
+	$(CARGO) bench -p nexus-benches
+
+bench-router:
+	$(CARGO) bench -p nexus-benches --bench router
+
+## Nexus beside nginx on this machine (needs nginx, wrk; see ../shared/bench/README.md).
+peer-bench: release
+	PROXY_CMD="$(CURDIR)/target/release/nexus --config $(CURDIR)/benches/peer-bench.yaml" \
+	  PROXY_PORT=18085 PROXY_NAME=nexus ../shared/bench/peer-bench.sh
+
+fuzz:
+	cd fuzz && $(CARGO) +nightly fuzz run path_normalize -- -max_total_time=60
+
+docker-build:
+	docker build -t nexus:dev .
+
+demo:
+	$(CARGO) run --release -p nexus-bin -- demo
+
+clean:
+	$(CARGO) clean

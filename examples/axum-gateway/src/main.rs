@@ -1,0 +1,104 @@
+//! Nexus pieces inside a plain axum app, without the `nexus` binary or a config
+//! file: request ids on every response, the probes, and `/api/*` forwarded to
+//! an upstream with Nexus's pooled, balanced proxy.
+//!
+//! Run with
+//!
+//! ```sh
+//! cargo run --manifest-path examples/Cargo.toml -p example-axum-gateway -- 127.0.0.1:8081
+//! curl -i http://127.0.0.1:3000/healthz
+//! curl -i http://127.0.0.1:3000/api/anything   # forwarded to 127.0.0.1:8081
+//! ```
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use nexus_core::config::UpstreamConfig;
+use nexus_health::{ReadinessGate, probe};
+use nexus_middleware::RequestIdLayer;
+use nexus_proxy::{ClientInfo, Upstream};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+struct AppState {
+    upstream: Arc<Upstream<Body>>,
+    gate: ReadinessGate,
+}
+
+/// The app: probes, a forwarded `/api`, request ids everywhere.
+fn app(upstream_addr: &str, gate: ReadinessGate) -> Router {
+    let config: UpstreamConfig = serde_json::from_value(serde_json::json!({
+        "endpoints": [{ "url": format!("http://{upstream_addr}") }],
+        "load_balancing": "least_request",
+        "max_concurrent_requests": 512,
+    }))
+    .expect("valid upstream config");
+    let upstream = Arc::new(Upstream::from_config("api", &config).expect("valid upstream"));
+    Router::new()
+        .route("/healthz", get(|| async { probe::liveness::<Body>() }))
+        .route("/readyz", get(|State(s): State<AppState>| async move { probe::readiness::<Body>(&s.gate) }))
+        .route("/api/{*rest}", any(forward))
+        .with_state(AppState { upstream, gate })
+        .layer(RequestIdLayer::new())
+}
+
+async fn forward(State(s): State<AppState>, req: Request) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or([127, 0, 0, 1].into(), |c| c.0.ip());
+    let client = ClientInfo::new(peer, &[]);
+    let headers = req.headers().clone();
+    match s.upstream.forward(req, &client, Duration::from_secs(10)).await {
+        Ok(res) => res.map(Body::new).into_response(),
+        Err(e) => e.to_gateway_error().into_response_for::<Body>(&headers),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let upstream = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8081".into());
+    let gate = ReadinessGate::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.expect("bind 127.0.0.1:3000");
+    gate.set_ready();
+    println!("listening on http://127.0.0.1:3000, /api/* -> {upstream}");
+    axum::serve(listener, app(&upstream, gate).into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .expect("server");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn probes_answer_with_request_ids() {
+        let gate = ReadinessGate::new();
+        let res = app("127.0.0.1:9", gate.clone())
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        gate.set_ready();
+        let res = app("127.0.0.1:9", gate).oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().contains_key("x-request-id"));
+        assert_eq!(&res.into_body().collect().await.unwrap().to_bytes()[..], br#"{"status":"ready"}"#);
+    }
+
+    #[tokio::test]
+    async fn unreachable_upstream_is_a_json_502() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let res = app(&format!("127.0.0.1:{port}"), ReadinessGate::new())
+            .oneshot(Request::get("/api/x").header("x-request-id", "ex-1").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502);
+        let body: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["error"]["code"], "bad_gateway");
+        assert_eq!(body["error"]["request_id"], "ex-1");
+    }
+}
