@@ -162,7 +162,6 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // hyper's default buffer (~400 KiB) or twice the header limit, whichever is larger:
         // the exact limit is enforced in stack::precheck with the JSON 431.
         .max_buf_size((2 * max_headers + 16 * 1024).max(8192 + 4096 * 100))
-        .max_headers(1024)
         .keep_alive(true);
     b.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
     b

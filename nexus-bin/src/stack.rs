@@ -60,7 +60,11 @@ pub(crate) struct Conn {
 }
 
 /// Serve one request on the main listener.
-pub(crate) async fn handle(shared: &Shared, conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+pub(crate) async fn handle(
+    shared: &Shared,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody<ReqBody>> {
     // Request id first: every answer below, errors included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let snap = shared.snapshot.load_full();
@@ -85,7 +89,7 @@ fn precheck(
     gate: &ReadinessGate,
     req: &Request<Incoming>,
     framing_conflict: bool,
-) -> Option<Response<ResponseBody>> {
+) -> Option<Response<ResponseBody<ReqBody>>> {
     // Probes win over any route, so a route can never shadow them.
     if let Some(p) = probe::probe_for(req.uri().path(), &snap.probe_prefix) {
         return Some(match p {
@@ -103,7 +107,7 @@ fn precheck(
     if framing_conflict
         || headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
     {
-        let mut res: Response<ResponseBody> = GatewayError::new(ErrorCode::BadRequest)
+        let mut res: Response<ResponseBody<ReqBody>> = GatewayError::new(ErrorCode::BadRequest)
             .with_message("conflicting Content-Length and Transfer-Encoding")
             .into_response_for(headers);
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -112,7 +116,8 @@ fn precheck(
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > snap.max_body) {
-        let mut res: Response<ResponseBody> = GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
+        let mut res: Response<ResponseBody<ReqBody>> =
+            GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
         // The unread body would be parsed as the next request: close instead.
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Some(res);

@@ -1,46 +1,93 @@
 //! The response body the proxy hands back: the upstream's body streamed frame
-//! by frame, holding the request's in-flight slot until it is done.
+//! by frame. It drives the upstream connection while it is read, returns the
+//! connection to the pool when the response is complete, and holds the
+//! request's in-flight slot until then.
 
+use crate::pool::PooledConn;
 use crate::upstream::InFlight;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use nexus_core::BoxError;
 use nexus_core::body::GatewayBody;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// What the gateway answers with: its own bytes, or an upstream's stream.
-pub type ResponseBody = GatewayBody<UpstreamBody>;
+/// `B` is the request body type of the upstream connections.
+pub type ResponseBody<B> = GatewayBody<UpstreamBody<B>>;
 
 pin_project! {
     /// An upstream response body. The request counts as in flight (for
     /// `max_concurrent_requests` and least-request balancing) until this body
-    /// is finished or dropped.
+    /// is finished or dropped; a body dropped early closes its connection.
     #[derive(Debug)]
-    pub struct UpstreamBody {
+    pub struct UpstreamBody<B> {
         #[pin]
         inner: Incoming,
-        guard: Option<InFlight>,
+        conn: Option<PooledConn<B>>,
+        guard: Option<InFlight<B>>,
     }
 }
 
-impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, guard: Option<InFlight>) -> Self {
-        Self { inner, guard }
+impl<B> UpstreamBody<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<B>>, guard: Option<InFlight<B>>) -> Self {
+        let mut body = Self { inner, conn, guard };
+        if body.inner.is_end_stream() {
+            // No body to read (HEAD, 204, 304, empty): the exchange is over now.
+            body.finish(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+        body
+    }
+
+    fn finish(&mut self, cx: &mut Context<'_>) {
+        if let (Some(conn), Some(guard)) = (self.conn.take(), self.guard.as_ref()) {
+            guard.endpoint().pool().checkin(conn, cx);
+        }
+        self.guard = None;
     }
 }
 
-impl Body for UpstreamBody {
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let res = this.inner.poll_frame(cx);
-        if matches!(res, Poll::Ready(None | Some(Err(_)))) {
-            // Finished: release the slot now rather than when hyper drops the body.
-            this.guard.take();
+        let mut this = self.project();
+        if let Some(conn) = this.conn.as_mut() {
+            // Drive the upstream connection: it is what fills `inner`.
+            conn.drive(cx);
+        }
+        let res = this.inner.as_mut().poll_frame(cx);
+        match &res {
+            Poll::Ready(None) => {
+                if let (Some(conn), Some(guard)) = (this.conn.take(), this.guard.as_ref()) {
+                    guard.endpoint().pool().checkin(conn, cx);
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.conn.take();
+                this.guard.take();
+            }
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let (Some(conn), Some(guard)) = (this.conn.take(), this.guard.as_ref()) {
+                    guard.endpoint().pool().checkin(conn, cx);
+                }
+                this.guard.take();
+            }
+            _ => {}
         }
         res
     }

@@ -37,15 +37,11 @@ impl ProxyError {
         Self { kind, source }
     }
 
-    /// Classify an error from the pooled client.
-    pub(crate) fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        let timed_out = chain(&err)
-            .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+    /// Classify an error from hyper's client connection.
+    pub(crate) fn from_hyper(err: hyper::Error) -> Self {
         let kind = if chain(&err).any(nexus_core::body::is_body_too_large) {
             ErrorKind::BodyTooLarge
-        } else if err.is_connect() {
-            if timed_out { ErrorKind::ConnectTimeout } else { ErrorKind::Connect }
-        } else if chain(&err).any(|e| e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user)) {
+        } else if err.is_user() || err.is_body_write_aborted() {
             ErrorKind::ClientBody
         } else {
             ErrorKind::Upstream

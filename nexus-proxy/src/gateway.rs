@@ -196,7 +196,7 @@ where
 
     /// Route and forward one request. Never fails: errors become the JSON body
     /// of SPEC §4 carrying the request's `X-Request-Id`.
-    pub async fn handle(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody<B>> {
         match self.route(req) {
             Ok((req, route_id)) => {
                 let target = &self.targets[route_id];
@@ -217,7 +217,7 @@ where
 
     /// Normalise and match; on success the request's path is what the upstream must see.
     #[allow(clippy::result_large_err)]
-    fn route(&self, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody>> {
+    fn route(&self, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody<B>>> {
         let uri_path = req.uri().path();
         let path = match nexus_core::path::normalize(uri_path) {
             Ok(p) => p,
@@ -239,7 +239,7 @@ where
                 return Err(GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers()));
             }
             Match::MethodNotAllowed { allow } => {
-                let mut res: Response<ResponseBody> =
+                let mut res: Response<ResponseBody<B>> =
                     GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
                 let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
                 if let Ok(v) = HeaderValue::from_str(&allow) {

@@ -27,6 +27,7 @@ pub mod body;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+mod pool;
 pub mod upstream;
 
 pub use body::{ResponseBody, UpstreamBody};

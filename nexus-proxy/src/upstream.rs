@@ -1,16 +1,14 @@
-//! One upstream: its endpoints, their balancer, and a pooled HTTP/1.1 client
-//! (hyper-util's legacy `Client`: keep-alive reuse, connect timeout, `TCP_NODELAY`).
+//! One upstream: its endpoints, their balancer, and per-endpoint pools of
+//! keep-alive HTTP/1.1 connections (see [`crate::pool`]).
 
 use crate::balance::{Balancer, Rng};
 use crate::body::UpstreamBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
-use http::uri::{Authority, Scheme};
+use crate::pool::EndpointPool;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
 use nexus_core::config::UpstreamConfig;
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
@@ -18,17 +16,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// One endpoint of an upstream, with its live state.
+/// One endpoint of an upstream, with its live state and idle connections.
 #[derive(Debug)]
-pub struct Endpoint {
+pub struct Endpoint<B> {
     url: String,
     addr: EndpointAddr,
-    authority: Authority,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    pool: EndpointPool<B>,
 }
 
-impl Endpoint {
+impl<B> Endpoint<B> {
     /// The URL from the config.
     pub fn url(&self) -> &str {
         &self.url
@@ -53,24 +51,46 @@ impl Endpoint {
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
+
+    pub(crate) fn pool(&self) -> &EndpointPool<B> {
+        &self.pool
+    }
+}
+
+impl<B> Endpoint<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Idle keep-alive connections to this endpoint.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
+    }
 }
 
 #[derive(Debug)]
-struct Shared {
+struct Shared<B> {
     name: String,
-    endpoints: Box<[Endpoint]>,
+    endpoints: Box<[Endpoint<B>]>,
     in_flight: AtomicUsize,
     max_concurrent: usize,
 }
 
 /// A request's slot in the upstream's and the endpoint's in-flight counts; freed on drop.
 #[derive(Debug)]
-pub struct InFlight {
-    shared: Arc<Shared>,
+pub struct InFlight<B> {
+    shared: Arc<Shared<B>>,
     endpoint: usize,
 }
 
-impl Drop for InFlight {
+impl<B> InFlight<B> {
+    pub(crate) fn endpoint(&self) -> &Endpoint<B> {
+        &self.shared.endpoints[self.endpoint]
+    }
+}
+
+impl<B> Drop for InFlight<B> {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.shared.endpoints[self.endpoint].in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -103,10 +123,10 @@ impl ClientInfo {
 /// An upstream: endpoints, balancer and pooled client, for request bodies of type `B`.
 #[derive(Debug)]
 pub struct Upstream<B> {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<B>>,
     balancer: Balancer,
     rng: Rng,
-    client: Client<HttpConnector, B>,
+    connect_timeout: Duration,
     timeout: Option<Duration>,
 }
 
@@ -126,26 +146,16 @@ where
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
             let addr = parse_endpoint_url(&e.url)?;
-            let authority: Authority = addr.authority().parse().map_err(|e| format!("{e}"))?;
+            let pool = EndpointPool::new(addr.authority().to_string(), config.max_concurrent_requests.min(4096));
             endpoints.push(Endpoint {
                 url: e.url.clone(),
                 addr,
-                authority,
                 in_flight: AtomicUsize::new(0),
                 healthy: AtomicBool::new(true),
+                pool,
             });
         }
         let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout.as_std()));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Ok(Self {
             shared: Arc::new(Shared {
                 name: name.to_string(),
@@ -155,7 +165,7 @@ where
             }),
             balancer: Balancer::new(config.load_balancing, &weights),
             rng,
-            client,
+            connect_timeout: config.connect_timeout.as_std(),
             timeout: config.timeout.map(nexus_core::config::Duration::as_std),
         })
     }
@@ -166,7 +176,7 @@ where
     }
 
     /// The endpoints and their live state.
-    pub fn endpoints(&self) -> &[Endpoint] {
+    pub fn endpoints(&self) -> &[Endpoint<B>] {
         &self.shared.endpoints
     }
 
@@ -175,7 +185,7 @@ where
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
-    fn reserve(&self) -> Result<InFlight, ProxyError> {
+    fn reserve(&self) -> Result<InFlight<B>, ProxyError> {
         let shared = &self.shared;
         if shared.in_flight.fetch_add(1, Ordering::Relaxed) >= shared.max_concurrent {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -202,14 +212,14 @@ where
         req: Request<B>,
         client: &ClientInfo,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let guard = self.reserve()?;
         let endpoint = &self.shared.endpoints[guard.endpoint];
         let (mut parts, body) = req.into_parts();
         let upgrade = headers::is_upgrade(&parts.headers);
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
 
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        let uri = std::mem::take(&mut parts.uri).into_parts();
         if !parts.headers.contains_key(header::HOST) {
             // HTTP/2 clients send :authority instead of Host.
             if let Some(a) = &uri.authority {
@@ -218,26 +228,22 @@ where
                 }
             }
         }
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))))?;
+        // Origin form on the wire: `GET /path?query HTTP/1.1`; the endpoint is the connection's.
+        parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         let host = parts.headers.get(header::HOST).cloned();
         headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
 
         let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
-        let sent = self.client.request(Request::from_parts(parts, body));
-        let mut res = match tokio::time::timeout(timeout, sent).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(e)) => return Err(ProxyError::from_client(e)),
-            Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
-        };
-        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_side) = client_upgrade {
+        let req = Request::from_parts(parts, body);
+        let pool = endpoint.pool();
+        if let Some(client_side) = client_upgrade {
+            let mut res = match tokio::time::timeout(timeout, pool.send_upgrade(req, self.connect_timeout)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+            };
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream_side = hyper::upgrade::on(&mut res);
                 let name = self.shared.name.clone();
                 tokio::spawn(async move {
@@ -254,12 +260,18 @@ where
                     }
                 });
                 let (parts, body) = res.into_parts();
-                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None)));
+                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, None)));
             }
-        } else {
             headers::remove_hop_by_hop(res.headers_mut(), false);
+            let (parts, body) = res.into_parts();
+            return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, Some(guard))));
         }
+        let (mut res, conn) = match tokio::time::timeout(timeout, pool.send(req, self.connect_timeout)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+        };
+        headers::remove_hop_by_hop(res.headers_mut(), false);
         let (parts, body) = res.into_parts();
-        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(guard))))
+        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard))))
     }
 }

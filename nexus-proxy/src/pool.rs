@@ -1,0 +1,187 @@
+//! The upstream connection pool, built on hyper's `client::conn::http1`.
+//!
+//! A request's upstream connection is driven *inside the task that serves the
+//! client* (its `Connection` future is polled next to the response future, and
+//! then from the response body), rather than by a connection task of its own
+//! as in hyper-util's legacy `Client`. That removes the task hand-offs (channel
+//! send, wake, oneshot back) on every request; on a loaded core it is the
+//! difference between ~0.75x and more than nginx's throughput (see
+//! docs/load-test-report.md). Idle connections wait in a lock-free queue per
+//! endpoint; a connection that the upstream closed while idle is noticed at
+//! checkout, and a request that was never written is sent again on a fresh one.
+
+use crate::error::{ErrorKind, ProxyError};
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use nexus_core::BoxError;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How long an idle connection may wait in the pool (below common upstream keep-alive timeouts).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 connection to an endpoint: the sender and the connection future that drives it.
+pub(crate) struct PooledConn<B> {
+    sender: SendRequest<B>,
+    /// hyper's `Connection` future, boxed once per connection (not per request) so
+    /// that the types holding it need no `Body` bound.
+    conn: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
+    /// The connection future has completed (closed or failed): it must not be polled again.
+    done: bool,
+    idle_since: Instant,
+}
+
+impl<B> std::fmt::Debug for PooledConn<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn").field("done", &self.done).finish_non_exhaustive()
+    }
+}
+
+impl<B> PooledConn<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Drive the connection's IO once; returns false once it has ended.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done {
+            if let Poll::Ready(res) = self.conn.as_mut().poll(cx) {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+                self.done = true;
+            }
+        }
+        !self.done
+    }
+
+    fn is_reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.drive(&mut cx) && !self.sender.is_closed() && self.sender.is_ready()
+    }
+}
+
+/// Idle connections of one endpoint.
+#[derive(Debug)]
+pub(crate) struct EndpointPool<B> {
+    authority: String,
+    idle: ArrayQueue<PooledConn<B>>,
+}
+
+impl<B> EndpointPool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(authority: String, max_idle: usize) -> Self {
+        Self { authority, idle: ArrayQueue::new(max_idle.max(1)) }
+    }
+
+    fn checkout(&self) -> Option<PooledConn<B>> {
+        while let Some(mut c) = self.idle.pop() {
+            if c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Return a connection whose response is complete; it is kept only if it can take another request.
+    pub(crate) fn checkin(&self, mut c: PooledConn<B>, cx: &mut Context<'_>) {
+        // Let the dispatcher finish the exchange (read state back to idle) before judging it.
+        if c.drive(cx) && !c.sender.is_closed() {
+            c.idle_since = Instant::now();
+            let _ = self.idle.push(c);
+        }
+    }
+
+    /// Number of idle connections.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.len()
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<PooledConn<B>, ProxyError> {
+        let (sender, conn) = self.handshake(timeout).await?;
+        Ok(PooledConn { sender, conn: Box::pin(conn), done: false, idle_since: Instant::now() })
+    }
+
+    async fn handshake(
+        &self,
+        timeout: Duration,
+    ) -> Result<(SendRequest<B>, Connection<TokioIo<TcpStream>, B>), ProxyError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str())).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::Connect, Some(Box::new(e)))),
+            Err(_) => return Err(ProxyError::new(ErrorKind::ConnectTimeout, None)),
+        };
+        let _ = stream.set_nodelay(true);
+        http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, Some(Box::new(e))))
+    }
+
+    /// Send a request on a pooled (or new) connection and wait for the response head,
+    /// driving the connection in this task. A request that a stale pooled connection
+    /// could not take is sent again on a fresh connection.
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<B>,
+        connect_timeout: Duration,
+    ) -> Result<(Response<Incoming>, PooledConn<B>), ProxyError> {
+        loop {
+            let (mut pc, reused) = match self.checkout() {
+                Some(c) => (c, true),
+                None => (self.connect(connect_timeout).await?, false),
+            };
+            let result = {
+                let mut fut = pin!(pc.sender.try_send_request(req));
+                let conn = &mut pc.conn;
+                let done = &mut pc.done;
+                poll_fn(|cx| {
+                    if !*done {
+                        if let Poll::Ready(_) = conn.as_mut().poll(cx) {
+                            *done = true;
+                        }
+                    }
+                    fut.as_mut().poll(cx)
+                })
+                .await
+            };
+            match result {
+                Ok(res) => return Ok((res, pc)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: safe to send again, for any method.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(ProxyError::from_hyper(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Open a dedicated connection for an upgrade (WebSocket) and send the request; the
+    /// connection is driven by a task of its own and never pooled.
+    pub(crate) async fn send_upgrade(
+        &self,
+        req: Request<B>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (mut sender, conn) = self.handshake(connect_timeout).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgrade connection ended with an error");
+            }
+        });
+        sender.send_request(req).await.map_err(ProxyError::from_hyper)
+    }
+}
