@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo bench -p nexus-benches --bench router`.
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_main};
 use http::{HeaderMap, Method};
 use nexus_core::router::{RequestInfo, RouteTable};
 use std::hint::black_box;
@@ -49,5 +49,10 @@ fn bench_normalize(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_match, bench_normalize);
-criterion_main!(benches);
+mod group {
+    #![allow(missing_docs)]
+    use super::{bench_match, bench_normalize};
+    criterion::criterion_group!(benches, bench_match, bench_normalize);
+}
+
+criterion_main!(group::benches);

@@ -56,7 +56,7 @@ async fn closed_upstream_port_is_502_and_slow_upstream_is_504() {
     assert_eq!(v["error"]["code"], "bad_gateway");
     assert_eq!(v["error"]["request_id"], headers["x-request-id"].to_str().unwrap());
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (status, _, text) = get(&gw.url("/slow/3000")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
     assert!(text.contains("gateway_timeout"));

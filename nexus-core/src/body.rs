@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn limited_body_passes_under_and_fails_over() {
         let rt = |b: LimitedBody<http_body_util::Full<Bytes>>| {
-            futures_lite_block_on(async move { b.collect().await.map(|c| c.to_bytes()) })
+            futures_lite_block_on(async move { b.collect().await.map(http_body_util::Collected::to_bytes) })
         };
         assert_eq!(rt(LimitedBody::new(http_body_util::Full::new(Bytes::from_static(b"1234")), 4)).unwrap(), "1234");
         let err = rt(LimitedBody::new(http_body_util::Full::new(Bytes::from_static(b"12345")), 4)).unwrap_err();

@@ -176,13 +176,13 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_or_missing_ids_are_replaced_by_a_uuid() {
-        let long = vec![b'a'; 129];
+        let long = [b'a'; 129];
         for id in [None, Some(&b"has space"[..]), Some(&long[..]), Some(&b"\xe9t\xe9"[..])] {
             let (seen, returned) = roundtrip(id).await;
             assert_eq!(seen, returned);
             assert!(uuid::Uuid::parse_str(&seen).is_ok_and(|u| u.get_version_num() == 4), "{seen}");
         }
-        let edge = vec![b'~'; 128];
+        let edge = [b'~'; 128];
         assert_eq!(roundtrip(Some(&edge)).await.0.len(), 128);
     }
 }

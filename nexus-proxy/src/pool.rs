@@ -146,14 +146,8 @@ where
             };
             let result = {
                 let mut fut = pin!(pc.sender.try_send_request(req));
-                let conn = &mut pc.conn;
-                let done = &mut pc.done;
                 poll_fn(|cx| {
-                    if !*done {
-                        if let Poll::Ready(_) = conn.as_mut().poll(cx) {
-                            *done = true;
-                        }
-                    }
+                    pc.drive(cx);
                     fut.as_mut().poll(cx)
                 })
                 .await

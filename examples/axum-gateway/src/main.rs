@@ -97,7 +97,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), 502);
-        let body: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(body["error"]["code"], "bad_gateway");
         assert_eq!(body["error"]["request_id"], "ex-1");
     }

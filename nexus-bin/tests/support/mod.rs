@@ -135,10 +135,8 @@ async fn answer(name: &str, mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>)
             )
             .await;
             while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() || msg.is_binary() {
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
                 }
             }
         });

@@ -240,7 +240,7 @@ fn section<T: DeserializeOwned>(prefix: &str, v: Value, errors: &mut Vec<ConfigE
         Ok(t) => Some(t),
         Err(e) => {
             let mut path = prefix.to_string();
-            for seg in e.path().iter() {
+            for seg in e.path() {
                 use serde_path_to_error::Segment;
                 match seg {
                     Segment::Seq { index } => path.push_str(&format!("[{index}]")),

@@ -145,15 +145,11 @@ fn validate_jwt(p: &str, j: &JwtConfig, err: &mut impl FnMut(String, String)) {
         }
     }
     let sources = [j.jwks_file.is_some(), j.jwks_url.is_some(), j.secret_env.is_some(), j.public_key_file.is_some()];
+    const SOURCES: &str = "jwks_file, jwks_url, secret_env or public_key_file";
     match sources.iter().filter(|s| **s).count() {
-        0 => {
-            err(p.to_string(), "one key source is required: jwks_file, jwks_url, secret_env or public_key_file".into())
-        }
+        0 => err(p.to_string(), format!("one key source is required: {SOURCES}")),
         1 => {}
-        _ => err(
-            p.to_string(),
-            "only one key source may be set: jwks_file, jwks_url, secret_env or public_key_file".into(),
-        ),
+        _ => err(p.to_string(), format!("only one key source may be set: {SOURCES}")),
     }
     let hmac = j.algorithms.iter().any(|a| a.starts_with("HS"));
     if hmac && j.secret_env.is_none() {
