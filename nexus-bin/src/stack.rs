@@ -3,6 +3,7 @@
 //! in between route match and forward.
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -14,6 +15,7 @@ use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -65,22 +67,28 @@ pub(crate) async fn handle(
     conn: &Conn,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody<ReqBody>> {
-    // Request id first: every answer below, errors included, carries it.
+    // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
-    let snap = shared.snapshot.load_full();
-    let client = &conn.client;
-    let conflict = conn.framing_conflict.load(Ordering::Relaxed);
-    let mut res = match precheck(&snap, &shared.gate, &req, conflict) {
-        Some(res) => res,
-        None => {
-            // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
-            let req = req.map(|b| LimitedBody::new(b, snap.max_body));
-            // Route match, split choice and forward (with the route's timeout).
-            snap.gateway.handle(req, client).await
-        }
-    };
+    // Catch panics: a bug answers 500 for this request instead of resetting the connection.
+    let served = AssertUnwindSafe(serve(shared, conn, req)).catch_unwind().await;
+    let mut res = served.unwrap_or_else(|_| {
+        tracing::error!(request_id = ?id, "panic while serving a request");
+        GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
+    });
     res.headers_mut().insert(REQUEST_ID, id);
     res
+}
+
+async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response<ResponseBody<ReqBody>> {
+    let snap = shared.snapshot.load_full();
+    // Probes, header size, framing conflicts and declared body size: before any routing work.
+    if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict.load(Ordering::Relaxed)) {
+        return res;
+    }
+    // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
+    let req = req.map(|b| LimitedBody::new(b, snap.max_body));
+    // Route match, split choice and forward (with the route's timeout).
+    snap.gateway.handle(req, &conn.client).await
 }
 
 /// Probes and the cheap rejections, before any routing work.

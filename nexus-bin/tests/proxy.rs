@@ -283,3 +283,60 @@ async fn weighted_round_robin_spreads_over_endpoints() {
     }
     assert_eq!((a.count(), b.count()), (30, 10));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    for i in 0..30 {
+        let (status, _, text) = get(&gw.url(&format!("/n{i}"))).await;
+        assert_eq!((status, text), (StatusCode::OK, format!("app /n{i}")));
+    }
+    // Streamed and empty bodies give their connection back too.
+    assert_eq!(get(&gw.url("/big/100000")).await.2.len(), 100_000);
+    let (status, _, _) = send(Request::head(gw.url("/head")).body(body("")).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(get(&gw.url("/status/204")).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(get(&gw.url("/last")).await.0, StatusCode::OK);
+    assert_eq!(up.count(), 34);
+    assert_eq!(up.connections(), 1, "sequential requests should share one upstream connection");
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_an_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers one request with keep-alive, then closes the idle
+    // connection 20 ms later (a short keep-alive timeout, as Node.js has).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce").await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            });
+        }
+    });
+    let gw = gateway(&config(
+        &[("app", format!("http://{addr}"))],
+        "  - name: app\n    paths: [{ path: / }]\n    upstream: app\n",
+    ));
+    for _ in 0..10 {
+        let (status, _, text) = get(&gw.url("/")).await;
+        assert_eq!((status, text.as_str()), (StatusCode::OK, "once"));
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 10, "each request needed a fresh connection");
+}

@@ -49,6 +49,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// assert!(h.contains_key("x-kept"));
 /// ```
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One cheap pass (standard names compare as enum tags) in the common case of none.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Headers named by Connection (rare beyond keep-alive/close/upgrade).
         let listed: Vec<HeaderName> = headers
@@ -88,6 +92,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(n);
         }
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// Set `X-Forwarded-For`, `-Proto` and `-Host` on a request going upstream.

@@ -21,6 +21,8 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The gateway's side of the upstream connection (distinct per connection).
+    pub peer: SocketAddr,
     pub method: String,
     pub uri: String,
     pub headers: http::HeaderMap,
@@ -40,6 +42,12 @@ impl Upstream {
 
     pub fn last(&self) -> Seen {
         self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+    }
+
+    /// How many distinct connections the requests came on.
+    pub fn connections(&self) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().map(|s| s.peer).collect::<std::collections::HashSet<_>>().len()
     }
 
     pub fn count(&self) -> usize {
@@ -65,12 +73,12 @@ pub async fn upstream(name: &'static str) -> Upstream {
     let up = Upstream { addr, seen: Arc::clone(&seen) };
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, peer)) = listener.accept().await else { continue };
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let seen = Arc::clone(&seen);
-                    async move { Ok::<_, Infallible>(answer(name, req, &seen).await) }
+                    async move { Ok::<_, Infallible>(answer(name, peer, req, &seen).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -81,8 +89,9 @@ pub async fn upstream(name: &'static str) -> Upstream {
     up
 }
 
-async fn answer(name: &str, mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+async fn answer(name: &str, peer: SocketAddr, mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
     seen.lock().unwrap().push(Seen {
+        peer,
         method: req.method().to_string(),
         uri: req.uri().to_string(),
         headers: req.headers().clone(),

@@ -35,6 +35,10 @@ use regex::Regex;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+/// Route keys come from the config, not from clients, so a fast hasher is safe
+/// here (a client cannot choose what collides); per-process seeds all the same.
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod tests;
 
@@ -189,8 +193,8 @@ struct Cand {
 
 #[derive(Debug, Default)]
 struct Group {
-    exact: HashMap<Box<str>, Vec<Cand>>,
-    prefix: HashMap<Box<str>, Vec<Cand>>,
+    exact: Map<Vec<Cand>>,
+    prefix: Map<Vec<Cand>>,
     regex: Vec<(Regex, Vec<Cand>)>,
 }
 
@@ -198,8 +202,8 @@ struct Group {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact_hosts: HashMap<Box<str>, Group>,
-    wildcard_hosts: HashMap<Box<str>, Group>,
+    exact_hosts: Map<Group>,
+    wildcard_hosts: Map<Group>,
     any_host: Group,
 }
 
