@@ -41,17 +41,23 @@ where
         let mut body = Self { inner, conn, guard };
         if body.inner.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
-            body.finish(&mut Context::from_waker(std::task::Waker::noop()));
+            finish(&mut body.conn, &mut body.guard, &mut Context::from_waker(std::task::Waker::noop()));
         }
         body
     }
+}
 
-    fn finish(&mut self, cx: &mut Context<'_>) {
-        if let (Some(conn), Some(guard)) = (self.conn.take(), self.guard.as_ref()) {
-            guard.endpoint().pool().checkin(conn, cx);
-        }
-        self.guard = None;
+/// The response is complete: give the connection back to its pool and free the slot.
+fn finish<B>(conn: &mut Option<PooledConn<B>>, guard: &mut Option<InFlight<B>>, cx: &mut Context<'_>)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    if let (Some(conn), Some(guard)) = (conn.take(), guard.as_ref()) {
+        guard.endpoint().pool().checkin(conn, cx);
     }
+    *guard = None;
 }
 
 impl<B> Body for UpstreamBody<B>
@@ -71,20 +77,11 @@ where
         }
         let res = this.inner.as_mut().poll_frame(cx);
         match &res {
-            Poll::Ready(None) => {
-                if let (Some(conn), Some(guard)) = (this.conn.take(), this.guard.as_ref()) {
-                    guard.endpoint().pool().checkin(conn, cx);
-                }
-                this.guard.take();
-            }
+            Poll::Ready(None) => finish(this.conn, this.guard, cx),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => finish(this.conn, this.guard, cx),
             Poll::Ready(Some(Err(_))) => {
+                // A broken exchange: the connection is dropped (closed), never pooled.
                 this.conn.take();
-                this.guard.take();
-            }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let (Some(conn), Some(guard)) = (this.conn.take(), this.guard.as_ref()) {
-                    guard.endpoint().pool().checkin(conn, cx);
-                }
                 this.guard.take();
             }
             _ => {}

