@@ -1,11 +1,12 @@
-//! The admin listener (axum): probes, the active config, and explain.
+//! The admin listener (axum): probes, the active config, reload, rollback and explain.
 
 use crate::config_file::LoadedConfig;
+use crate::reload::{Reload, Reloader};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use nexus_core::router::RouteTable;
 use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::{ReadinessGate, probe};
@@ -14,18 +15,18 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// What the admin API reads.
+/// What the admin API reads and drives.
 #[derive(Debug, Clone)]
 pub(crate) struct AdminState {
-    loaded: Arc<LoadedConfig>,
-    table: Arc<RouteTable>,
+    reloader: Arc<Reloader>,
     gate: ReadinessGate,
+    /// Bearer token for mutating calls; `None` = open (the listener defaults to loopback).
+    token: Option<Arc<str>>,
 }
 
 impl AdminState {
-    pub(crate) fn new(loaded: &LoadedConfig, gate: ReadinessGate) -> Self {
-        let table = RouteTable::from_config(&loaded.config).unwrap_or_default();
-        Self { loaded: Arc::new(loaded.clone()), table: Arc::new(table), gate }
+    pub(crate) fn new(reloader: Arc<Reloader>, gate: ReadinessGate, token: Option<String>) -> Self {
+        Self { reloader, gate, token: token.filter(|t| !t.is_empty()).map(Into::into) }
     }
 }
 
@@ -37,6 +38,8 @@ pub(crate) fn router(state: AdminState) -> Router {
             get(|State(s): State<AdminState>| async move { probe::readiness::<axum::body::Body>(&s.gate) }),
         )
         .route("/admin/config", get(config))
+        .route("/admin/reload", post(reload))
+        .route("/admin/rollback", post(rollback))
         .route("/admin/explain", get(explain))
         .fallback(|headers: HeaderMap| async move {
             GatewayError::new(ErrorCode::RouteNotFound).into_response_for::<axum::body::Body>(&headers)
@@ -55,19 +58,56 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, mut stop: wa
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
-    let l = &s.loaded;
-    let loaded_at = l.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    axum::Json(json!({
-        "version": l.version,
-        "loaded_at": loaded_at,
-        "source": l.source.display().to_string(),
-        "routes": l.config.routes.len(),
-        "upstreams": l.config.upstreams.len(),
-        "history": [l.version],
-        "pinned": false,
-        "last_reload": Value::Null,
-    }))
-    .into_response()
+    axum::Json(s.reloader.describe()).into_response()
+}
+
+/// Mutating calls need `Authorization: Bearer <token>` when a token is configured:
+/// `Some(401 response)` when the call may not proceed.
+fn unauthorized(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &s.token else { return None };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let mut res: Response = GatewayError::new(ErrorCode::Unauthorized)
+        .with_message("admin token required")
+        .into_response_for::<axum::body::Body>(headers);
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nexus-admin\""));
+    Some(res)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(res) = unauthorized(&s, &headers) {
+        return res;
+    }
+    match s.reloader.reload("admin API").await {
+        Reload::Applied(version) => axum::Json(json!({ "result": "ok", "version": version })).into_response(),
+        Reload::Unchanged => {
+            axum::Json(json!({ "result": "unchanged", "version": s.reloader.current().version })).into_response()
+        }
+        Reload::Failed(errors) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(
+                json!({ "result": "error", "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn rollback(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(res) = unauthorized(&s, &headers) {
+        return res;
+    }
+    match s.reloader.rollback().await {
+        Ok(version) => axum::Json(json!({ "result": "ok", "version": version, "pinned": true })).into_response(),
+        Err(why) => (StatusCode::CONFLICT, axum::Json(json!({ "result": "error", "error": why }))).into_response(),
+    }
 }
 
 async fn explain(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response {
@@ -84,7 +124,9 @@ async fn explain(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response
             _ => {}
         }
     }
-    match explain_request(&s.loaded, &s.table, &method, host.as_deref(), &path, &headers) {
+    let loaded = s.reloader.current();
+    let snapshot = s.reloader.shared().snapshot.load_full();
+    match explain_request(&loaded, snapshot.gateway.table(), &method, host.as_deref(), &path, &headers) {
         Ok(answer) => {
             let status = if answer["matched"] == true { StatusCode::OK } else { StatusCode::NOT_FOUND };
             (status, axum::Json(answer)).into_response()

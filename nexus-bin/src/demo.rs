@@ -105,6 +105,6 @@ pub(crate) fn run(overrides: Overrides) -> ExitCode {
                 println!("Stop with Ctrl-C.");
             }
         });
-        crate::server::serve(loaded, Some(tx)).await
+        crate::server::serve(loaded, Overrides::default(), Some(tx)).await
     })
 }

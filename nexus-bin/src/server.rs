@@ -1,6 +1,7 @@
 //! Listeners, connections and the shutdown sequence.
 
 use crate::config_file::LoadedConfig;
+use crate::reload::{self, Reloader};
 use crate::sniff::HeadSniffer;
 use crate::stack::{self, Shared};
 use hyper::service::service_fn;
@@ -20,7 +21,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 /// Build a runtime and serve until shut down.
-pub(crate) fn run_blocking(loaded: LoadedConfig, _overrides: Overrides) -> ExitCode {
+pub(crate) fn run_blocking(loaded: LoadedConfig, overrides: Overrides) -> ExitCode {
     crate::logging::init(&loaded.config.logging);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -29,7 +30,7 @@ pub(crate) fn run_blocking(loaded: LoadedConfig, _overrides: Overrides) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(loaded, None))
+    rt.block_on(serve(loaded, overrides, None))
 }
 
 /// Bind a listener, with `SO_REUSEPORT` when asked.
@@ -48,9 +49,17 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpLis
 /// `ready` is told the bound addresses (for `nexus demo` and tests).
 pub(crate) async fn serve(
     loaded: LoadedConfig,
+    overrides: Overrides,
     ready: Option<tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>>,
 ) -> ExitCode {
     let config = &loaded.config;
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nexus: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let gate = ReadinessGate::new();
     let shared = match stack::shared(config, gate.clone()) {
         Ok(s) => s,
@@ -68,25 +77,33 @@ pub(crate) async fn serve(
         (_, Err(e)) => return bind_failed("admin_listen", config.server.admin_listen, &e),
     };
     let (main_addr, admin_addr) = (local(&main), local(&admin));
-    tracing::info!(listen = %main_addr, admin_listen = %admin_addr, version = %loaded.version,
-        routes = config.routes.len(), upstreams = config.upstreams.len(), "nexus started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let main_task =
         tokio::spawn(accept_loop(main, Arc::clone(&shared), builder(config), Arc::clone(&graceful), stop_rx.clone()));
-    let admin_task =
-        tokio::spawn(crate::admin::serve(admin, crate::admin::AdminState::new(&loaded, gate.clone()), stop_rx));
+    let token = std::env::var(&config.admin.token_env).ok();
+    let reloader = Arc::new(Reloader::new(Arc::clone(&shared), loaded.clone(), overrides));
+    let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token);
+    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stop_rx));
+    let hup_task = reload::on_sighup(Arc::clone(&reloader)).map(tokio::spawn);
+    // Kept alive until shutdown; dropping it stops the watch.
+    let _watcher = loaded.source.exists().then(|| reload::watch(Arc::clone(&reloader), &loaded.source)).flatten();
+    tracing::info!(listen = %main_addr, admin_listen = %admin_addr, version = %loaded.version,
+        routes = config.routes.len(), upstreams = config.upstreams.len(), "nexus started");
     // Ready only once every listener is bound and the config is loaded.
     gate.set_ready();
     if let Some(tx) = ready {
         let _ = tx.send((main_addr, admin_addr));
     }
 
-    let code = shutdown_sequence(config, &gate).await;
+    let code = shutdown_sequence(config, &gate, &mut signals).await;
     let _ = stop_tx.send(true);
     let _ = main_task.await;
     let _ = admin_task.await;
+    if let Some(t) = hup_task {
+        t.abort();
+    }
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if code != ExitCode::SUCCESS {
         return code;
@@ -95,7 +112,7 @@ pub(crate) async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished; exiting"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; exiting with connections open"),
-        () = second_signal() => {
+        () = signals.recv() => {
             tracing::warn!("second signal; exiting at once");
             return ExitCode::FAILURE;
         }
@@ -115,41 +132,50 @@ fn bind_failed(key: &str, addr: SocketAddr, e: &std::io::Error) -> ExitCode {
 
 /// SIGTERM/SIGINT: readiness 503 at once, keep serving for `drain_delay`, then
 /// return so listeners close. A second signal during the delay exits 1.
-async fn shutdown_sequence(config: &Config, gate: &ReadinessGate) -> ExitCode {
-    first_signal().await;
+async fn shutdown_sequence(config: &Config, gate: &ReadinessGate, signals: &mut Signals) -> ExitCode {
+    signals.recv().await;
     gate.set_draining();
     let delay = config.server.shutdown.drain_delay.as_std();
     tracing::info!(?delay, "shutdown signal: readiness is now 503; draining");
     tokio::select! {
         () = tokio::time::sleep(delay) => ExitCode::SUCCESS,
-        () = second_signal() => {
+        () = signals.recv() => {
             tracing::warn!("second signal; exiting at once");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn first_signal() {
+/// SIGTERM and SIGINT, registered before the listeners open so that an early
+/// signal is handled (drained) rather than killing the process.
+pub(crate) struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            std::future::pending::<()>().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-async fn second_signal() {
-    first_signal().await;
+impl Signals {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn builder(config: &Config) -> auto::Builder<TokioExecutor> {

@@ -170,6 +170,8 @@ async fn answer(name: &str, peer: SocketAddr, mut req: Request<Incoming>, seen: 
 /// A running `nexus` process. Killed on drop.
 pub struct Gateway {
     child: Child,
+    /// The config file the gateway was started with (rewrite it to test reloads).
+    pub config_path: std::path::PathBuf,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -179,6 +181,15 @@ pub struct Gateway {
 impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Replace the config file's content.
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml).unwrap();
     }
 
     pub fn pid(&self) -> u32 {
@@ -209,9 +220,19 @@ pub fn nexus_bin() -> &'static str {
 
 /// Start `nexus` with this YAML config on ports the OS picks; waits (at most 20 s) until it is listening.
 pub fn gateway(yaml: &str) -> Gateway {
+    gateway_with(yaml, &[])
+}
+
+/// Like [`gateway`], with extra environment variables.
+pub fn gateway_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nexus.yaml");
     std::fs::write(&path, yaml).unwrap();
+    start(dir, path, env)
+}
+
+/// Start `nexus` on an existing config file inside `dir`.
+pub fn start(dir: tempfile::TempDir, path: std::path::PathBuf, env: &[(&str, &str)]) -> Gateway {
     let mut child = Command::new(nexus_bin())
         .arg("--config")
         .arg(&path)
@@ -220,6 +241,8 @@ pub fn gateway(yaml: &str) -> Gateway {
         .env_remove("NEXUS_LISTEN")
         .env_remove("NEXUS_ADMIN_LISTEN")
         .env("NEXUS_LOG_LEVEL", "info")
+        .env_remove("NEXUS_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -242,7 +265,14 @@ pub fn gateway(yaml: &str) -> Gateway {
         let _ = child.kill();
         panic!("nexus did not start; logs:\n{}", logs.lock().unwrap().join("\n"))
     });
-    Gateway { child, addr: listen.unwrap().parse().unwrap(), admin: admin.unwrap().parse().unwrap(), logs, _dir: dir }
+    Gateway {
+        child,
+        config_path: path,
+        addr: listen.unwrap().parse().unwrap(),
+        admin: admin.unwrap().parse().unwrap(),
+        logs,
+        _dir: dir,
+    }
 }
 
 /// A YAML config with one upstream per `(name, url)` and these route lines appended.
@@ -293,4 +323,36 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 /// A free TCP port on 127.0.0.1 with nothing listening (bound, then released).
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// POST with an optional bearer token; status and body as JSON.
+pub async fn post_json(url: &str, token: Option<&str>) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    let mut req = Request::post(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, headers, text) = send(req.body(full("")).unwrap()).await;
+    (status, headers, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let (status, _, text) = get(url).await;
+    assert!(status.is_success(), "{url}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Poll `check` every 50 ms until it holds, at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
