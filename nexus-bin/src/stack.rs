@@ -4,7 +4,7 @@
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use nexus_core::body::LimitedBody;
@@ -69,6 +69,7 @@ pub(crate) async fn handle(
 ) -> Response<ResponseBody<ReqBody>> {
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
+    let http1 = req.version() < Version::HTTP_2;
     // Catch panics: a bug answers 500 for this request instead of resetting the connection.
     let served = AssertUnwindSafe(serve(shared, conn, req)).catch_unwind().await;
     let mut res = served.unwrap_or_else(|_| {
@@ -76,6 +77,10 @@ pub(crate) async fn handle(
         GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
     });
     res.headers_mut().insert(REQUEST_ID, id);
+    if http1 && shared.gate.is_draining() {
+        // Draining: persistent HTTP/1 clients reconnect elsewhere after this response.
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     res
 }
 

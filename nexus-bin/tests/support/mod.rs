@@ -187,6 +187,20 @@ impl Gateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Wait (bounded) for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Duration::from_millis(50);
+        let mut waited = Duration::ZERO;
+        while waited < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(deadline);
+            waited += deadline;
+        }
+        panic!("nexus did not exit within {limit:?}");
+    }
+
     /// Replace the config file's content.
     pub fn write_config(&self, yaml: &str) {
         std::fs::write(&self.config_path, yaml).unwrap();

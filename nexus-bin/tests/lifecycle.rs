@@ -1,0 +1,59 @@
+//! SIGTERM and draining, through the real binary.
+
+mod support;
+
+use http::{Request, StatusCode};
+use std::time::Duration;
+use support::*;
+
+fn kill(sig: &str, pid: u32) {
+    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_slow_requests_then_exits_0() {
+    let up = upstream("app").await;
+    let yaml = config(&[("app", up.url())], "  - name: app\n    paths: [{ path: / }]\n    upstream: app\n")
+        .replace("drain_delay: 0s, grace_period: 2s", "drain_delay: 300ms, grace_period: 5s");
+    let mut gw = gateway(&yaml);
+    // 20 requests of 500 ms each, in flight when the signal arrives.
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            let url = gw.url("/slow/500");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    assert!(eventually(5, || async { up.count() >= 20 }).await, "the slow requests did not all start");
+    let started = tokio::time::Instant::now();
+    kill("-TERM", gw.pid());
+
+    // Readiness turns 503 at once; the listener still serves during drain_delay,
+    // with Connection: close so persistent clients move elsewhere.
+    let (status, _, text) = get(&gw.url("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("not_ready"));
+    let (status, headers, _) = send(Request::get(gw.url("/during-drain")).body(body("")).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["connection"], "close");
+
+    for r in slow {
+        let (status, _, text) = r.await.unwrap();
+        assert_eq!((status, text.as_str()), (StatusCode::OK, "slow done"));
+    }
+    let code = gw.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "exit took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_1_at_once() {
+    let up = upstream("app").await;
+    let yaml = config(&[("app", up.url())], "  - name: app\n    paths: [{ path: / }]\n    upstream: app\n")
+        .replace("drain_delay: 0s", "drain_delay: 30s");
+    let mut gw = gateway(&yaml);
+    kill("-TERM", gw.pid());
+    assert!(eventually(5, || async { get(&gw.url("/readyz")).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await);
+    kill("-INT", gw.pid());
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)), Some(1));
+}
