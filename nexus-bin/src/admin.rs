@@ -41,6 +41,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/admin/reload", post(reload))
         .route("/admin/rollback", post(rollback))
         .route("/admin/explain", get(explain))
+        .route("/admin/upstreams", get(upstreams))
         .fallback(|headers: HeaderMap| async move {
             GatewayError::new(ErrorCode::RouteNotFound).into_response_for::<axum::body::Body>(&headers)
         })
@@ -55,6 +56,32 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, mut stop: wa
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin listener failed");
     }
+}
+
+async fn upstreams(State(s): State<AdminState>) -> Response {
+    let snapshot = s.reloader.shared().snapshot.load_full();
+    let upstreams: Vec<Value> = snapshot
+        .gateway
+        .upstreams()
+        .values()
+        .map(|u| {
+            json!({
+                "name": u.name(),
+                // No circuit breaker is built yet: every upstream is closed (passing traffic).
+                "circuit": "closed",
+                "in_flight": u.in_flight(),
+                "endpoints": u.endpoints().iter().map(|e| json!({
+                    "url": e.url(),
+                    "healthy": e.is_healthy(),
+                    "in_flight": e.in_flight(),
+                    "idle_connections": e.idle_connections(),
+                    // No active health checks are built yet: endpoints stay healthy, never checked.
+                    "last_check": Value::Null,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "upstreams": upstreams })).into_response()
 }
 
 async fn config(State(s): State<AdminState>) -> Response {

@@ -155,3 +155,24 @@ async fn requests_in_flight_finish_on_the_config_they_started_with() {
     let (status, _, text) = in_flight.await.unwrap();
     assert_eq!((status, text.as_str()), (StatusCode::OK, "slow done"));
 }
+
+#[tokio::test]
+async fn admin_upstreams_shows_endpoints_and_live_in_flight_counts() {
+    let up = upstream("app").await;
+    let gw = gateway(&routes(&up, "/"));
+    let url = gw.url("/slow/600");
+    let pending = tokio::spawn(async move { get(&url).await });
+    assert!(eventually(5, || async { up.count() == 1 }).await);
+    let v = get_json(&gw.admin_url("/admin/upstreams")).await;
+    let app = &v["upstreams"][0];
+    assert_eq!(app["name"], "app");
+    assert_eq!(app["circuit"], "closed");
+    assert_eq!(app["in_flight"], 1);
+    assert_eq!(app["endpoints"][0]["url"], up.url());
+    assert_eq!(app["endpoints"][0]["healthy"], true);
+    assert_eq!(app["endpoints"][0]["in_flight"], 1);
+    assert_eq!(pending.await.unwrap().0, StatusCode::OK);
+    let v = get_json(&gw.admin_url("/admin/upstreams")).await;
+    assert_eq!(v["upstreams"][0]["in_flight"], 0, "the slot is freed when the response is done");
+    assert_eq!(v["upstreams"][0]["endpoints"][0]["idle_connections"], 1);
+}
