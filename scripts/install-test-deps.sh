@@ -3,12 +3,16 @@
 set -euo pipefail
 
 need_apt=()
-# curl is used by the smoke checks; the suite itself needs only cargo today.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# promtool checks /metrics in nexus-bin/tests/metrics.rs (Debian's prometheus package ships it).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
   echo "install-test-deps: installing ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # --no-install-recommends: only promtool is needed, not a running Prometheus.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian's package starts a service where systemd runs; nothing here needs it.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 fi

@@ -7,6 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use nexus_core::router::RouteTable;
 use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::{ReadinessGate, probe};
@@ -22,11 +23,17 @@ pub(crate) struct AdminState {
     gate: ReadinessGate,
     /// Bearer token for mutating calls; `None` = open (the listener defaults to loopback).
     token: Option<Arc<str>>,
+    metrics: Option<PrometheusHandle>,
 }
 
 impl AdminState {
-    pub(crate) fn new(reloader: Arc<Reloader>, gate: ReadinessGate, token: Option<String>) -> Self {
-        Self { reloader, gate, token: token.filter(|t| !t.is_empty()).map(Into::into) }
+    pub(crate) fn new(
+        reloader: Arc<Reloader>,
+        gate: ReadinessGate,
+        token: Option<String>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        Self { reloader, gate, token: token.filter(|t| !t.is_empty()).map(Into::into), metrics }
     }
 }
 
@@ -37,6 +44,7 @@ pub(crate) fn router(state: AdminState) -> Router {
             "/readyz",
             get(|State(s): State<AdminState>| async move { probe::readiness::<axum::body::Body>(&s.gate) }),
         )
+        .route("/metrics", get(prometheus))
         .route("/admin/config", get(config))
         .route("/admin/reload", post(reload))
         .route("/admin/rollback", post(rollback))
@@ -56,6 +64,11 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, mut stop: wa
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin listener failed");
     }
+}
+
+async fn prometheus(State(s): State<AdminState>) -> Response {
+    let text = s.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn upstreams(State(s): State<AdminState>) -> Response {

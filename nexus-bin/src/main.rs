@@ -16,6 +16,7 @@ mod reload;
 mod server;
 mod sniff;
 mod stack;
+mod telemetry;
 
 fn main() -> ExitCode {
     cli::run()

@@ -80,15 +80,19 @@ impl Reloader {
     /// Re-read the file and apply it if it is new and valid.
     pub(crate) async fn reload(&self, trigger: &str) -> Reload {
         let _one = self.serial.lock().await;
+        let previous = self.current().version.clone();
         let outcome = self.try_reload();
         let mut st = self.lock();
         match &outcome {
             Reload::Applied(v) => {
+                metrics::counter!(crate::telemetry::RELOADS, "result" => "ok").increment(1);
+                crate::telemetry::config_version(v, Some(&previous));
                 tracing::info!(%trigger, version = %v, "config reloaded");
                 st.last = Some(LastReload { ok: true, at: SystemTime::now(), errors: Vec::new() });
             }
             Reload::Unchanged => tracing::debug!(%trigger, "config unchanged"),
             Reload::Failed(errors) => {
+                metrics::counter!(crate::telemetry::RELOADS, "result" => "error").increment(1);
                 for e in errors {
                     tracing::error!(%trigger, error = %e, "config reload rejected; the running config is kept");
                 }
@@ -184,7 +188,8 @@ impl Reloader {
         self.install(&previous).map_err(|_| "the previous version no longer builds")?;
         let file_version = std::fs::read(&self.source).ok().map(|b| config_file::version_of(&b));
         let mut st = self.lock();
-        st.history.remove(0);
+        let rolled_back = st.history.remove(0);
+        crate::telemetry::config_version(&previous.version, Some(&rolled_back.version));
         st.pinned_file = Some(file_version.unwrap_or_default());
         tracing::warn!(version = %previous.version, "config rolled back; pinned until the file changes");
         Ok(previous.version.clone())

@@ -60,6 +60,9 @@ pub(crate) async fn serve(
             return ExitCode::FAILURE;
         }
     };
+    // The recorder first: upstreams register their metric handles when the gateway is built.
+    let metrics = crate::telemetry::install();
+    crate::telemetry::config_version(&loaded.version, None);
     let gate = ReadinessGate::new();
     let shared = match stack::shared(config, gate.clone()) {
         Ok(s) => s,
@@ -84,7 +87,7 @@ pub(crate) async fn serve(
         tokio::spawn(accept_loop(main, Arc::clone(&shared), builder(config), Arc::clone(&graceful), stop_rx.clone()));
     let token = std::env::var(&config.admin.token_env).ok();
     let reloader = Arc::new(Reloader::new(Arc::clone(&shared), loaded.clone(), overrides));
-    let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token);
+    let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token, metrics);
     let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stop_rx));
     let hup_task = reload::on_sighup(Arc::clone(&reloader)).map(tokio::spawn);
     // Kept alive until shutdown; dropping it stops the watch.

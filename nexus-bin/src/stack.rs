@@ -50,6 +50,8 @@ impl Snapshot {
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) gate: ReadinessGate,
+    /// `nexus_inflight_requests`, registered once.
+    pub(crate) inflight: metrics::Gauge,
 }
 
 /// What one connection knows of itself.
@@ -70,12 +72,15 @@ pub(crate) async fn handle(
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
+    let inflight = &shared.inflight;
+    inflight.increment(1.0);
     // Catch panics: a bug answers 500 for this request instead of resetting the connection.
     let served = AssertUnwindSafe(serve(shared, conn, req)).catch_unwind().await;
     let mut res = served.unwrap_or_else(|_| {
         tracing::error!(request_id = ?id, "panic while serving a request");
         GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
     });
+    inflight.decrement(1.0);
     res.headers_mut().insert(REQUEST_ID, id);
     if http1 && shared.gate.is_draining() {
         // Draining: persistent HTTP/1 clients reconnect elsewhere after this response.
@@ -88,12 +93,19 @@ async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response
     let snap = shared.snapshot.load_full();
     // Probes, header size, framing conflicts and declared body size: before any routing work.
     if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict.load(Ordering::Relaxed)) {
+        if !is_probe(&snap, &req) {
+            snap.gateway.record_unmatched(req.method(), res.status().as_u16(), std::time::Duration::ZERO);
+        }
         return res;
     }
     // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
     let req = req.map(|b| LimitedBody::new(b, snap.max_body));
     // Route match, split choice and forward (with the route's timeout).
     snap.gateway.handle(req, &conn.client).await
+}
+
+fn is_probe(snap: &Snapshot, req: &Request<Incoming>) -> bool {
+    probe::probe_for(req.uri().path(), &snap.probe_prefix).is_some()
 }
 
 /// Probes and the cheap rejections, before any routing work.
@@ -140,5 +152,9 @@ fn precheck(
 
 /// Shared state for a config.
 pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>, ConfigErrors> {
-    Ok(Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::build(config)?), gate }))
+    Ok(Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
+        gate,
+        inflight: metrics::gauge!(crate::telemetry::INFLIGHT),
+    }))
 }

@@ -41,7 +41,7 @@ async fn sigterm_drains_slow_requests_then_exits_0() {
         let (status, _, text) = r.await.unwrap();
         assert_eq!((status, text.as_str()), (StatusCode::OK, "slow done"));
     }
-    let code = gw.wait_exit(Duration::from_secs(10));
+    let code = gw.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0));
     assert!(started.elapsed() < Duration::from_secs(5), "exit took {:?}", started.elapsed());
 }
@@ -55,5 +55,5 @@ async fn a_second_signal_exits_1_at_once() {
     kill("-TERM", gw.pid());
     assert!(eventually(5, || async { get(&gw.url("/readyz")).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await);
     kill("-INT", gw.pid());
-    assert_eq!(gw.wait_exit(Duration::from_secs(5)), Some(1));
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)).await, Some(1));
 }

@@ -6,6 +6,7 @@
 
 use crate::balance::Rng;
 use crate::body::ResponseBody;
+use crate::metrics::{RouteMetrics, UNMATCHED};
 use crate::upstream::{ClientInfo, Upstream};
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body::Body;
@@ -18,6 +19,7 @@ use nexus_core::{BoxError, ErrorCode, GatewayError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How a route chooses the side of a split for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,7 @@ impl StickyKey {
 /// Where one route sends its requests.
 #[derive(Debug)]
 pub struct RouteTarget<B> {
+    metrics: RouteMetrics,
     sides: Box<[(Arc<Upstream<B>>, u64)]>,
     total: u64,
     sticky: Option<StickyKey>,
@@ -117,6 +120,7 @@ pub struct Gateway<B> {
     targets: Box<[RouteTarget<B>]>,
     upstreams: BTreeMap<String, Arc<Upstream<B>>>,
     rng: Rng,
+    unmatched: RouteMetrics,
 }
 
 impl<B> Gateway<B>
@@ -167,6 +171,7 @@ where
                 errors.push(ConfigError::new(format!("routes[{i}]"), "no upstream carries traffic"));
             }
             targets.push(RouteTarget {
+                metrics: RouteMetrics::new(route.name()),
                 sides: sides.into_boxed_slice(),
                 total: acc.max(1),
                 sticky: rc.sticky.as_deref().and_then(StickyKey::parse),
@@ -176,7 +181,7 @@ where
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Self { table, targets: targets.into_boxed_slice(), upstreams, rng })
+        Ok(Self { table, targets: targets.into_boxed_slice(), upstreams, rng, unmatched: RouteMetrics::new(UNMATCHED) })
     }
 
     /// The route table.
@@ -197,22 +202,34 @@ where
     /// Route and forward one request. Never fails: errors become the JSON body
     /// of SPEC §4 carrying the request's `X-Request-Id`.
     pub async fn handle(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody<B>> {
+        let started = Instant::now();
+        let method = req.method().clone();
         match self.route(req) {
             Ok((req, route_id)) => {
                 let target = &self.targets[route_id];
                 let upstream = target.choose(&req, &self.rng);
                 let rid = req.headers().get(REQUEST_ID).cloned();
-                match upstream.forward(req, client, target.timeout).await {
+                let res = match upstream.forward(req, client, target.timeout).await {
                     Ok(res) => res.map(GatewayBody::stream),
                     Err(e) => {
                         tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
                         let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
                         e.to_gateway_error().into_response(id)
                     }
-                }
+                };
+                target.metrics.record(&method, res.status().as_u16(), upstream.name(), started.elapsed());
+                res
             }
-            Err(res) => res,
+            Err(res) => {
+                self.unmatched.record(&method, res.status().as_u16(), "", started.elapsed());
+                res
+            }
         }
+    }
+
+    /// Count a request the server answered before routing (413, 431, 400), as `_unmatched`.
+    pub fn record_unmatched(&self, method: &Method, status: u16, elapsed: std::time::Duration) {
+        self.unmatched.record(method, status, "", elapsed);
     }
 
     /// Normalise and match; on success the request's path is what the upstream must see.

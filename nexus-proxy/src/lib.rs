@@ -27,6 +27,7 @@ pub mod body;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod metrics;
 mod pool;
 pub mod service;
 pub mod upstream;

@@ -5,6 +5,7 @@ use crate::balance::{Balancer, Rng};
 use crate::body::UpstreamBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
+use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
@@ -23,6 +24,8 @@ pub struct Endpoint<B> {
     addr: EndpointAddr,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    healthy_gauge: metrics::Gauge,
+    metrics: EndpointMetrics,
     pool: EndpointPool<B>,
 }
 
@@ -50,6 +53,7 @@ impl<B> Endpoint<B> {
     /// Mark healthy or not (for active health checks).
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        self.healthy_gauge.set(if healthy { 1.0 } else { 0.0 });
     }
 
     pub(crate) fn pool(&self) -> &EndpointPool<B> {
@@ -72,6 +76,8 @@ where
 #[derive(Debug)]
 struct Shared<B> {
     name: String,
+    /// `nexus_upstream_requests_total{outcome="rejected"}`: no endpoint was tried.
+    rejected: metrics::Counter,
     endpoints: Box<[Endpoint<B>]>,
     in_flight: AtomicUsize,
     max_concurrent: usize,
@@ -147,17 +153,24 @@ where
         for e in &config.endpoints {
             let addr = parse_endpoint_url(&e.url)?;
             let pool = EndpointPool::new(addr.authority().to_string(), config.max_concurrent_requests.min(4096));
+            let healthy_gauge = metrics::gauge!(crate::metrics::UPSTREAM_ENDPOINT_HEALTHY,
+                "upstream" => name.to_string(), "endpoint" => addr.authority().to_string());
+            healthy_gauge.set(1.0);
             endpoints.push(Endpoint {
                 url: e.url.clone(),
+                metrics: EndpointMetrics::new(name, addr.authority()),
                 addr,
                 in_flight: AtomicUsize::new(0),
                 healthy: AtomicBool::new(true),
+                healthy_gauge,
                 pool,
             });
         }
         let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
         Ok(Self {
             shared: Arc::new(Shared {
+                rejected: metrics::counter!(crate::metrics::UPSTREAM_REQUESTS_TOTAL, "upstream" => name.to_string(),
+                    "endpoint" => "_none", "outcome" => "rejected"),
                 name: name.to_string(),
                 endpoints: endpoints.into_boxed_slice(),
                 in_flight: AtomicUsize::new(0),
@@ -213,7 +226,32 @@ where
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let guard = self.reserve()?;
+        let guard = match self.reserve() {
+            Ok(g) => g,
+            Err(e) => {
+                self.shared.rejected.increment(1);
+                return Err(e);
+            }
+        };
+        let index = guard.endpoint;
+        let result = self.send(guard, req, client, timeout).await;
+        let m = &self.shared.endpoints[index].metrics;
+        match &result {
+            Ok(res) if res.status().is_server_error() => m.error.increment(1),
+            Ok(_) => m.success.increment(1),
+            Err(e) if e.is_timeout() => m.timeout.increment(1),
+            Err(_) => m.error.increment(1),
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        guard: InFlight<B>,
+        req: Request<B>,
+        client: &ClientInfo,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let endpoint = &self.shared.endpoints[guard.endpoint];
         let (mut parts, body) = req.into_parts();
         let upgrade = headers::is_upgrade(&parts.headers);

@@ -188,15 +188,15 @@ impl Gateway {
     }
 
     /// Wait (bounded) for the process to exit; its exit code.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = std::time::Duration::from_millis(50);
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let step = Duration::from_millis(50);
         let mut waited = Duration::ZERO;
         while waited < limit {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            std::thread::sleep(deadline);
-            waited += deadline;
+            tokio::time::sleep(step).await;
+            waited += step;
         }
         panic!("nexus did not exit within {limit:?}");
     }

@@ -1,0 +1,72 @@
+//! The Prometheus recorder behind `/metrics`, and the process-level metrics of SPEC §5.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use nexus_proxy::metrics::{DURATION_BUCKETS, HTTP_REQUEST_DURATION_SECONDS};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// `nexus_inflight_requests`.
+pub(crate) const INFLIGHT: &str = "nexus_inflight_requests";
+/// `nexus_config_reloads_total{result}`.
+pub(crate) const RELOADS: &str = "nexus_config_reloads_total";
+/// `nexus_config_version_info{version}`.
+pub(crate) const VERSION_INFO: &str = "nexus_config_version_info";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the recorder (once per process; before anything registers a metric).
+pub(crate) fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_string()), &DURATION_BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder);
+            match built {
+                Ok(handle) => {
+                    describe();
+                    metrics::gauge!("nexus_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    metrics::gauge!(INFLIGHT).set(0.0);
+                    for result in ["ok", "error"] {
+                        metrics::counter!(RELOADS, "result" => result).absolute(0);
+                    }
+                    let upkeep = handle.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            upkeep.run_upkeep();
+                        }
+                    });
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the metrics recorder; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("http_requests_total", "Requests answered, by route, method, status and upstream.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to response headers, by route, method and status."
+    );
+    describe_counter!("nexus_upstream_requests_total", "Requests sent to upstream endpoints, by outcome.");
+    describe_gauge!("nexus_upstream_endpoint_healthy", "1 when the endpoint may receive traffic.");
+    describe_counter!(RELOADS, "Config reloads, by result.");
+    describe_gauge!(VERSION_INFO, "1 for the running config version.");
+    describe_gauge!(INFLIGHT, "Requests being served.");
+    describe_gauge!("nexus_build_info", "Build information.");
+}
+
+/// Mark `version` as the running config (and `previous`, if any, as not).
+pub(crate) fn config_version(version: &str, previous: Option<&str>) {
+    if let Some(p) = previous.filter(|p| *p != version) {
+        metrics::gauge!(VERSION_INFO, "version" => p.to_string()).set(0.0);
+    }
+    metrics::gauge!(VERSION_INFO, "version" => version.to_string()).set(1.0);
+}

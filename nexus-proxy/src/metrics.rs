@@ -1,0 +1,135 @@
+//! Request metrics with the names and labels of SPEC §5, through the `metrics`
+//! facade (a no-op until the application installs a recorder).
+//!
+//! Handles are registered once per label set and cached per route in a
+//! copy-on-write list, so the hot path is a short scan and two atomic adds,
+//! not a registry lookup with freshly allocated label strings.
+
+use arc_swap::ArcSwap;
+use http::Method;
+use metrics::{Counter, Histogram, Label, SharedString};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `http_requests_total{route,method,status,upstream}`.
+pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+/// `http_request_duration_seconds{route,method,status}`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+/// `nexus_upstream_requests_total{upstream,endpoint,outcome}`.
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "nexus_upstream_requests_total";
+/// `nexus_upstream_endpoint_healthy{upstream,endpoint}`.
+pub const UPSTREAM_ENDPOINT_HEALTHY: &str = "nexus_upstream_endpoint_healthy";
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "_unmatched";
+/// Duration buckets in seconds (SPEC §8).
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Clone)]
+struct Entry {
+    method: Method,
+    status: u16,
+    upstream: SharedString,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// The request metrics of one route.
+pub struct RouteMetrics {
+    route: SharedString,
+    cache: ArcSwap<Vec<Entry>>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").field("route", &self.route).finish_non_exhaustive()
+    }
+}
+
+/// Methods outside the standard set share one label value, so a client cannot
+/// grow the metric's cardinality at will.
+fn method_label(m: &Method) -> Method {
+    match *m {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::CONNECT
+        | Method::TRACE => m.clone(),
+        _ => Method::from_bytes(b"OTHER").unwrap_or(Method::GET),
+    }
+}
+
+impl RouteMetrics {
+    /// Metrics for the route named `route`.
+    pub fn new(route: &str) -> Self {
+        Self { route: SharedString::from(route.to_string()), cache: ArcSwap::from_pointee(Vec::new()) }
+    }
+
+    /// Count one request and its time to response headers.
+    pub fn record(&self, method: &Method, status: u16, upstream: &str, elapsed: Duration) {
+        let cache = self.cache.load();
+        let hit = cache.iter().find(|e| e.status == status && e.method == *method && &*e.upstream == upstream);
+        let entry = match hit {
+            Some(e) => e.clone(),
+            None => self.register(method, status, upstream),
+        };
+        entry.requests.increment(1);
+        entry.duration.record(elapsed.as_secs_f64());
+    }
+
+    #[cold]
+    fn register(&self, method: &Method, status: u16, upstream: &str) -> Entry {
+        let m = method_label(method);
+        let status_s = SharedString::from(status.to_string());
+        let method_s = SharedString::from(m.as_str().to_string());
+        let up = SharedString::from(upstream.to_string());
+        let requests = metrics::counter!(
+            HTTP_REQUESTS_TOTAL,
+            vec![
+                Label::new("route", self.route.clone()),
+                Label::new("method", method_s.clone()),
+                Label::new("status", status_s.clone()),
+                Label::new("upstream", up.clone()),
+            ]
+        );
+        let duration = metrics::histogram!(
+            HTTP_REQUEST_DURATION_SECONDS,
+            vec![
+                Label::new("route", self.route.clone()),
+                Label::new("method", method_s),
+                Label::new("status", status_s),
+            ]
+        );
+        let entry = Entry { method: method.clone(), status, upstream: up, requests, duration };
+        self.cache.rcu(|old| {
+            let mut v = Vec::clone(old);
+            if !v.iter().any(|e| e.status == status && e.method == *method && &*e.upstream == upstream) {
+                v.push(entry.clone());
+            }
+            Arc::new(v)
+        });
+        entry
+    }
+}
+
+/// `nexus_upstream_requests_total` counters of one endpoint, by outcome.
+#[derive(Debug)]
+pub(crate) struct EndpointMetrics {
+    pub(crate) success: Counter,
+    pub(crate) error: Counter,
+    pub(crate) timeout: Counter,
+}
+
+impl EndpointMetrics {
+    pub(crate) fn new(upstream: &str, endpoint: &str) -> Self {
+        let c = |outcome: &'static str| {
+            metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "upstream" => upstream.to_string(),
+                "endpoint" => endpoint.to_string(), "outcome" => outcome)
+        };
+        Self { success: c("success"), error: c("error"), timeout: c("timeout") }
+    }
+}
