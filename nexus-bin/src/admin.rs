@@ -88,8 +88,11 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
                     "healthy": e.is_healthy(),
                     "in_flight": e.in_flight(),
                     "idle_connections": e.idle_connections(),
-                    // No active health checks are built yet: endpoints stay healthy, never checked.
-                    "last_check": Value::Null,
+                    "last_check": e.health().last_check().map(|c| json!({
+                        "at": crate::reload::rfc3339(c.at),
+                        "ok": c.ok,
+                        "message": c.message,
+                    })),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -170,7 +170,7 @@ impl Reloader {
     }
 
     fn install(&self, loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
-        let snapshot = Snapshot::build(&loaded.config)?;
+        let snapshot = Snapshot::build(&loaded.config, Some(&self.shared.snapshot.load()))?;
         self.shared.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
@@ -250,9 +250,15 @@ pub(crate) fn on_sighup(reloader: Arc<Reloader>) -> Option<impl std::future::Fut
 pub(crate) fn watch(reloader: Arc<Reloader>, path: &Path) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|e| !e.kind.is_access()) {
+        // Only the config file itself, or kubelet's `..data` / `..<timestamp>` entries,
+        // not every file in a shared directory (such as /tmp, or the gateway's own log).
+        let relevant = |p: &std::path::PathBuf| {
+            p.file_name().is_some_and(|f| f == name.as_os_str() || f.to_string_lossy().starts_with(".."))
+        };
+        if res.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(relevant)) {
             let _ = tx.send(());
         }
     }) {

@@ -33,10 +33,16 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn build(config: &Config) -> Result<Self, ConfigErrors> {
+    /// Build for `config`; with the `previous` snapshot, state that must survive a
+    /// reload (endpoint health) carries over.
+    pub(crate) fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Self, ConfigErrors> {
         let limits = &config.server.limits;
+        let gateway = match previous {
+            Some(p) => p.gateway.reload(config)?,
+            None => Gateway::from_config(config)?,
+        };
         Ok(Self {
-            gateway: Gateway::from_config(config)?,
+            gateway,
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
             probe_prefix: config.server.probe_prefix.clone(),
@@ -153,7 +159,7 @@ fn precheck(
 /// Shared state for a config.
 pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>, ConfigErrors> {
     Ok(Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
+        snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)?),
         gate,
         inflight: metrics::gauge!(crate::telemetry::INFLIGHT),
     }))

@@ -1,7 +1,7 @@
 //! Health probes for the Nexus API gateway and any other tower/hyper service:
 //! liveness and readiness answers with the JSON bodies of SPEC §5, and a
 //! [`ReadinessGate`] the application flips (not ready during start-up and
-//! while draining).
+//! while draining), and active upstream health checks ([`upstream`]).
 //!
 //! ```
 //! use nexus_health::{ReadinessGate, probe};
@@ -13,5 +13,6 @@
 //! ```
 
 pub mod probe;
+pub mod upstream;
 
 pub use probe::ReadinessGate;

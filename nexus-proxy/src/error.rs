@@ -69,6 +69,12 @@ impl ProxyError {
         matches!(self.kind, ErrorKind::ClientBody | ErrorKind::BodyTooLarge)
     }
 
+    /// Seconds for `Retry-After` when the gateway itself refused (no healthy
+    /// endpoint, in-flight cap): the client may try again soon.
+    pub fn retry_after(&self) -> Option<u64> {
+        matches!(self.kind, ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded).then_some(1)
+    }
+
     /// The answer the client gets: 502, 503, 504, 413 or 400.
     pub fn to_gateway_error(&self) -> GatewayError {
         match self.kind {

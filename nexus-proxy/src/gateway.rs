@@ -135,11 +135,22 @@ where
 
     /// Build with a chosen random source, so splits are reproducible in tests.
     pub fn with_rng(config: &Config, rng: Rng) -> Result<Self, ConfigErrors> {
+        Self::build(config, rng, None)
+    }
+
+    /// Build the gateway for a new config version, carrying over what must
+    /// survive a reload (endpoint health from active checks).
+    pub fn reload(&self, config: &Config) -> Result<Self, ConfigErrors> {
+        Self::build(config, Rng::from_entropy(), Some(self))
+    }
+
+    fn build(config: &Config, rng: Rng, previous: Option<&Self>) -> Result<Self, ConfigErrors> {
         let table = RouteTable::from_config(config)?;
         let mut errors = Vec::new();
         let mut upstreams = BTreeMap::new();
         for (name, u) in &config.upstreams {
-            match Upstream::with_rng(name, u, Rng::seeded(rng.next_u64())) {
+            let before = previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u);
+            match Upstream::build(name, u, Rng::seeded(rng.next_u64()), before) {
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
                 }
@@ -214,7 +225,11 @@ where
                     Err(e) => {
                         tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
                         let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                        e.to_gateway_error().into_response(id)
+                        let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
+                        if let Some(secs) = e.retry_after() {
+                            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                        }
+                        res
                     }
                 };
                 target.metrics.record(&method, res.status().as_u16(), upstream.name(), started.elapsed());

@@ -13,8 +13,9 @@ use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
 use nexus_core::config::UpstreamConfig;
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
+use nexus_health::upstream::{CheckConfig, Checks, EndpointHealth, Probe, Thresholds};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// One endpoint of an upstream, with its live state and idle connections.
@@ -23,7 +24,7 @@ pub struct Endpoint<B> {
     url: String,
     addr: EndpointAddr,
     in_flight: AtomicUsize,
-    healthy: AtomicBool,
+    health: Arc<EndpointHealth>,
     healthy_gauge: metrics::Gauge,
     metrics: EndpointMetrics,
     pool: EndpointPool<B>,
@@ -47,12 +48,17 @@ impl<B> Endpoint<B> {
 
     /// Whether balancing may pick it (endpoints are healthy until a check says otherwise).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_healthy()
+    }
+
+    /// The endpoint's health state (with the last active check, if any).
+    pub fn health(&self) -> &EndpointHealth {
+        &self.health
     }
 
     /// Mark healthy or not (for active health checks).
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        self.health.set_healthy(healthy);
         self.healthy_gauge.set(if healthy { 1.0 } else { 0.0 });
     }
 
@@ -134,6 +140,8 @@ pub struct Upstream<B> {
     rng: Rng,
     connect_timeout: Duration,
     timeout: Option<Duration>,
+    /// Active health checks; dropping the upstream (an old config version) stops them.
+    _checks: Option<Checks>,
 }
 
 impl<B> Upstream<B>
@@ -149,24 +157,41 @@ where
     /// Like [`from_config`](Self::from_config) with a chosen random source
     /// (for reproducible random and least-request balancing in tests).
     pub fn with_rng(name: &str, config: &UpstreamConfig, rng: Rng) -> Result<Self, String> {
+        Self::build(name, config, rng, None)
+    }
+
+    /// Build, keeping the health state of endpoints that `previous` (the same
+    /// upstream in the config being replaced) already had: a reload must not
+    /// send traffic back to an endpoint its checks took out.
+    pub(crate) fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        rng: Rng,
+        previous: Option<&Self>,
+    ) -> Result<Self, String> {
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
             let addr = parse_endpoint_url(&e.url)?;
             let pool = EndpointPool::new(addr.authority().to_string(), config.max_concurrent_requests.min(4096));
             let healthy_gauge = metrics::gauge!(crate::metrics::UPSTREAM_ENDPOINT_HEALTHY,
                 "upstream" => name.to_string(), "endpoint" => addr.authority().to_string());
-            healthy_gauge.set(1.0);
+            let health = previous
+                .and_then(|p| p.endpoints().iter().find(|old| old.url == e.url))
+                .filter(|_| config.health_check.is_some())
+                .map_or_else(|| Arc::new(EndpointHealth::new()), |old| Arc::clone(&old.health));
+            healthy_gauge.set(if health.is_healthy() { 1.0 } else { 0.0 });
             endpoints.push(Endpoint {
                 url: e.url.clone(),
                 metrics: EndpointMetrics::new(name, addr.authority()),
                 addr,
                 in_flight: AtomicUsize::new(0),
-                healthy: AtomicBool::new(true),
+                health,
                 healthy_gauge,
                 pool,
             });
         }
         let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
+        let checks = config.health_check.as_ref().and_then(|hc| spawn_health_checks(name, hc, &endpoints));
         Ok(Self {
             shared: Arc::new(Shared {
                 rejected: metrics::counter!(crate::metrics::UPSTREAM_REQUESTS_TOTAL, "upstream" => name.to_string(),
@@ -179,6 +204,7 @@ where
             balancer: Balancer::new(config.load_balancing, &weights),
             rng,
             connect_timeout: config.connect_timeout.as_std(),
+            _checks: checks,
             timeout: config.timeout.map(nexus_core::config::Duration::as_std),
         })
     }
@@ -312,4 +338,41 @@ where
         let (parts, body) = res.into_parts();
         Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard))))
     }
+}
+
+/// Start the active checks of an upstream, when a tokio runtime is running.
+fn spawn_health_checks<B>(
+    name: &str,
+    hc: &nexus_core::config::HealthCheckConfig,
+    endpoints: &[Endpoint<B>],
+) -> Option<Checks> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!(upstream = name, "no tokio runtime: active health checks are not running");
+        return None;
+    }
+    let probe = match hc.kind {
+        nexus_core::config::HealthCheckKind::Http => {
+            Probe::Http { path: hc.path.clone(), expected_status: hc.expected_status }
+        }
+        nexus_core::config::HealthCheckKind::Tcp => Probe::Tcp,
+    };
+    let config = CheckConfig {
+        probe,
+        interval: hc.interval.as_std(),
+        timeout: hc.timeout.as_std(),
+        thresholds: Thresholds { healthy: hc.healthy_threshold, unhealthy: hc.unhealthy_threshold },
+    };
+    let targets = endpoints.iter().map(|e| (e.authority().to_string(), Arc::clone(&e.health))).collect();
+    let gauges: Vec<(String, metrics::Gauge)> =
+        endpoints.iter().map(|e| (e.authority().to_string(), e.healthy_gauge.clone())).collect();
+    let upstream = name.to_string();
+    Some(nexus_health::upstream::spawn_checks(targets, config, move |i, healthy, message| {
+        let (endpoint, gauge) = &gauges[i];
+        gauge.set(if healthy { 1.0 } else { 0.0 });
+        if healthy {
+            tracing::info!(%upstream, %endpoint, %message, "endpoint is healthy again");
+        } else {
+            tracing::warn!(%upstream, %endpoint, %message, "endpoint is unhealthy; it leaves load balancing");
+        }
+    }))
 }

@@ -1,0 +1,272 @@
+//! Active upstream health checks: HTTP (expected status) or TCP connect, with
+//! interval, timeout, healthy/unhealthy thresholds and jitter. An endpoint is
+//! healthy until its checks say otherwise (SPEC §8).
+//!
+//! The state lives in an [`EndpointHealth`] that the load balancer reads with
+//! one atomic load; [`spawn_checks`] keeps it current from a background task.
+//!
+//! ```
+//! use nexus_health::upstream::{EndpointHealth, Thresholds};
+//! let h = EndpointHealth::new();
+//! let t = Thresholds { healthy: 2, unhealthy: 3 };
+//! for _ in 0..2 { h.record(false, "connection refused".into(), &t); }
+//! assert!(h.is_healthy(), "still healthy below the unhealthy threshold");
+//! h.record(false, "connection refused".into(), &t);
+//! assert!(!h.is_healthy());
+//! ```
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Consecutive results that flip an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Passes in a row that make an unhealthy endpoint healthy.
+    pub healthy: u32,
+    /// Failures in a row that make a healthy endpoint unhealthy.
+    pub unhealthy: u32,
+}
+
+/// The last check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCheck {
+    /// When it finished.
+    pub at: SystemTime,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What it saw (`200 OK`, `connection refused`, `timed out after 1s`).
+    pub message: String,
+}
+
+/// Live health of one endpoint, shared by the checker and the balancer.
+#[derive(Debug)]
+pub struct EndpointHealth {
+    healthy: AtomicBool,
+    passes: AtomicU32,
+    failures: AtomicU32,
+    last: Mutex<Option<LastCheck>>,
+}
+
+impl Default for EndpointHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EndpointHealth {
+    /// Healthy, never checked.
+    pub fn new() -> Self {
+        Self {
+            healthy: AtomicBool::new(true),
+            passes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether the balancer may pick it.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Set the state directly (e.g. an operator's override).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// The last check, if any.
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Record one check; returns `Some(new state)` when the endpoint flipped.
+    pub fn record(&self, ok: bool, message: String, t: &Thresholds) -> Option<bool> {
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(LastCheck { at: SystemTime::now(), ok, message });
+        let healthy = self.is_healthy();
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            let passes = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !healthy && passes >= t.healthy {
+                self.healthy.store(true, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.passes.store(0, Ordering::Relaxed);
+            let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if healthy && failures >= t.unhealthy {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// How to check one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `GET path` over HTTP/1.1 (`Host` = the endpoint), passing on `expected_status`.
+    Http {
+        /// Request path.
+        path: String,
+        /// Status that passes.
+        expected_status: u16,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// One check's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    /// What to send.
+    pub probe: Probe,
+    /// Time between checks (each waits a random extra 0–10% so checks spread out).
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Flip thresholds.
+    pub thresholds: Thresholds,
+}
+
+/// Run one check against `authority` (`host:port`): `(passed, message)`.
+pub async fn check_once(authority: &str, probe: &Probe, timeout: Duration) -> (bool, String) {
+    match tokio::time::timeout(timeout, run(authority, probe)).await {
+        Ok(r) => r,
+        Err(_) => (false, format!("timed out after {}", humantime_ms(timeout))),
+    }
+}
+
+fn humantime_ms(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+async fn run(authority: &str, probe: &Probe) -> (bool, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = match tokio::net::TcpStream::connect(authority).await {
+        Ok(s) => s,
+        Err(e) => return (false, format!("connect: {e}")),
+    };
+    let Probe::Http { path, expected_status } = probe else {
+        return (true, "tcp connect ok".into());
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: nexus-health-check\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+    );
+    if let Err(e) = stream.write_all(req.as_bytes()).await {
+        return (false, format!("write: {e}"));
+    }
+    // The status line is all we need: "HTTP/1.1 200 OK".
+    let mut buf = [0u8; 256];
+    let mut n = 0;
+    while !buf[..n].contains(&b'\n') && n < buf.len() {
+        match stream.read(&mut buf[n..]).await {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return (false, format!("read: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let line = line.lines().next().unwrap_or("").trim().to_string();
+    match line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()) {
+        Some(status) if status == *expected_status => (true, line),
+        Some(status) => (false, format!("{line} (expected {expected_status}, got {status})")),
+        None => (false, format!("not an HTTP response: {line:?}")),
+    }
+}
+
+/// A handle on running checks; dropping it stops them.
+#[derive(Debug)]
+pub struct Checks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Check every `(authority, health)` pair on its own task, forever, until the
+/// returned [`Checks`] is dropped. `on_change(index, healthy)` is called when
+/// an endpoint flips. Needs a tokio runtime.
+pub fn spawn_checks<F>(
+    targets: Vec<(String, std::sync::Arc<EndpointHealth>)>,
+    config: CheckConfig,
+    on_change: F,
+) -> Checks
+where
+    F: Fn(usize, bool, &str) + Send + Sync + 'static,
+{
+    let on_change = std::sync::Arc::new(on_change);
+    let tasks = targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (authority, health))| {
+            let config = config.clone();
+            let on_change = std::sync::Arc::clone(&on_change);
+            tokio::spawn(async move {
+                loop {
+                    let (ok, message) = check_once(&authority, &config.probe, config.timeout).await;
+                    if let Some(now) = health.record(ok, message.clone(), &config.thresholds) {
+                        on_change(i, now, &message);
+                    }
+                    tokio::time::sleep(config.interval + jitter(config.interval, i)).await;
+                }
+            })
+        })
+        .collect();
+    Checks(tasks)
+}
+
+/// Up to 10% of the interval, different per endpoint and per round.
+fn jitter(interval: Duration, salt: usize) -> Duration {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let spread = (interval.as_millis() / 10).max(1) as u64;
+    Duration::from_millis((u64::from(nanos) ^ (salt as u64).wrapping_mul(0x9E37_79B9)) % spread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_flip_only_on_consecutive_results() {
+        let h = EndpointHealth::new();
+        let t = Thresholds { healthy: 2, unhealthy: 2 };
+        assert_eq!(h.record(false, "x".into(), &t), None);
+        assert_eq!(h.record(true, "ok".into(), &t), None, "a pass resets the failure run");
+        assert_eq!(h.record(false, "x".into(), &t), None);
+        assert_eq!(h.record(false, "x".into(), &t), Some(false));
+        assert!(!h.is_healthy());
+        assert_eq!(h.record(true, "ok".into(), &t), None);
+        assert_eq!(h.record(true, "ok".into(), &t), Some(true));
+        assert_eq!(h.last_check().unwrap().message, "ok");
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_against_a_local_listener() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for status in ["200 OK", "503 Service Unavailable", "200 OK"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let http = Probe::Http { path: "/health".into(), expected_status: 200 };
+        let t = Duration::from_secs(2);
+        assert_eq!(check_once(&addr, &http, t).await, (true, "HTTP/1.1 200 OK".into()));
+        let (ok, msg) = check_once(&addr, &http, t).await;
+        assert!(!ok && msg.contains("expected 200, got 503"), "{msg}");
+        assert!(check_once(&addr, &Probe::Tcp, t).await.0);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let (ok, msg) = check_once(&closed, &Probe::Tcp, t).await;
+        assert!(!ok && msg.starts_with("connect:"), "{msg}");
+    }
+}
