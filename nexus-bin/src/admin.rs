@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use nexus_core::router::RouteTable;
 use nexus_core::{ErrorCode, GatewayError};
+use nexus_health::shutdown::Phase;
 use nexus_health::{ReadinessGate, probe};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -56,10 +57,10 @@ pub(crate) fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-pub(crate) async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, state: AdminState, mut phase: watch::Receiver<Phase>) {
     let app = router(state);
     let shutdown = async move {
-        let _ = stop.changed().await;
+        let _ = phase.wait_for(|p| *p == Phase::Stopping).await;
     };
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin listener failed");

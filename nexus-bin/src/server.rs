@@ -7,18 +7,17 @@ use crate::stack::{self, Shared};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use nexus_core::config::{Config, Overrides};
 use nexus_health::ReadinessGate;
+use nexus_health::shutdown::{Phase, Shutdown};
 use nexus_proxy::ClientInfo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
 
 /// Build a runtime and serve until shut down.
 pub(crate) fn run_blocking(loaded: LoadedConfig, overrides: Overrides) -> ExitCode {
@@ -81,14 +80,12 @@ pub(crate) async fn serve(
     };
     let (main_addr, admin_addr) = (local(&main), local(&admin));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let main_task =
-        tokio::spawn(accept_loop(main, Arc::clone(&shared), builder(config), Arc::clone(&graceful), stop_rx.clone()));
+    let shutdown = shared.shutdown.clone();
+    let main_task = tokio::spawn(accept_loop(main, Arc::clone(&shared), builder(config)));
     let token = std::env::var(&config.admin.token_env).ok();
     let reloader = Arc::new(Reloader::new(Arc::clone(&shared), loaded.clone(), overrides));
     let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token, metrics);
-    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stop_rx));
+    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, shutdown.subscribe()));
     let hup_task = reload::on_sighup(Arc::clone(&reloader)).map(tokio::spawn);
     // Kept alive until shutdown; dropping it stops the watch.
     let _watcher = loaded.source.exists().then(|| reload::watch(Arc::clone(&reloader), &loaded.source)).flatten();
@@ -100,21 +97,28 @@ pub(crate) async fn serve(
         let _ = tx.send((main_addr, admin_addr));
     }
 
-    let code = shutdown_sequence(config, &gate, &mut signals).await;
-    let _ = stop_tx.send(true);
+    let code = shutdown_sequence(config, &gate, &shutdown, &mut signals).await;
+    // Stopping: listeners close, connections finish what they have.
+    shutdown.stop();
     let _ = main_task.await;
     let _ = admin_task.await;
     if let Some(t) = hup_task {
         t.abort();
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if code != ExitCode::SUCCESS {
         return code;
     }
     let grace = config.server.shutdown.grace_period.as_std();
+    let open = shutdown.tracker().active();
+    tracing::info!(open, ?grace, "listeners closed; waiting for open connections");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished; exiting"),
-        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; exiting with connections open"),
+        finished = shutdown.tracker().wait_idle(grace) => {
+            if finished {
+                tracing::info!("all connections finished; exiting");
+            } else {
+                tracing::warn!(?grace, open = shutdown.tracker().active(), "grace period over; exiting with connections open");
+            }
+        }
         () = signals.recv() => {
             tracing::warn!("second signal; exiting at once");
             return ExitCode::FAILURE;
@@ -135,9 +139,15 @@ fn bind_failed(key: &str, addr: SocketAddr, e: &std::io::Error) -> ExitCode {
 
 /// SIGTERM/SIGINT: readiness 503 at once, keep serving for `drain_delay`, then
 /// return so listeners close. A second signal during the delay exits 1.
-async fn shutdown_sequence(config: &Config, gate: &ReadinessGate, signals: &mut Signals) -> ExitCode {
+async fn shutdown_sequence(
+    config: &Config,
+    gate: &ReadinessGate,
+    shutdown: &Shutdown,
+    signals: &mut Signals,
+) -> ExitCode {
     signals.recv().await;
     gate.set_draining();
+    shutdown.drain();
     let delay = config.server.shutdown.drain_delay.as_std();
     tracing::info!(?delay, "shutdown signal: readiness is now 503; draining");
     tokio::select! {
@@ -196,13 +206,8 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::Builder<TokioExecutor>) {
+    let mut phase = shared.shutdown.subscribe();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -214,25 +219,55 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => break,
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() == Phase::Stopping {
+                    break;
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
+        let tracked = shared.shutdown.tracker().track();
+        let client =
+            ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted).with_tracker(shared.shutdown.tracker().clone());
         let conn_info = Arc::new(stack::Conn {
-            client: ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted),
+            client,
             framing_conflict: Arc::new(AtomicBool::new(false)),
+            h2: AtomicBool::new(false),
         });
         let io = TokioIo::new(HeadSniffer::new(stream, Arc::clone(&conn_info.framing_conflict)));
-        let shared = Arc::clone(&shared);
+        let svc_shared = Arc::clone(&shared);
+        let svc_conn = Arc::clone(&conn_info);
         let svc = service_fn(move |req| {
-            let shared = Arc::clone(&shared);
-            let conn = Arc::clone(&conn_info);
+            let shared = Arc::clone(&svc_shared);
+            let conn = Arc::clone(&svc_conn);
             async move { Ok::<_, Infallible>(stack::handle(&shared, &conn, req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        let conn = graceful.watch(conn);
+        let mut phase = shared.shutdown.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // Counted until closed, so the process waits for it (within the grace period).
+            let _tracked = tracked;
+            tokio::pin!(conn);
+            let mut goaway_sent = false;
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(e) = res {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    changed = phase.changed(), if !goaway_sent => {
+                        let now = if changed.is_err() { Phase::Stopping } else { *phase.borrow() };
+                        // Draining: HTTP/2 gets GOAWAY now (HTTP/1 gets Connection: close per response);
+                        // stopping: every connection finishes what it has and closes.
+                        if now == Phase::Stopping || conn_info.h2.load(Ordering::Relaxed) {
+                            conn.as_mut().graceful_shutdown();
+                            goaway_sent = true;
+                        }
+                    }
+                }
             }
         });
     }

@@ -14,6 +14,7 @@ use nexus_core::error::REQUEST_ID;
 use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
+use nexus_health::shutdown::{Phase, Shutdown};
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) gate: ReadinessGate,
     /// `nexus_inflight_requests`, registered once.
     pub(crate) inflight: metrics::Gauge,
+    /// Shutdown phase and what must finish before exit.
+    pub(crate) shutdown: Shutdown,
 }
 
 /// What one connection knows of itself.
@@ -67,6 +70,8 @@ pub(crate) struct Conn {
     /// Set by [`crate::sniff::HeadSniffer`] when the first request head had both
     /// `Content-Length` and `Transfer-Encoding` (hyper hides this).
     pub(crate) framing_conflict: Arc<AtomicBool>,
+    /// The client speaks HTTP/2 (learned from its first request): draining sends GOAWAY.
+    pub(crate) h2: AtomicBool,
 }
 
 /// Serve one request on the main listener.
@@ -78,6 +83,17 @@ pub(crate) async fn handle(
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
+    if !http1 {
+        conn.h2.store(true, Ordering::Relaxed);
+    }
+    let phase = shared.shutdown.phase();
+    if phase == Phase::Stopping {
+        // Listeners are closed: a new request on a connection still open is refused.
+        let mut res: Response<ResponseBody<ReqBody>> =
+            GatewayError::new(ErrorCode::ShuttingDown).into_response(id.to_str().unwrap_or(""));
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
     let inflight = &shared.inflight;
     inflight.increment(1.0);
     // Catch panics: a bug answers 500 for this request instead of resetting the connection.
@@ -88,7 +104,7 @@ pub(crate) async fn handle(
     });
     inflight.decrement(1.0);
     res.headers_mut().insert(REQUEST_ID, id);
-    if http1 && shared.gate.is_draining() {
+    if http1 && phase != Phase::Running {
         // Draining: persistent HTTP/1 clients reconnect elsewhere after this response.
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -162,5 +178,6 @@ pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>
         snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)?),
         gate,
         inflight: metrics::gauge!(crate::telemetry::INFLIGHT),
+        shutdown: Shutdown::new(),
     }))
 }

@@ -57,3 +57,24 @@ async fn a_second_signal_exits_1_at_once() {
     kill("-INT", gw.pid());
     assert_eq!(gw.wait_exit(Duration::from_secs(5)).await, Some(1));
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_open_websockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = upstream("app").await;
+    let yaml = config(&[("app", up.url())], "  - name: app\n    paths: [{ path: / }]\n    upstream: app\n")
+        .replace("drain_delay: 0s, grace_period: 2s", "drain_delay: 0s, grace_period: 10s");
+    let mut gw = gateway(&yaml);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap();
+    kill("-TERM", gw.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Listeners are closed, but the upgraded connection still works and holds the process.
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "the listener should be closed");
+    ws.send(Message::text("still here")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "still here");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    assert_eq!(gw.wait_exit(Duration::from_secs(8)).await, Some(0));
+}

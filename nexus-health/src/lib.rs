@@ -13,6 +13,7 @@
 //! ```
 
 pub mod probe;
+pub mod shutdown;
 pub mod upstream;
 
 pub use probe::ReadinessGate;

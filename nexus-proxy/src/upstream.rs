@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
 use nexus_core::config::UpstreamConfig;
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
+use nexus_health::shutdown::Tracker;
 use nexus_health::upstream::{CheckConfig, Checks, EndpointHealth, Probe, Thresholds};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,6 +117,8 @@ pub struct ClientInfo {
     pub ip: HeaderValue,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto/-Host` are kept).
     pub trusted: bool,
+    /// Where upgraded (WebSocket) connections are counted, so shutdown waits for them.
+    pub tracker: Option<Tracker>,
 }
 
 impl ClientInfo {
@@ -128,7 +131,14 @@ impl ClientInfo {
         Self {
             ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             trusted: nexus_core::client::is_trusted(peer, trusted),
+            tracker: None,
         }
+    }
+
+    /// Count upgraded connections in `tracker` (a graceful shutdown waits for them).
+    pub fn with_tracker(mut self, tracker: Tracker) -> Self {
+        self.tracker = Some(tracker);
+        self
     }
 }
 
@@ -310,9 +320,12 @@ where
             if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream_side = hyper::upgrade::on(&mut res);
                 let name = self.shared.name.clone();
+                let tracked = client.tracker.as_ref().map(Tracker::track);
                 tokio::spawn(async move {
-                    // The upgraded connection holds its in-flight slot until it closes.
+                    // The upgraded connection holds its in-flight slot, and its place in the
+                    // shutdown tracker, until it closes.
                     let _slot = guard;
+                    let _tracked = tracked;
                     match tokio::try_join!(client_side, upstream_side) {
                         Ok((c, u)) => {
                             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
