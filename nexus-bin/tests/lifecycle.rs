@@ -78,3 +78,33 @@ async fn shutdown_waits_for_open_websockets() {
     drop(ws);
     assert_eq!(gw.wait_exit(Duration::from_secs(8)).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_reuse_port_rolling_restart_loses_no_request() {
+    let up = upstream("app").await;
+    let yaml = config(&[("app", up.url())], "  - name: app\n    paths: [{ path: / }]\n    upstream: app\n")
+        .replace("server:\n", "server:\n  reuse_port: true\n")
+        .replace("drain_delay: 0s, grace_period: 2s", "drain_delay: 1s, grace_period: 5s");
+    let mut old = gateway_at(&yaml, "127.0.0.1:0", "127.0.0.1:0");
+    let (listen, admin) = (old.addr.to_string(), old.admin.to_string());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> =
+        (0..4).map(|_| tokio::spawn(client_loop(old.url("/roll"), std::sync::Arc::clone(&stop)))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The new process binds the same ports before the old one leaves.
+    let new = gateway_at(&yaml, &listen, &admin);
+    kill("-TERM", old.pid());
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).await, Some(0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed, mut retried) = (0, 0, 0);
+    for l in loops {
+        let (o, f, r) = l.await.unwrap();
+        (ok, failed, retried) = (ok + o, failed + f, retried + r);
+    }
+    eprintln!("rolling restart: {ok} ok, {failed} failed, {retried} retried once after a connection reset");
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed, {retried} retried");
+    assert!(ok > 100, "the loop barely ran: {ok}");
+    assert_eq!(get(&new.url("/after")).await.0, StatusCode::OK, "the new process serves");
+}

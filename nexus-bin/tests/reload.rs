@@ -176,3 +176,34 @@ async fn admin_upstreams_shows_endpoints_and_live_in_flight_counts() {
     assert_eq!(v["upstreams"][0]["in_flight"], 0, "the slot is freed when the response is done");
     assert_eq!(v["upstreams"][0]["endpoints"][0]["idle_connections"], 1);
 }
+
+#[tokio::test]
+async fn a_client_loop_across_reloads_sees_no_failure() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let cfg = |to: &str| {
+        config(
+            &[("blue", blue.url()), ("green", green.url())],
+            &format!("  - name: app\n    paths: [{{ path: / }}]\n    upstream: {to}\n"),
+        )
+    };
+    let gw = gateway(&cfg("blue"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> =
+        (0..4).map(|_| tokio::spawn(client_loop(gw.url("/flip"), std::sync::Arc::clone(&stop)))).collect();
+    for to in ["green", "blue", "green"] {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        gw.write_config(&cfg(to));
+        assert_eq!(post_json(&gw.admin_url("/admin/reload"), None).await.0, StatusCode::OK);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed, mut retried) = (0, 0, 0);
+    for l in loops {
+        let (o, f, r) = l.await.unwrap();
+        (ok, failed, retried) = (ok + o, failed + f, retried + r);
+    }
+    eprintln!("reloads under load: {ok} ok, {failed} failed, {retried} retried");
+    assert_eq!((failed, retried), (0, 0), "{ok} ok");
+    assert!(blue.count() > 0 && green.count() > 0);
+    assert_eq!(get(&gw.url("/x")).await.2, "green /x", "the last reload is serving");
+}

@@ -247,10 +247,28 @@ pub fn gateway_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
 
 /// Start `nexus` on an existing config file inside `dir`.
 pub fn start(dir: tempfile::TempDir, path: std::path::PathBuf, env: &[(&str, &str)]) -> Gateway {
+    start_at(dir, path, env, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+/// Like [`gateway`], on given listener addresses (to share them with `reuse_port`).
+pub fn gateway_at(yaml: &str, listen: &str, admin: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nexus.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    start_at(dir, path, &[], listen, admin)
+}
+
+fn start_at(
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    env: &[(&str, &str)],
+    listen: &str,
+    admin: &str,
+) -> Gateway {
     let mut child = Command::new(nexus_bin())
         .arg("--config")
         .arg(&path)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--listen", listen, "--admin-listen", admin, "--log-format", "json"])
         .env_remove("NEXUS_CONFIG")
         .env_remove("NEXUS_LISTEN")
         .env_remove("NEXUS_ADMIN_LISTEN")
@@ -367,6 +385,56 @@ where
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A client loop: GETs on a keep-alive pool until `stop`, retrying a request once
+/// when its connection failed before any response (as browsers and Envoy do for
+/// idempotent requests). Returns (ok, failed, retried).
+pub async fn client_loop(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (u64, u64, u64) {
+    let client = client();
+    let (mut ok, mut failed, mut retried) = (0, 0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+        let mut attempt = 0;
+        loop {
+            let req = Request::get(&url).body(body("")).unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                Ok(Ok(res)) if res.status() == StatusCode::OK => {
+                    let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+                    ok += 1;
+                    break;
+                }
+                Ok(Err(e)) if attempt == 0 && (e.is_connect() || failed_before_response(&e)) => {
+                    attempt += 1;
+                    retried += 1;
+                }
+                _ => {
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    (ok, failed, retried)
+}
+
+/// Whether a client error happened before any response (connect refused/reset, connection closed early).
+fn failed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) {
+                return true;
+            }
+        }
+        cur = err.source();
     }
     false
 }
