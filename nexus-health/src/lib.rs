@@ -12,6 +12,7 @@
 //! assert_eq!(probe::readiness::<http_body_util::Full<bytes::Bytes>>(&gate).status(), 200);
 //! ```
 
+pub mod check;
 pub mod probe;
 pub mod shutdown;
 pub mod upstream;
