@@ -108,3 +108,33 @@ async fn a_reuse_port_rolling_restart_loses_no_request() {
     assert!(ok > 100, "the loop barely ran: {ok}");
     assert_eq!(get(&new.url("/after")).await.0, StatusCode::OK, "the new process serves");
 }
+
+#[tokio::test]
+async fn draining_sends_goaway_to_http2_clients() {
+    let up = upstream("app").await;
+    let yaml = config(&[("app", up.url())], "  - name: app\n    paths: [{ path: / }]\n    upstream: app\n")
+        .replace("drain_delay: 0s, grace_period: 2s", "drain_delay: 5s, grace_period: 5s");
+    let gw = gateway(&yaml);
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(());
+    });
+    let res = sender.send_request(Request::get(gw.url("/h2")).body(body("")).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    kill("-TERM", gw.pid());
+    // GOAWAY ends the idle HTTP/2 connection well before the 5 s drain is over...
+    tokio::time::timeout(Duration::from_secs(3), closed_rx).await.expect("no GOAWAY during drain").unwrap();
+    // ...while the listener still accepts (the client reconnects, here or elsewhere).
+    let (status, headers, _) = get(&gw.url("/still-serving")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["connection"], "close");
+}
