@@ -98,11 +98,7 @@ async fn a_reuse_port_rolling_restart_loses_no_request() {
     assert_eq!(old.wait_exit(Duration::from_secs(10)).await, Some(0));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed, mut retried) = (0, 0, 0);
-    for l in loops {
-        let (o, f, r) = l.await.unwrap();
-        (ok, failed, retried) = (ok + o, failed + f, retried + r);
-    }
+    let (ok, failed, retried) = join_loops(loops).await;
     eprintln!("rolling restart: {ok} ok, {failed} failed, {retried} retried once after a connection reset");
     assert_eq!(failed, 0, "{ok} ok, {failed} failed, {retried} retried");
     assert!(ok > 100, "the loop barely ran: {ok}");

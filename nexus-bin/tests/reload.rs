@@ -197,11 +197,7 @@ async fn a_client_loop_across_reloads_sees_no_failure() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed, mut retried) = (0, 0, 0);
-    for l in loops {
-        let (o, f, r) = l.await.unwrap();
-        (ok, failed, retried) = (ok + o, failed + f, retried + r);
-    }
+    let (ok, failed, retried) = join_loops(loops).await;
     eprintln!("reloads under load: {ok} ok, {failed} failed, {retried} retried");
     assert_eq!((failed, retried), (0, 0), "{ok} ok");
     assert!(blue.count() > 0 && green.count() > 0);

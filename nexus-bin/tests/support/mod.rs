@@ -438,3 +438,13 @@ fn failed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
     }
     false
 }
+
+/// Wait for client loops and add up their (ok, failed, retried).
+pub async fn join_loops(loops: Vec<tokio::task::JoinHandle<(u64, u64, u64)>>) -> (u64, u64, u64) {
+    let mut total = (0, 0, 0);
+    for l in loops {
+        let (o, f, r) = l.await.unwrap();
+        total = (total.0 + o, total.1 + f, total.2 + r);
+    }
+    total
+}
