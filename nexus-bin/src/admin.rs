@@ -81,8 +81,8 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
         .map(|u| {
             json!({
                 "name": u.name(),
-                // No circuit breaker is built yet: every upstream is closed (passing traffic).
-                "circuit": "closed",
+                // Without a circuit_breaker block there is no breaker: traffic always passes.
+                "circuit": u.circuit_state().map_or("closed", nexus_core::breaker::State::as_str),
                 "in_flight": u.in_flight(),
                 "endpoints": u.endpoints().iter().map(|e| json!({
                     "url": e.url(),

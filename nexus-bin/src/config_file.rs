@@ -71,9 +71,6 @@ fn unsupported(c: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
     for (name, u) in &c.upstreams {
-        if u.circuit_breaker.is_some() {
-            errors.push(ConfigError::new(format!("upstreams.{name}.circuit_breaker"), not_yet("the circuit breaker")));
-        }
         if u.retry.is_some() {
             errors.push(ConfigError::new(format!("upstreams.{name}.retry"), not_yet("retrying")));
         }

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod body;
+pub mod breaker;
 pub mod claims;
 pub mod client;
 pub mod config;

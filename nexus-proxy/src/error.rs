@@ -23,6 +23,8 @@ pub enum ErrorKind {
     NoHealthyEndpoint,
     /// The upstream's `max_concurrent_requests` is reached.
     Overloaded,
+    /// The upstream's circuit breaker is open.
+    CircuitOpen,
 }
 
 /// A failed forward: what failed, on which upstream, and the underlying cause.
@@ -30,11 +32,16 @@ pub enum ErrorKind {
 pub struct ProxyError {
     kind: ErrorKind,
     source: Option<BoxError>,
+    retry_after: Option<u64>,
 }
 
 impl ProxyError {
     pub(crate) fn new(kind: ErrorKind, source: Option<BoxError>) -> Self {
-        Self { kind, source }
+        Self { kind, source, retry_after: None }
+    }
+
+    pub(crate) fn circuit_open(retry_after: u64) -> Self {
+        Self { kind: ErrorKind::CircuitOpen, source: None, retry_after: Some(retry_after) }
     }
 
     /// Classify an error from hyper's client connection.
@@ -72,7 +79,11 @@ impl ProxyError {
     /// Seconds for `Retry-After` when the gateway itself refused (no healthy
     /// endpoint, in-flight cap): the client may try again soon.
     pub fn retry_after(&self) -> Option<u64> {
-        matches!(self.kind, ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded).then_some(1)
+        match self.kind {
+            ErrorKind::CircuitOpen => self.retry_after.or(Some(1)),
+            ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded => Some(1),
+            _ => None,
+        }
     }
 
     /// The answer the client gets: 502, 503, 504, 413 or 400.
@@ -95,6 +106,9 @@ impl ProxyError {
             }
             ErrorKind::Overloaded => GatewayError::new(ErrorCode::UpstreamUnavailable)
                 .with_message("upstream has too many requests in flight"),
+            ErrorKind::CircuitOpen => {
+                GatewayError::new(ErrorCode::UpstreamUnavailable).with_message("circuit breaker is open")
+            }
         }
     }
 }
@@ -116,6 +130,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::BodyTooLarge => "request body too large",
             ErrorKind::NoHealthyEndpoint => "no healthy endpoint",
             ErrorKind::Overloaded => "upstream overloaded",
+            ErrorKind::CircuitOpen => "circuit open",
         };
         match &self.source {
             Some(s) => {

@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
+use nexus_core::breaker::{Breaker, BreakerConfig, State};
 use nexus_core::config::UpstreamConfig;
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
 use nexus_health::shutdown::Tracker;
@@ -152,6 +153,48 @@ pub struct Upstream<B> {
     timeout: Option<Duration>,
     /// Active health checks; dropping the upstream (an old config version) stops them.
     _checks: Option<Checks>,
+    breaker: Option<Arc<UpstreamBreaker>>,
+}
+
+/// A breaker permit that is given back if the request is dropped before its outcome.
+struct PermitGuard<'a> {
+    breaker: &'a UpstreamBreaker,
+    permit: Option<nexus_core::breaker::Permit>,
+}
+
+impl PermitGuard<'_> {
+    fn record(&mut self, success: bool) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.breaker.record(p, success, self.breaker.now());
+            self.breaker.publish();
+        }
+    }
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.breaker.release(p);
+        }
+    }
+}
+
+/// An upstream's circuit breaker, its clock epoch and its state gauge.
+#[derive(Debug)]
+struct UpstreamBreaker {
+    breaker: Breaker,
+    epoch: tokio::time::Instant,
+    gauge: metrics::Gauge,
+}
+
+impl UpstreamBreaker {
+    fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.epoch)
+    }
+
+    fn publish(&self) {
+        self.gauge.set(self.breaker.state(self.now()).gauge());
+    }
 }
 
 impl<B> Upstream<B>
@@ -202,6 +245,23 @@ where
         }
         let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
         let checks = config.health_check.as_ref().and_then(|hc| spawn_health_checks(name, hc, &endpoints));
+        let breaker = config.circuit_breaker.as_ref().map(|cb| {
+            let settings = BreakerConfig::from(cb);
+            // Same settings as the version being replaced: keep its state (an open
+            // circuit stays open across a reload).
+            match previous.and_then(|p| p.breaker.as_ref()).filter(|b| *b.breaker.config() == settings) {
+                Some(b) => Arc::clone(b),
+                None => {
+                    let b = Arc::new(UpstreamBreaker {
+                        breaker: Breaker::new(settings),
+                        epoch: tokio::time::Instant::now(),
+                        gauge: metrics::gauge!("nexus_circuit_breaker_state", "upstream" => name.to_string()),
+                    });
+                    b.publish();
+                    b
+                }
+            }
+        });
         Ok(Self {
             shared: Arc::new(Shared {
                 rejected: metrics::counter!(crate::metrics::UPSTREAM_REQUESTS_TOTAL, "upstream" => name.to_string(),
@@ -215,6 +275,7 @@ where
             rng,
             connect_timeout: config.connect_timeout.as_std(),
             _checks: checks,
+            breaker,
             timeout: config.timeout.map(nexus_core::config::Duration::as_std),
         })
     }
@@ -227,6 +288,11 @@ where
     /// The endpoints and their live state.
     pub fn endpoints(&self) -> &[Endpoint<B>] {
         &self.shared.endpoints
+    }
+
+    /// The circuit breaker's state; `None` without a `circuit_breaker` block.
+    pub fn circuit_state(&self) -> Option<State> {
+        self.breaker.as_ref().map(|b| b.breaker.state(b.now()))
     }
 
     /// Requests in flight to this upstream.
@@ -262,9 +328,22 @@ where
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        // The breaker first: while open, nothing is reserved or sent.
+        let mut permit = match &self.breaker {
+            Some(b) => match b.breaker.try_acquire(b.now()) {
+                Ok(p) => Some(PermitGuard { breaker: b, permit: Some(p) }),
+                Err(r) => {
+                    self.shared.rejected.increment(1);
+                    b.publish();
+                    return Err(ProxyError::circuit_open(r.retry_after_secs));
+                }
+            },
+            None => None,
+        };
         let guard = match self.reserve() {
             Ok(g) => g,
             Err(e) => {
+                // (The permit guard gives the breaker slot back.)
                 self.shared.rejected.increment(1);
                 return Err(e);
             }
@@ -272,11 +351,28 @@ where
         let index = guard.endpoint;
         let result = self.send(guard, req, client, timeout).await;
         let m = &self.shared.endpoints[index].metrics;
-        match &result {
-            Ok(res) if res.status().is_server_error() => m.error.increment(1),
-            Ok(_) => m.success.increment(1),
-            Err(e) if e.is_timeout() => m.timeout.increment(1),
-            Err(_) => m.error.increment(1),
+        // Failures for the breaker: 5xx from the upstream, connect errors, timeouts
+        // (not the client's own body errors).
+        let failed = match &result {
+            Ok(res) if res.status().is_server_error() => {
+                m.error.increment(1);
+                true
+            }
+            Ok(_) => {
+                m.success.increment(1);
+                false
+            }
+            Err(e) if e.is_timeout() => {
+                m.timeout.increment(1);
+                true
+            }
+            Err(e) => {
+                m.error.increment(1);
+                !e.is_client()
+            }
+        };
+        if let Some(g) = permit.as_mut() {
+            g.record(!failed);
         }
         result
     }
