@@ -1,6 +1,6 @@
 //! Nexus pieces inside a plain axum app, without the `nexus` binary or a config
 //! file: request ids on every response, the probes, and `/api/*` forwarded to
-//! an upstream with Nexus's pooled, balanced proxy.
+//! an upstream with Nexus's pooled, balanced proxy behind a circuit breaker.
 //!
 //! Run with
 //!
@@ -15,9 +15,10 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use nexus_core::breaker::BreakerConfig;
 use nexus_core::config::UpstreamConfig;
 use nexus_health::{ReadinessGate, probe};
-use nexus_middleware::RequestIdLayer;
+use nexus_middleware::{CircuitBreakerLayer, RequestIdLayer};
 use nexus_proxy::{ClientInfo, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,8 @@ fn app(upstream_addr: &str, gate: ReadinessGate) -> Router {
     Router::new()
         .route("/healthz", get(|| async { probe::liveness::<Body>() }))
         .route("/readyz", get(|State(s): State<AppState>| async move { probe::readiness::<Body>(&s.gate) }))
-        .route("/api/{*rest}", any(forward))
+        // After 5 failures in a row, /api answers 503 with Retry-After for 10 s without calling the upstream.
+        .route("/api/{*rest}", any(forward).layer(CircuitBreakerLayer::new(BreakerConfig::default())))
         .with_state(AppState { upstream, gate })
         .layer(RequestIdLayer::new())
 }
