@@ -55,6 +55,8 @@ pub(crate) fn router(state: AdminState) -> Router {
             GatewayError::new(ErrorCode::RouteNotFound).into_response_for::<axum::body::Body>(&headers)
         })
         .with_state(state)
+        // Admin answers carry X-Request-Id too (SPEC §4: every response).
+        .layer(nexus_middleware::RequestIdLayer::new())
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: AdminState, mut phase: watch::Receiver<Phase>) {

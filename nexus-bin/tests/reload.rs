@@ -19,8 +19,9 @@ async fn reload_applies_a_new_version_and_keeps_history() {
     assert_eq!(get(&gw.url("/v2/x")).await.0, StatusCode::NOT_FOUND);
 
     // Same content: no new version.
-    let (status, _, body) = post_json(&gw.admin_url("/admin/reload"), None).await;
+    let (status, headers, body) = post_json(&gw.admin_url("/admin/reload"), None).await;
     assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("unchanged")));
+    assert_eq!(headers["x-request-id"].len(), 36, "admin answers carry a request id");
 
     gw.write_config(&routes(&up, "/v2"));
     let (status, _, body) = post_json(&gw.admin_url("/admin/reload"), None).await;
