@@ -89,10 +89,11 @@ pub(crate) async fn serve(
     let hup_task = reload::on_sighup(Arc::clone(&reloader)).map(tokio::spawn);
     // Kept alive until shutdown; dropping it stops the watch.
     let _watcher = loaded.source.exists().then(|| reload::watch(Arc::clone(&reloader), &loaded.source)).flatten();
+    // Ready only once every listener is bound and the config is loaded; then announce it
+    // (tests and scripts wait for this line, so it must not come before readiness).
+    gate.set_ready();
     tracing::info!(listen = %main_addr, admin_listen = %admin_addr, version = %loaded.version,
         routes = config.routes.len(), upstreams = config.upstreams.len(), "nexus started");
-    // Ready only once every listener is bound and the config is loaded.
-    gate.set_ready();
     if let Some(tx) = ready {
         let _ = tx.send((main_addr, admin_addr));
     }
