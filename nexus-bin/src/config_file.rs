@@ -63,9 +63,6 @@ fn unsupported(c: &Config, errors: &mut Vec<ConfigError>) {
         if r.auth.is_some() {
             errors.push(ConfigError::new(format!("routes[{i}].auth"), not_yet("JWT authentication")));
         }
-        if r.rate_limit.is_some() {
-            errors.push(ConfigError::new(format!("routes[{i}].rate_limit"), not_yet("rate limiting")));
-        }
         if r.mirror.is_some() {
             errors.push(ConfigError::new(format!("routes[{i}].mirror"), not_yet("mirroring")));
         }

@@ -12,6 +12,7 @@ mod cli;
 mod config_file;
 mod demo;
 mod logging;
+mod policy;
 mod reload;
 mod server;
 mod sniff;

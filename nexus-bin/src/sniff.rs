@@ -70,13 +70,13 @@ impl<T: AsyncRead> AsyncRead for HeadSniffer<T> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
-        if let Some(scan) = this.scan {
-            if let Some(conflict) = scan.feed(&buf.filled()[before..]) {
-                if conflict {
-                    this.conflict.store(true, Ordering::Relaxed);
-                }
-                *this.scan = None;
+        if let Some(scan) = this.scan
+            && let Some(conflict) = scan.feed(&buf.filled()[before..])
+        {
+            if conflict {
+                this.conflict.store(true, Ordering::Relaxed);
             }
+            *this.scan = None;
         }
         res
     }

@@ -2,23 +2,28 @@
 //! it sits where it does; later layers (rate limit, auth, breaker, retry) slot
 //! in between route match and forward.
 
+use crate::policy::Policies;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use nexus_core::body::LimitedBody;
+use nexus_core::claims::VerifiedClaims;
 use nexus_core::config::Config;
 use nexus_core::config::ConfigErrors;
+use nexus_core::config::ProcessEnv;
 use nexus_core::error::REQUEST_ID;
 use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::time::Instant;
 
 /// The request body type the gateway forwards: the client's, size-limited.
 pub(crate) type ReqBody = LimitedBody<Incoming>;
@@ -27,6 +32,8 @@ pub(crate) type ReqBody = LimitedBody<Incoming>;
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) gateway: Gateway<ReqBody>,
+    /// Per route id: rate limit (and what else runs between match and forward).
+    pub(crate) policies: Policies,
     pub(crate) max_body: u64,
     pub(crate) max_header_bytes: usize,
     pub(crate) probe_prefix: String,
@@ -42,8 +49,10 @@ impl Snapshot {
             Some(p) => p.gateway.reload(config)?,
             None => Gateway::from_config(config)?,
         };
+        let policies = Policies::build(config, gateway.table(), &ProcessEnv, previous.map(|p| &p.policies))?;
         Ok(Self {
             gateway,
+            policies,
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
             probe_prefix: config.server.probe_prefix.clone(),
@@ -67,6 +76,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) client: ClientInfo,
+    /// The TCP peer's address (rate-limit keys derive the client IP from it).
+    pub(crate) peer: IpAddr,
     /// Set by [`crate::sniff::HeadSniffer`] when the first request head had both
     /// `Content-Length` and `Transfer-Encoding` (hyper hides this).
     pub(crate) framing_conflict: Arc<AtomicBool>,
@@ -120,10 +131,45 @@ async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response
         }
         return res;
     }
+    let started = Instant::now();
     // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
     let req = req.map(|b| LimitedBody::new(b, snap.max_body));
-    // Route match, split choice and forward (with the route's timeout).
-    snap.gateway.handle(req, &conn.client).await
+    // Route match: 404/405 here, and every later step knows its route.
+    let (req, route_id) = match snap.gateway.route(req) {
+        Ok(routed) => routed,
+        Err((method, res)) => {
+            snap.gateway.record_unmatched(&method, res.status().as_u16(), started.elapsed());
+            return res;
+        }
+    };
+    let policy = &snap.policies.routes[route_id];
+    // Rate limit: the cheapest rejection that needs the route; its numbers go on every answer.
+    let mut limited = None;
+    if let Some(rl) = &policy.rate_limit {
+        let key = rl.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), conn.peer);
+        let mut check = rl.limiter.check(key);
+        let decision = match check.ready() {
+            Some(d) => d,
+            None => check.await,
+        };
+        if !decision.allowed {
+            rl.rejected.increment(1);
+            let res: Response<ResponseBody<ReqBody>> = decision.rejection(request_id(&req));
+            snap.gateway.record_answered(route_id, req.method(), res.status().as_u16(), started);
+            return res;
+        }
+        limited = Some(decision);
+    }
+    // Split choice and forward (with the route's timeout, breaker, retries).
+    let mut res = snap.gateway.forward(route_id, req, &conn.client, started).await;
+    if let Some(d) = limited {
+        d.apply_headers(res.headers_mut());
+    }
+    res
+}
+
+fn request_id<B>(req: &Request<B>) -> &str {
+    req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 fn is_probe(snap: &Snapshot, req: &Request<Incoming>) -> bool {

@@ -76,20 +76,21 @@ fn decode_unreserved(path: &str) -> String {
     let mut out = String::with_capacity(p.len());
     let mut i = 0;
     while i < p.len() {
-        if p[i] == b'%' && i + 2 < p.len() {
-            if let (Some(h), Some(l)) = (hex(p[i + 1]), hex(p[i + 2])) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c as char);
-                } else {
-                    // Keep reserved and other octets encoded, with upper-case hex (RFC 3986 §6.2.2.1).
-                    out.push('%');
-                    out.push(char::from(p[i + 1]).to_ascii_uppercase());
-                    out.push(char::from(p[i + 2]).to_ascii_uppercase());
-                }
-                i += 3;
-                continue;
+        if p[i] == b'%'
+            && i + 2 < p.len()
+            && let (Some(h), Some(l)) = (hex(p[i + 1]), hex(p[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(c as char);
+            } else {
+                // Keep reserved and other octets encoded, with upper-case hex (RFC 3986 §6.2.2.1).
+                out.push('%');
+                out.push(char::from(p[i + 1]).to_ascii_uppercase());
+                out.push(char::from(p[i + 2]).to_ascii_uppercase());
             }
+            i += 3;
+            continue;
         }
         // Safe: we only split at ASCII bytes, so whole UTF-8 sequences are copied.
         let start = i;

@@ -98,10 +98,10 @@ impl Readiness {
             return Ok(());
         }
         let mut cache = self.cache.lock().await;
-        if let Some((at, outcome)) = cache.as_ref() {
-            if at.elapsed() < self.ttl {
-                return outcome.clone();
-            }
+        if let Some((at, outcome)) = cache.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return outcome.clone();
         }
         let mut outcome = Ok(());
         for c in self.checks.iter() {

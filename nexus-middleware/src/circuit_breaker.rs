@@ -273,10 +273,10 @@ where
             InnerProj::Rejected { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
             InnerProj::Called { fut } => {
                 let out = std::task::ready!(fut.poll(cx));
-                if let Some(mut g) = this.guard.take() {
-                    if let Some(p) = g.permit.take() {
-                        g.breaker.record(p, !this.classify.is_failure(&out));
-                    }
+                if let Some(mut g) = this.guard.take()
+                    && let Some(p) = g.permit.take()
+                {
+                    g.breaker.record(p, !this.classify.is_failure(&out));
                 }
                 Poll::Ready(out)
             }

@@ -5,9 +5,14 @@
 //! | --- | --- |
 //! | [`request_id`] | keeps a client's valid `X-Request-Id` or makes one, on the request and the response |
 //! | [`circuit_breaker`] | 503 with `Retry-After` at once while an upstream keeps failing |
+//! | [`rate_limit`] | 429 with `Retry-After` and `RateLimit-*` per client IP, header or claim; local or Redis |
 
 pub mod circuit_breaker;
+pub mod rate_limit;
 pub mod request_id;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
 pub use request_id::{RequestId, RequestIdLayer};

@@ -51,10 +51,10 @@ pub fn generate() -> HeaderValue {
 /// ```
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     let mut ids = headers.get_all(REQUEST_ID).iter();
-    if let (Some(v), None) = (ids.next(), ids.next()) {
-        if is_valid(v) {
-            return v.clone();
-        }
+    if let (Some(v), None) = (ids.next(), ids.next())
+        && is_valid(v)
+    {
+        return v.clone();
     }
     let id = generate();
     headers.insert(REQUEST_ID, id.clone());

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// A request no route serves: its method (for metrics) and the 400/404/405 answer.
+pub type Unrouted<B> = (Method, Response<ResponseBody<B>>);
+
 /// How a route chooses the side of a split for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StickyKey {
@@ -214,32 +217,48 @@ where
     /// of SPEC §4 carrying the request's `X-Request-Id`.
     pub async fn handle(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody<B>> {
         let started = Instant::now();
-        let method = req.method().clone();
         match self.route(req) {
-            Ok((req, route_id)) => {
-                let target = &self.targets[route_id];
-                let upstream = target.choose(&req, &self.rng);
-                let rid = req.headers().get(REQUEST_ID).cloned();
-                let res = match upstream.forward(req, client, target.timeout).await {
-                    Ok(res) => res.map(GatewayBody::stream),
-                    Err(e) => {
-                        tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
-                        let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                        let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
-                        if let Some(secs) = e.retry_after() {
-                            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                        }
-                        res
-                    }
-                };
-                target.metrics.record(&method, res.status().as_u16(), upstream.name(), started.elapsed());
-                res
-            }
-            Err(res) => {
+            Ok((req, route_id)) => self.forward(route_id, req, client, started).await,
+            Err((method, res)) => {
                 self.unmatched.record(&method, res.status().as_u16(), "", started.elapsed());
                 res
             }
         }
+    }
+
+    /// Forward a request already matched to `route_id` (by [`Gateway::route`]):
+    /// split choice, upstream, metrics. `started` is when the request arrived.
+    pub async fn forward(
+        &self,
+        route_id: usize,
+        req: Request<B>,
+        client: &ClientInfo,
+        started: Instant,
+    ) -> Response<ResponseBody<B>> {
+        let method = req.method().clone();
+        let target = &self.targets[route_id];
+        let upstream = target.choose(&req, &self.rng);
+        let rid = req.headers().get(REQUEST_ID).cloned();
+        let res = match upstream.forward(req, client, target.timeout).await {
+            Ok(res) => res.map(GatewayBody::stream),
+            Err(e) => {
+                tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
+                let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
+                if let Some(secs) = e.retry_after() {
+                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                res
+            }
+        };
+        target.metrics.record(&method, res.status().as_u16(), upstream.name(), started.elapsed());
+        res
+    }
+
+    /// Count a request that a layer in front of the upstream answered itself
+    /// (429, 401, 403) under its route.
+    pub fn record_answered(&self, route_id: usize, method: &Method, status: u16, started: Instant) {
+        self.targets[route_id].metrics.record(method, status, "", started.elapsed());
     }
 
     /// Count a request the server answered before routing (413, 431, 400), as `_unmatched`.
@@ -247,9 +266,16 @@ where
         self.unmatched.record(method, status, "", elapsed);
     }
 
-    /// Normalise and match; on success the request's path is what the upstream must see.
+    /// Normalise and match. On success, the request (its path now what the upstream
+    /// must see) and the route's id; otherwise the method and the 400/404/405 answer.
     #[allow(clippy::result_large_err)]
-    fn route(&self, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody<B>>> {
+    pub fn route(&self, req: Request<B>) -> Result<(Request<B>, usize), Unrouted<B>> {
+        let method = req.method().clone();
+        self.route_inner(req).map_err(|res| (method, res))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn route_inner(&self, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody<B>>> {
         let uri_path = req.uri().path();
         let path = match nexus_core::path::normalize(uri_path) {
             Ok(p) => p,

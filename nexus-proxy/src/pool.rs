@@ -53,13 +53,13 @@ where
 {
     /// Drive the connection's IO once; returns false once it has ended.
     pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done {
-            if let Poll::Ready(res) = self.conn.as_mut().poll(cx) {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-                self.done = true;
+        if !self.done
+            && let Poll::Ready(res) = self.conn.as_mut().poll(cx)
+        {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
             }
+            self.done = true;
         }
         !self.done
     }

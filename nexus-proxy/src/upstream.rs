@@ -392,10 +392,10 @@ where
         let uri = std::mem::take(&mut parts.uri).into_parts();
         if !parts.headers.contains_key(header::HOST) {
             // HTTP/2 clients send :authority instead of Host.
-            if let Some(a) = &uri.authority {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
+            if let Some(a) = &uri.authority
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
             }
         }
         // Origin form on the wire: `GET /path?query HTTP/1.1`; the endpoint is the connection's.

@@ -1,6 +1,7 @@
 //! Nexus pieces inside a plain axum app, without the `nexus` binary or a config
 //! file: request ids on every response, the probes, and `/api/*` forwarded to
-//! an upstream with Nexus's pooled, balanced proxy behind a circuit breaker.
+//! an upstream with Nexus's pooled, balanced proxy behind a per-client rate
+//! limit (100 requests a minute per IP) and a circuit breaker.
 //!
 //! Run with
 //!
@@ -16,13 +17,16 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use nexus_core::breaker::BreakerConfig;
+use nexus_core::client::PeerAddr;
 use nexus_core::config::UpstreamConfig;
 use nexus_health::{ReadinessGate, probe};
+use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
 use nexus_middleware::{CircuitBreakerLayer, RequestIdLayer};
 use nexus_proxy::{ClientInfo, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct AppState {
@@ -32,6 +36,14 @@ struct AppState {
 
 /// The app: probes, a forwarded `/api`, request ids everywhere.
 fn app(upstream_addr: &str, gate: ReadinessGate) -> Router {
+    let limit =
+        RateLimiter::local(RateLimitConfig { requests: 100, per: Duration::from_secs(60), ..Default::default() })
+            .expect("valid limit");
+    app_with_limit(upstream_addr, gate, limit)
+}
+
+/// The app with a chosen rate limit on `/api`.
+fn app_with_limit(upstream_addr: &str, gate: ReadinessGate, limit: RateLimiter) -> Router {
     let config: UpstreamConfig = serde_json::from_value(serde_json::json!({
         "endpoints": [{ "url": format!("http://{upstream_addr}") }],
         "load_balancing": "least_request",
@@ -42,10 +54,27 @@ fn app(upstream_addr: &str, gate: ReadinessGate) -> Router {
     Router::new()
         .route("/healthz", get(|| async { probe::liveness::<Body>() }))
         .route("/readyz", get(|State(s): State<AppState>| async move { probe::readiness::<Body>(&s.gate) }))
-        // After 5 failures in a row, /api answers 503 with Retry-After for 10 s without calling the upstream.
-        .route("/api/{*rest}", any(forward).layer(CircuitBreakerLayer::new(BreakerConfig::default())))
+        // Outermost first: the rate limit rejects (429) before the breaker or the upstream is asked;
+        // after 5 failures in a row, the breaker answers 503 with Retry-After for 10 s by itself.
+        .route(
+            "/api/{*rest}",
+            any(forward).layer(
+                ServiceBuilder::new()
+                    .map_request(peer_addr)
+                    .layer(RateLimitLayer::new(limit).with_metric("api"))
+                    .layer(CircuitBreakerLayer::new(BreakerConfig::default())),
+            ),
+        )
         .with_state(AppState { upstream, gate })
         .layer(RequestIdLayer::new())
+}
+
+/// The rate limit keys on the client IP: hand it axum's peer address.
+fn peer_addr(mut req: Request) -> Request {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut().insert(PeerAddr(addr));
+    }
+    req
 }
 
 async fn forward(State(s): State<AppState>, req: Request) -> Response {
@@ -103,5 +132,28 @@ mod tests {
             serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(body["error"]["code"], "bad_gateway");
         assert_eq!(body["error"]["request_id"], "ex-1");
+    }
+
+    #[tokio::test]
+    async fn api_is_rate_limited_per_client_ip() {
+        let limit =
+            RateLimiter::local(RateLimitConfig { requests: 2, per: Duration::from_secs(60), ..Default::default() })
+                .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let app = app_with_limit(&format!("127.0.0.1:{port}"), ReadinessGate::new(), limit);
+        let from = |ip: [u8; 4]| {
+            let mut req = Request::get("/api/x").body(Body::empty()).unwrap();
+            req.extensions_mut().insert(ConnectInfo(SocketAddr::from((ip, 40000))));
+            req
+        };
+        for _ in 0..2 {
+            let res = app.clone().oneshot(from([192, 0, 2, 1])).await.unwrap();
+            assert_eq!(res.status(), 502, "passed the limit, reached the (closed) upstream");
+            assert!(res.headers().contains_key("ratelimit-remaining"));
+        }
+        let res = app.clone().oneshot(from([192, 0, 2, 1])).await.unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()["retry-after"], "30");
+        assert_eq!(app.oneshot(from([192, 0, 2, 2])).await.unwrap().status(), 502, "another client");
     }
 }

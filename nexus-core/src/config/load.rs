@@ -90,15 +90,15 @@ impl Overrides {
                 None
             }
         };
-        if let Some(v) = &self.listen {
-            if let Some(a) = addr(v, "server.listen", &mut errors) {
-                config.server.listen = a;
-            }
+        if let Some(v) = &self.listen
+            && let Some(a) = addr(v, "server.listen", &mut errors)
+        {
+            config.server.listen = a;
         }
-        if let Some(v) = &self.admin_listen {
-            if let Some(a) = addr(v, "server.admin_listen", &mut errors) {
-                config.server.admin_listen = a;
-            }
+        if let Some(v) = &self.admin_listen
+            && let Some(a) = addr(v, "server.admin_listen", &mut errors)
+        {
+            config.server.admin_listen = a;
         }
         if let Some(v) = &self.log_level {
             config.logging.level.clone_from(v);

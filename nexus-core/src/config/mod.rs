@@ -264,31 +264,28 @@ fn section<T: DeserializeOwned>(prefix: &str, v: Value, errors: &mut Vec<ConfigE
 /// Rephrase serde's messages: name the unknown or missing key by its own path.
 fn describe_serde_error(mut path: String, msg: &str) -> ConfigError {
     let backticked = |rest: &str| rest.split('`').nth(1).map(str::to_string);
-    if let Some(rest) = msg.strip_prefix("unknown field ") {
-        if let Some(key) = backticked(rest) {
-            let expected = rest.split_once("expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
-            if !path.ends_with(&format!(".{key}")) && path != key {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(&key);
-            }
-            let message = if expected.is_empty() {
-                "unknown key".to_string()
-            } else {
-                format!("unknown key (expected {expected})")
-            };
-            return ConfigError::new(path, message);
-        }
-    }
-    if let Some(rest) = msg.strip_prefix("missing field ") {
-        if let Some(key) = backticked(rest) {
+    if let Some(rest) = msg.strip_prefix("unknown field ")
+        && let Some(key) = backticked(rest)
+    {
+        let expected = rest.split_once("expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
+        if !path.ends_with(&format!(".{key}")) && path != key {
             if !path.is_empty() {
                 path.push('.');
             }
             path.push_str(&key);
-            return ConfigError::new(path, "is required");
         }
+        let message =
+            if expected.is_empty() { "unknown key".to_string() } else { format!("unknown key (expected {expected})") };
+        return ConfigError::new(path, message);
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ")
+        && let Some(key) = backticked(rest)
+    {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(&key);
+        return ConfigError::new(path, "is required");
     }
     ConfigError::new(path, msg.to_string())
 }

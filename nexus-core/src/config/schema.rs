@@ -473,6 +473,13 @@ pub struct RateLimitConfig {
     /// What to do when the backend cannot answer: `allow` or `deny`. Default `allow`.
     #[serde(default)]
     pub on_backend_error: OnBackendError,
+    /// Longest wait for the backend's answer (backend `redis`). Default `100ms`.
+    #[serde(default = "default_backend_timeout")]
+    pub backend_timeout: Duration,
+}
+
+fn default_backend_timeout() -> Duration {
+    Duration::from_millis(100)
 }
 
 fn default_rl_key() -> String {

@@ -190,10 +190,10 @@ fn validate_route(p: &str, r: &RouteConfig, c: &Config, info: &ParseInfo, err: &
         }
     };
 
-    if let Some(h) = &r.host {
-        if let Err(e) = crate::router::check_host_pattern(h) {
-            err(format!("{p}.host"), e);
-        }
+    if let Some(h) = &r.host
+        && let Err(e) = crate::router::check_host_pattern(h)
+    {
+        err(format!("{p}.host"), e);
     }
     if r.paths.is_empty() {
         err(format!("{p}.paths"), "at least one path is required (e.g. { path: /, type: prefix })".into());
@@ -251,10 +251,10 @@ fn validate_route(p: &str, r: &RouteConfig, c: &Config, info: &ParseInfo, err: &
             }
         }
     }
-    if let Some(s) = &r.sticky {
-        if let Err(e) = check_key(s, &[], &["header:", "cookie:", "claim:"]) {
-            err(format!("{p}.sticky"), e);
-        }
+    if let Some(s) = &r.sticky
+        && let Err(e) = check_key(s, &[], &["header:", "cookie:", "claim:"])
+    {
+        err(format!("{p}.sticky"), e);
     }
     if let Some(m) = &r.mirror {
         check_upstream(format!("{p}.mirror.upstream"), &m.upstream, err);
@@ -268,18 +268,20 @@ fn validate_route(p: &str, r: &RouteConfig, c: &Config, info: &ParseInfo, err: &
     if r.strip_prefix && r.paths.iter().any(|x| x.kind == PathKind::Regex) {
         err(format!("{p}.strip_prefix"), "cannot be used with regex paths".into());
     }
-    if let Some(a) = &r.auth {
-        if !c.auth.jwt.contains_key(a) && !failed("auth.jwt", a) {
-            err(format!("{p}.auth"), format!("unknown auth policy {a:?} ({})", known(&c.auth.jwt, "auth.jwt", info)));
-        }
+    if let Some(a) = &r.auth
+        && !c.auth.jwt.contains_key(a)
+        && !failed("auth.jwt", a)
+    {
+        err(format!("{p}.auth"), format!("unknown auth policy {a:?} ({})", known(&c.auth.jwt, "auth.jwt", info)));
     }
-    if let Some(l) = &r.rate_limit {
-        if !c.rate_limits.contains_key(l) && !failed("rate_limits", l) {
-            err(
-                format!("{p}.rate_limit"),
-                format!("unknown rate limit {l:?} ({})", known(&c.rate_limits, "rate_limits", info)),
-            );
-        }
+    if let Some(l) = &r.rate_limit
+        && !c.rate_limits.contains_key(l)
+        && !failed("rate_limits", l)
+    {
+        err(
+            format!("{p}.rate_limit"),
+            format!("unknown rate limit {l:?} ({})", known(&c.rate_limits, "rate_limits", info)),
+        );
     }
 }
 

@@ -315,18 +315,18 @@ impl RouteTable {
         let mut allow: Vec<Method> = Vec::new();
         if let Some(raw) = req.host {
             let host = normalize_host(raw);
-            if let Some(g) = self.exact_hosts.get(host.as_ref()) {
-                if let Some(m) = self.match_group(g, req, HostMatch::Exact, &mut allow) {
-                    return Match::Found(m);
-                }
+            if let Some(g) = self.exact_hosts.get(host.as_ref())
+                && let Some(m) = self.match_group(g, req, HostMatch::Exact, &mut allow)
+            {
+                return Match::Found(m);
             }
             if !self.wildcard_hosts.is_empty() {
                 // Suffixes at each dot, longest first: ".b.example.com", ".example.com", ".com".
                 for (i, _) in host.match_indices('.') {
-                    if let Some(g) = self.wildcard_hosts.get(&host[i..]) {
-                        if let Some(m) = self.match_group(g, req, HostMatch::Wildcard, &mut allow) {
-                            return Match::Found(m);
-                        }
+                    if let Some(g) = self.wildcard_hosts.get(&host[i..])
+                        && let Some(m) = self.match_group(g, req, HostMatch::Wildcard, &mut allow)
+                    {
+                        return Match::Found(m);
                     }
                 }
             }
@@ -352,10 +352,10 @@ impl RouteTable {
         allow: &mut Vec<Method>,
     ) -> Option<RouteMatch<'t>> {
         let path = req.path;
-        if !g.exact.is_empty() {
-            if let Some(c) = g.exact.get(path).and_then(|c| self.pick(c, req, host, allow)) {
-                return Some(c);
-            }
+        if !g.exact.is_empty()
+            && let Some(c) = g.exact.get(path).and_then(|c| self.pick(c, req, host, allow))
+        {
+            return Some(c);
         }
         if !g.prefix.is_empty() {
             let mut key = path.trim_end_matches('/');
@@ -370,10 +370,10 @@ impl RouteTable {
             }
         }
         for (re, cands) in &g.regex {
-            if re.is_match(path) {
-                if let Some(c) = self.pick(cands, req, host, allow) {
-                    return Some(c);
-                }
+            if re.is_match(path)
+                && let Some(c) = self.pick(cands, req, host, allow)
+            {
+                return Some(c);
             }
         }
         None
