@@ -67,11 +67,6 @@ fn unsupported(c: &Config, errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError::new(format!("routes[{i}].mirror"), not_yet("mirroring")));
         }
     }
-    for (name, u) in &c.upstreams {
-        if u.retry.is_some() {
-            errors.push(ConfigError::new(format!("upstreams.{name}.retry"), not_yet("retrying")));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -340,3 +340,25 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_an_error() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 10, "each request needed a fresh connection");
 }
+
+#[tokio::test]
+async fn max_concurrent_requests_answers_503_at_once_when_full() {
+    let up = upstream("app").await;
+    let yaml = format!(
+        "upstreams:\n  app:\n    endpoints: [{{ url: \"{}\" }}]\n    max_concurrent_requests: 1\n\
+         routes:\n  - name: app\n    paths: [{{ path: / }}]\n    upstream: app\n",
+        up.url()
+    );
+    let gw = gateway(&yaml);
+    let slow_url = gw.url("/slow/800");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    assert!(eventually(5, || async { up.count() == 1 }).await, "the slow request is in flight");
+    let started = tokio::time::Instant::now();
+    let (status, headers, text) = get(&gw.url("/fast")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("upstream_unavailable"), "{text}");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "answered at once, not queued");
+    assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+    assert_eq!(get(&gw.url("/fast")).await.0, StatusCode::OK, "the slot is free again");
+}

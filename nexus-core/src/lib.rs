@@ -32,6 +32,8 @@ pub mod config;
 pub mod error;
 pub mod explain;
 pub mod path;
+pub mod retry;
+pub mod rng;
 pub mod router;
 pub mod upstream;
 

@@ -5,14 +5,20 @@
 //! | --- | --- |
 //! | [`request_id`] | keeps a client's valid `X-Request-Id` or makes one, on the request and the response |
 //! | [`circuit_breaker`] | 503 with `Retry-After` at once while an upstream keeps failing |
+//! | [`timeout`] | 504 `gateway_timeout` when the inner service takes too long |
+//! | [`retry`] | idempotent requests sent again on `retry_on` answers, with backoff, jitter and a budget |
 //! | [`rate_limit`] | 429 with `Retry-After` and `RateLimit-*` per client IP, header or claim; local or Redis |
 
 pub mod circuit_breaker;
 pub mod rate_limit;
 pub mod request_id;
+pub mod retry;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod timeout;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
 pub use request_id::{RequestId, RequestIdLayer};
+pub use retry::{Retry, RetryLayer};
+pub use timeout::{Timeout, TimeoutLayer};

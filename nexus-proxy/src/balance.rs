@@ -13,44 +13,9 @@
 //! ```
 
 use nexus_core::config::LoadBalancing;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A lock-free, seedable pseudo-random source (SplitMix64 over an atomic counter).
-#[derive(Debug)]
-pub struct Rng(AtomicU64);
-
-impl Rng {
-    /// A generator with a fixed seed: the same sequence every time.
-    pub const fn seeded(seed: u64) -> Self {
-        Self(AtomicU64::new(seed))
-    }
-
-    /// A generator seeded from the OS.
-    pub fn from_entropy() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        // std's RandomState is seeded from the OS once per process, then varied per instance.
-        Self::seeded(std::collections::hash_map::RandomState::new().build_hasher().finish())
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&self) -> u64 {
-        let mut z = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n > 0`), without modulo bias worth caring about for `n < 2^32`.
-    pub fn below(&self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-}
-
-impl Default for Rng {
-    fn default() -> Self {
-        Self::from_entropy()
-    }
-}
+pub use nexus_core::rng::Rng;
 
 /// Picks an endpoint index.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 //! request's in-flight slot until then.
 
 use crate::pool::PooledConn;
+use crate::replay::SendBody;
 use crate::upstream::InFlight;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -26,18 +27,17 @@ pin_project! {
     pub struct UpstreamBody<B> {
         #[pin]
         inner: Incoming,
-        conn: Option<PooledConn<B>>,
+        conn: Option<PooledConn<SendBody<B>>>,
         guard: Option<InFlight<B>>,
     }
 }
 
 impl<B> UpstreamBody<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<B>>, guard: Option<InFlight<B>>) -> Self {
+    pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<SendBody<B>>>, guard: Option<InFlight<B>>) -> Self {
         let mut body = Self { inner, conn, guard };
         if body.inner.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
@@ -48,10 +48,9 @@ where
 }
 
 /// The response is complete: give the connection back to its pool and free the slot.
-fn finish<B>(conn: &mut Option<PooledConn<B>>, guard: &mut Option<InFlight<B>>, cx: &mut Context<'_>)
+fn finish<B>(conn: &mut Option<PooledConn<SendBody<B>>>, guard: &mut Option<InFlight<B>>, cx: &mut Context<'_>)
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     if let (Some(conn), Some(guard)) = (conn.take(), guard.as_ref()) {
@@ -62,8 +61,7 @@ where
 
 impl<B> Body for UpstreamBody<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;

@@ -56,6 +56,28 @@ impl ProxyError {
         Self::new(kind, Some(Box::new(err)))
     }
 
+    /// The client's request body failed while read ahead (413 when over the limit).
+    pub(crate) fn client_body(err: BoxError) -> Self {
+        let kind = if chain(&*err).any(nexus_core::body::is_body_too_large) {
+            ErrorKind::BodyTooLarge
+        } else {
+            ErrorKind::ClientBody
+        };
+        Self::new(kind, Some(err))
+    }
+
+    /// The `retry_on` condition this failure is, if any: connect errors (and
+    /// connect timeouts), response timeouts, broken connections.
+    pub fn failure(&self) -> Option<nexus_core::retry::Failure> {
+        use nexus_core::retry::Failure;
+        match self.kind {
+            ErrorKind::Connect | ErrorKind::ConnectTimeout => Some(Failure::Connect),
+            ErrorKind::Timeout => Some(Failure::Timeout),
+            ErrorKind::Upstream => Some(Failure::Reset),
+            _ => None,
+        }
+    }
+
     /// What failed.
     pub fn kind(&self) -> ErrorKind {
         self.kind

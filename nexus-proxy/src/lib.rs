@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod headers;
 pub mod metrics;
 mod pool;
+mod replay;
 pub mod service;
 pub mod upstream;
 

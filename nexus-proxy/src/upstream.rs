@@ -7,12 +7,14 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
 use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
+use crate::replay::{self, SendBody};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
 use nexus_core::breaker::{Breaker, BreakerConfig, State};
 use nexus_core::config::UpstreamConfig;
+use nexus_core::retry::{RetryBudget, RetryPolicy, is_idempotent};
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
 use nexus_health::shutdown::Tracker;
 use nexus_health::upstream::{CheckConfig, Checks, EndpointHealth, Probe, Thresholds};
@@ -29,7 +31,7 @@ pub struct Endpoint<B> {
     health: Arc<EndpointHealth>,
     healthy_gauge: metrics::Gauge,
     metrics: EndpointMetrics,
-    pool: EndpointPool<B>,
+    pool: EndpointPool<SendBody<B>>,
 }
 
 impl<B> Endpoint<B> {
@@ -64,15 +66,14 @@ impl<B> Endpoint<B> {
         self.healthy_gauge.set(if healthy { 1.0 } else { 0.0 });
     }
 
-    pub(crate) fn pool(&self) -> &EndpointPool<B> {
+    pub(crate) fn pool(&self) -> &EndpointPool<SendBody<B>> {
         &self.pool
     }
 }
 
 impl<B> Endpoint<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     /// Idle keep-alive connections to this endpoint.
@@ -154,6 +155,23 @@ pub struct Upstream<B> {
     /// Active health checks; dropping the upstream (an old config version) stops them.
     _checks: Option<Checks>,
     breaker: Option<Arc<UpstreamBreaker>>,
+    retry: Option<UpstreamRetry>,
+}
+
+/// An upstream's retry policy, its budget and its counter.
+#[derive(Debug)]
+struct UpstreamRetry {
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    epoch: tokio::time::Instant,
+    /// `nexus_upstream_retries_total{upstream}`.
+    retries: metrics::Counter,
+}
+
+impl UpstreamRetry {
+    fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.epoch)
+    }
 }
 
 /// A breaker permit that is given back if the request is dropped before its outcome.
@@ -276,6 +294,15 @@ where
             connect_timeout: config.connect_timeout.as_std(),
             _checks: checks,
             breaker,
+            retry: config.retry.as_ref().map(|r| {
+                let policy = RetryPolicy::from(r);
+                UpstreamRetry {
+                    budget: RetryBudget::new(policy.budget_ratio, policy.budget_min_per_second),
+                    policy,
+                    epoch: tokio::time::Instant::now(),
+                    retries: metrics::counter!("nexus_upstream_retries_total", "upstream" => name.to_string()),
+                }
+            }),
             timeout: config.timeout.map(nexus_core::config::Duration::as_std),
         })
     }
@@ -300,14 +327,19 @@ where
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
-    fn reserve(&self) -> Result<InFlight<B>, ProxyError> {
+    fn reserve(&self, avoid: u64) -> Result<InFlight<B>, ProxyError> {
         let shared = &self.shared;
         if shared.in_flight.fetch_add(1, Ordering::Relaxed) >= shared.max_concurrent {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             return Err(ProxyError::new(ErrorKind::Overloaded, None));
         }
         let eps = &shared.endpoints;
-        let Some(i) = self.balancer.pick(&self.rng, |i| eps[i].is_healthy(), |i| eps[i].in_flight()) else {
+        let healthy = |i: usize| eps[i].is_healthy();
+        // A retry avoids the endpoints already tried, while another healthy one exists.
+        let fresh = (avoid != 0)
+            .then(|| self.balancer.pick(&self.rng, |i| healthy(i) && !tried(avoid, i), |i| eps[i].in_flight()))
+            .flatten();
+        let Some(i) = fresh.or_else(|| self.balancer.pick(&self.rng, healthy, |i| eps[i].in_flight())) else {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             return Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, None));
         };
@@ -328,6 +360,80 @@ where
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        match &self.retry {
+            Some(retry) if is_idempotent(req.method()) && !headers::is_upgrade(req.headers()) => {
+                self.forward_with_retries(req, client, timeout, retry).await
+            }
+            _ => self.attempt(req.map(SendBody::Stream), client, timeout, 0).await.0,
+        }
+    }
+
+    /// Idempotent requests with a `retry` block: the body is read ahead (up to
+    /// 64 KiB) so it can be sent again; retries wait a jittered backoff (or the
+    /// upstream's `Retry-After`, when not longer than `max_delay`), go to an
+    /// endpoint not tried yet when there is one, stay within the request's
+    /// `timeout`, and only while the upstream's retry budget allows.
+    async fn forward_with_retries(
+        &self,
+        req: Request<B>,
+        client: &ClientInfo,
+        timeout: Duration,
+        retry: &UpstreamRetry,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        retry.budget.deposit(retry.now());
+        let (parts, body) = req.into_parts();
+        let read = replay::read_ahead(body).await.map_err(|e| ProxyError::client_body(e.into()))?;
+        let replay = match read {
+            Ok(replay) => replay,
+            // Too large to keep: sent once, never retried.
+            Err(once) => return self.attempt(Request::from_parts(parts, once), client, timeout, 0).await.0,
+        };
+        let policy = &retry.policy;
+        let mut avoid = 0u64;
+        let mut retries = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (result, endpoint) = self.attempt(rebuild(&parts, replay.body()), client, remaining, avoid).await;
+            if let Some(i) = endpoint.filter(|i| *i < 64) {
+                avoid |= 1 << i;
+            }
+            if retries >= policy.max_retries {
+                return result;
+            }
+            let backoff = policy.backoff(retries, self.rng.unit());
+            let wait = match &result {
+                Ok(res) if policy.retries_status(res.status().as_u16()) => {
+                    match nexus_core::retry::retry_after(res.headers()) {
+                        // The upstream asks for longer than we would wait: its answer stands.
+                        Some(asked) if asked > policy.max_delay => return result,
+                        Some(asked) => asked.max(backoff),
+                        None => backoff,
+                    }
+                }
+                Err(e) if e.failure().is_some_and(|f| policy.retries_failure(f)) => backoff,
+                _ => return result,
+            };
+            if tokio::time::Instant::now() + wait >= deadline || !retry.budget.withdraw(retry.now()) {
+                return result;
+            }
+            drop(result);
+            retry.retries.increment(1);
+            tokio::time::sleep(wait).await;
+            retries += 1;
+        }
+    }
+
+    /// One try: breaker, in-flight slot, endpoint (avoiding the `avoid` bitmask of
+    /// endpoint indices when another is healthy), send, outcome metrics. Also
+    /// returns the endpoint tried.
+    async fn attempt(
+        &self,
+        req: Request<SendBody<B>>,
+        client: &ClientInfo,
+        timeout: Duration,
+        avoid: u64,
+    ) -> (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>) {
         // The breaker first: while open, nothing is reserved or sent.
         let mut permit = match &self.breaker {
             Some(b) => match b.breaker.try_acquire(b.now()) {
@@ -335,17 +441,17 @@ where
                 Err(r) => {
                     self.shared.rejected.increment(1);
                     b.publish();
-                    return Err(ProxyError::circuit_open(r.retry_after_secs));
+                    return (Err(ProxyError::circuit_open(r.retry_after_secs)), None);
                 }
             },
             None => None,
         };
-        let guard = match self.reserve() {
+        let guard = match self.reserve(avoid) {
             Ok(g) => g,
             Err(e) => {
                 // (The permit guard gives the breaker slot back.)
                 self.shared.rejected.increment(1);
-                return Err(e);
+                return (Err(e), None);
             }
         };
         let index = guard.endpoint;
@@ -374,13 +480,13 @@ where
         if let Some(g) = permit.as_mut() {
             g.record(!failed);
         }
-        result
+        (result, Some(index))
     }
 
     async fn send(
         &self,
         guard: InFlight<B>,
-        req: Request<B>,
+        req: Request<SendBody<B>>,
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
@@ -447,6 +553,20 @@ where
         let (parts, body) = res.into_parts();
         Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard))))
     }
+}
+
+fn tried(avoid: u64, i: usize) -> bool {
+    i < 64 && avoid & (1 << i) != 0
+}
+
+/// The same request again, with a fresh copy of the body.
+fn rebuild<T>(parts: &http::request::Parts, body: T) -> Request<T> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
 }
 
 /// Start the active checks of an upstream, when a tokio runtime is running.

@@ -335,6 +335,33 @@ pub struct RetryConfig {
     /// What is retried. Default `[connect_error, 502, 503, 504]`.
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<RetryOn>,
+    /// Retry budget: retries allowed per original request, on average. Default 0.2.
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// Retry budget: retries always allowed per second. Default 10.
+    #[serde(default = "default_budget_min")]
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: default_two(),
+            initial_delay: default_initial_delay(),
+            max_delay: default_max_delay(),
+            backoff_factor: default_backoff(),
+            retry_on: default_retry_on(),
+            budget_ratio: default_budget_ratio(),
+            budget_min_per_second: default_budget_min(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_min() -> u32 {
+    10
 }
 
 fn default_initial_delay() -> Duration {

@@ -130,6 +130,12 @@ fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, S
         if r.max_delay < r.initial_delay {
             err(format!("{p}.retry.max_delay"), "must not be less than initial_delay".into());
         }
+        if !(r.budget_ratio.is_finite() && (0.0..=1.0).contains(&r.budget_ratio)) {
+            err(format!("{p}.retry.budget_ratio"), "must be between 0.0 and 1.0".into());
+        }
+        if r.max_retries > 10 {
+            err(format!("{p}.retry.max_retries"), "at most 10 (each retry adds load to a failing upstream)".into());
+        }
     }
 }
 

@@ -1,0 +1,476 @@
+//! Retries as a tower Layer: idempotent requests (GET, HEAD, OPTIONS, TRACE,
+//! PUT, DELETE) whose body is known to fit in 64 KiB are read ahead and sent
+//! again when the answer is one that `retry_on` names (a status such as 503;
+//! an error of the inner service counts as `connect_error` or `reset`), after
+//! an exponential backoff with jitter, or after the upstream's `Retry-After`
+//! when it is not longer than `max_delay` (a longer one is passed on as the
+//! answer). A retry budget shared by every clone of the layer keeps retries to
+//! a fraction of the traffic, so an outage is not multiplied.
+//!
+//! Requests that are not idempotent, or whose body is larger or of unknown
+//! size, pass through once. Choosing a different endpoint for the retry is the
+//! inner service's business (`nexus_proxy::Upstream` does it for its own
+//! `retry` setting).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use nexus_core::retry::RetryPolicy;
+//! use nexus_middleware::retry::RetryLayer;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let seen = Arc::clone(&calls);
+//! let policy = RetryPolicy { initial_delay: Duration::from_millis(1), ..RetryPolicy::default() };
+//! let svc = ServiceBuilder::new().layer(RetryLayer::new(policy)).service_fn(move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+//!     // 503 the first time, 200 after.
+//!     let status = if seen.fetch_add(1, Ordering::SeqCst) == 0 { 503 } else { 200 };
+//!     async move {
+//!         let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+//!         *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+//!         Ok::<_, std::convert::Infallible>(res)
+//!     }
+//! });
+//! let res = svc.oneshot(http::Request::new(http_body_util::Full::new(bytes::Bytes::new()))).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
+//! # }
+//! ```
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::Collect;
+use nexus_core::retry::{Failure, MAX_REPLAY_BODY, RetryBudget, RetryPolicy, is_idempotent, retry_after};
+use nexus_core::rng::Rng;
+use nexus_core::{ErrorCode, GatewayError};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+/// Shared by every clone of a layer: the policy, the budget, the jitter source.
+#[derive(Debug)]
+struct Shared {
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    rng: Rng,
+    epoch: Instant,
+    retries: Option<metrics::Counter>,
+}
+
+impl Shared {
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.epoch)
+    }
+}
+
+/// Adds [`Retry`] to a service.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl RetryLayer {
+    /// Retry by `policy` (its budget fields set the shared budget).
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self::with_rng(policy, Rng::from_entropy())
+    }
+
+    /// With a chosen jitter source (reproducible backoffs in tests).
+    pub fn with_rng(policy: RetryPolicy, rng: Rng) -> Self {
+        let budget = RetryBudget::new(policy.budget_ratio, policy.budget_min_per_second);
+        Self { shared: Arc::new(Shared { policy, budget, rng, epoch: Instant::now(), retries: None }) }
+    }
+
+    /// Count retries in `nexus_upstream_retries_total{upstream}` under this name.
+    pub fn with_metric(self, upstream: &str) -> Self {
+        let s = &self.shared;
+        let retries = Some(metrics::counter!("nexus_upstream_retries_total", "upstream" => upstream.to_string()));
+        let budget = RetryBudget::new(s.policy.budget_ratio, s.policy.budget_min_per_second);
+        let rng = Rng::seeded(s.rng.next_u64());
+        Self { shared: Arc::new(Shared { policy: s.policy.clone(), budget, rng, epoch: s.epoch, retries }) }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry { inner, shared: Arc::clone(&self.shared) }
+    }
+}
+
+/// The retrying service.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Retry<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// What a retry sends again.
+#[derive(Debug)]
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+}
+
+impl Template {
+    fn request<B: From<Bytes>>(&self) -> Request<B> {
+        let mut req = Request::new(B::from(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    B: Body<Data = Bytes> + From<Bytes>,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let replayable = is_idempotent(req.method())
+            && (req.body().is_end_stream()
+                || req.body().size_hint().upper().is_some_and(|n| n <= MAX_REPLAY_BODY as u64));
+        if !replayable {
+            return ResponseFuture { state: State::Once { fut: self.inner.call(req) }, ctx: None };
+        }
+        // The service poll_ready readied goes with this request; the layer keeps a clone.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        self.shared.budget.deposit(self.shared.now());
+        let (parts, body) = req.into_parts();
+        let template = Template {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+            body: Bytes::new(),
+        };
+        ResponseFuture {
+            state: State::Reading { collect: body.collect() },
+            ctx: Some(Ctx { svc, template, shared: Arc::clone(&self.shared), retries: 0, readied: true }),
+        }
+    }
+}
+
+/// What a retrying request carries between tries.
+#[derive(Debug)]
+struct Ctx<S> {
+    svc: S,
+    template: Template,
+    shared: Arc<Shared>,
+    retries: u32,
+    /// The service is ready for the next call (true for the first, readied by the caller).
+    readied: bool,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B: Body> {
+        Once { #[pin] fut: F },
+        Reading { #[pin] collect: Collect<B> },
+        Calling { #[pin] fut: F },
+        Waiting { #[pin] sleep: Sleep },
+        Ready,
+    }
+}
+
+pin_project! {
+    /// Response future of [`Retry`].
+    pub struct ResponseFuture<S: Service<Request<B>>, B: Body> {
+        #[pin]
+        state: State<S::Future, B>,
+        ctx: Option<Ctx<S>>,
+    }
+}
+
+impl<S: Service<Request<B>>, B: Body> std::fmt::Debug for ResponseFuture<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("retry::ResponseFuture")
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    B: Body<Data = Bytes> + From<Bytes>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Once { fut } => return fut.poll(cx),
+                StateProj::Reading { collect } => {
+                    let ctx = this.ctx.as_mut().expect("retry context");
+                    match ready!(collect.poll(cx)) {
+                        Ok(collected) => ctx.template.body = collected.to_bytes(),
+                        Err(_) => {
+                            let res = GatewayError::new(ErrorCode::BadRequest)
+                                .with_message("the request body could not be read")
+                                .into_response_for(&ctx.template.headers);
+                            return Poll::Ready(Ok(res));
+                        }
+                    }
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    let ctx = this.ctx.as_mut().expect("retry context");
+                    if !ctx.readied {
+                        ready!(ctx.svc.poll_ready(cx))?;
+                    }
+                    ctx.readied = false;
+                    let fut = ctx.svc.call(ctx.template.request());
+                    this.state.set(State::Calling { fut });
+                }
+                StateProj::Calling { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let ctx = this.ctx.as_mut().expect("retry context");
+                    match ctx.wait_before_retry(&result) {
+                        Some(wait) => {
+                            ctx.retries += 1;
+                            if let Some(c) = &ctx.shared.retries {
+                                c.increment(1);
+                            }
+                            this.state.set(State::Waiting { sleep: tokio::time::sleep(wait) });
+                        }
+                        None => return Poll::Ready(result),
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+            }
+        }
+    }
+}
+
+impl<S> Ctx<S> {
+    /// `Some(wait)` when this outcome is retried (and the budget allows it).
+    fn wait_before_retry<ResB, E>(&self, result: &Result<Response<ResB>, E>) -> Option<Duration> {
+        let policy = &self.shared.policy;
+        if self.retries >= policy.max_retries {
+            return None;
+        }
+        let backoff = policy.backoff(self.retries, self.shared.rng.unit());
+        let wait = match result {
+            Ok(res) if policy.retries_status(res.status().as_u16()) => match retry_after(res.headers()) {
+                Some(asked) if asked > policy.max_delay => return None,
+                Some(asked) => asked.max(backoff),
+                None => backoff,
+            },
+            Ok(_) => return None,
+            Err(_) if policy.retries_failure(Failure::Connect) || policy.retries_failure(Failure::Reset) => backoff,
+            Err(_) => return None,
+        };
+        self.shared.budget.withdraw(self.shared.now()).then_some(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use nexus_core::config::RetryOn;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    type Log = Arc<Mutex<Vec<(Method, Bytes)>>>;
+
+    /// A service answering the given statuses in turn (the last one repeats), recording what it got.
+    fn scripted(
+        statuses: &'static [(u16, Option<&'static str>)],
+        layer: RetryLayer,
+    ) -> (impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone, Log) {
+        let log: Log = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&log);
+        let svc = ServiceBuilder::new().layer(layer).service_fn(move |req: Request<Full<Bytes>>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let method = req.method().clone();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let n = {
+                    let mut log = seen.lock().unwrap();
+                    log.push((method, body));
+                    log.len() - 1
+                };
+                let (status, retry_after) = statuses[n.min(statuses.len() - 1)];
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                if let Some(ra) = retry_after {
+                    res.headers_mut().insert(http::header::RETRY_AFTER, ra.parse().unwrap());
+                }
+                Ok::<_, Infallible>(res)
+            }
+        });
+        (svc, log)
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 2,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn put(body: &'static str) -> Request<Full<Bytes>> {
+        Request::put("/x").body(Full::new(Bytes::from(body))).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_replay_the_body_with_backoff_until_max_retries() {
+        let (svc, log) = scripted(&[(503, None)], RetryLayer::with_rng(policy(), Rng::seeded(1)));
+        let started = Instant::now();
+        let res = svc.oneshot(put("payload")).await.unwrap();
+        assert_eq!(res.status(), 503, "the last answer once retries are spent");
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(log.iter().all(|(m, b)| m == Method::PUT && b == "payload"));
+        // Backoffs: 50..100 ms, then 100..200 ms.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(150) && waited <= Duration::from_millis(300), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn posts_and_unlisted_statuses_are_not_retried() {
+        let (svc, log) = scripted(&[(503, None)], RetryLayer::new(policy()));
+        let post = Request::post("/x").body(Full::new(Bytes::from("once"))).unwrap();
+        assert_eq!(svc.clone().oneshot(post).await.unwrap().status(), 503);
+        assert_eq!(log.lock().unwrap().len(), 1);
+        let (svc, log) = scripted(&[(500, None), (200, None)], RetryLayer::new(policy()));
+        assert_eq!(svc.oneshot(put("x")).await.unwrap().status(), 500, "500 is not in retry_on");
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_or_passed_on() {
+        let (svc, log) = scripted(&[(503, Some("1")), (200, None)], RetryLayer::new(policy()));
+        let started = Instant::now();
+        assert_eq!(svc.oneshot(put("x")).await.unwrap().status(), 200);
+        assert!(started.elapsed() >= Duration::from_secs(1), "waited the asked second");
+        assert_eq!(log.lock().unwrap().len(), 2);
+        let (svc, log) = scripted(&[(503, Some("30")), (200, None)], RetryLayer::new(policy()));
+        let res = svc.oneshot(put("x")).await.unwrap();
+        assert_eq!(res.status(), 503, "longer than max_delay: the answer stands");
+        assert_eq!(res.headers()["retry-after"], "30");
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    /// A body that does not say how large it is (like a chunked upload).
+    struct Unsized(Option<Bytes>);
+
+    impl From<Bytes> for Unsized {
+        fn from(b: Bytes) -> Self {
+            Self(Some(b))
+        }
+    }
+
+    impl Body for Unsized {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_of_unknown_size_pass_through_once() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let svc = ServiceBuilder::new().layer(RetryLayer::new(policy())).service_fn(move |_req: Request<Unsized>| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let req = Request::put("/x").body(Unsized(Some(Bytes::from("streamed")))).unwrap();
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 503);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "not kept, so not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_retry_storms() {
+        let p = RetryPolicy { budget_ratio: 0.0, budget_min_per_second: 1, ..policy() };
+        let (svc, log) = scripted(&[(503, None)], RetryLayer::new(p));
+        for _ in 0..5 {
+            assert_eq!(svc.clone().oneshot(put("x")).await.unwrap().status(), 503);
+        }
+        // Five requests and the one retry the floor allows (each retry waits < 1 s of paused time,
+        // so the floor refills by less than one more).
+        let n = log.lock().unwrap().len();
+        assert!((6..=7).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn connect_errors_are_retried_only_when_listed() {
+        let p = RetryPolicy { retry_on: vec![RetryOn::Status(503)], ..policy() };
+        let ctx = Ctx {
+            svc: (),
+            template: Template {
+                method: Method::GET,
+                uri: Uri::default(),
+                version: Version::HTTP_11,
+                headers: HeaderMap::new(),
+                extensions: Extensions::new(),
+                body: Bytes::new(),
+            },
+            shared: RetryLayer::new(p).shared,
+            retries: 0,
+            readied: true,
+        };
+        let err: Result<Response<()>, &str> = Err("refused");
+        assert_eq!(ctx.wait_before_retry(&err), None);
+    }
+}
