@@ -106,3 +106,29 @@ async fn a_redis_limit_without_its_url_is_a_config_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rate_limits.per-ip.redis_url_env"), "{stderr}");
 }
+
+#[tokio::test]
+async fn header_keys_and_burst_through_the_binary() {
+    let up = upstream("app").await;
+    let yaml = format!(
+        "rate_limits:\n  per-key:\n    requests: 1\n    per: 1h\n    burst: 2\n    key: header:X-Api-Key\n\
+         upstreams:\n  app:\n    endpoints: [{{ url: \"{}\" }}]\n    timeout: 200ms\n\
+         routes:\n  - name: api\n    paths: [{{ path: / }}]\n    upstream: app\n    rate_limit: per-key\n",
+        up.url()
+    );
+    let gw = gateway(&yaml);
+    let keyed = |k: &str| Request::get(gw.url("/x")).header("x-api-key", k).body(Body::default()).unwrap();
+    for _ in 0..2 {
+        let (status, headers, _) = send(keyed("alpha")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["ratelimit-policy"], "1;w=3600;burst=2");
+    }
+    let (status, headers, _) = send(keyed("alpha")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "3600");
+    assert_eq!(send(keyed("beta")).await.0, StatusCode::OK, "another key, another bucket");
+    // The upstream's own timeout (shorter than the server's request timeout) is a 504.
+    let slow = Request::get(gw.url("/slow/1000")).header("x-api-key", "delta").body(Body::default()).unwrap();
+    let (status, _, text) = send(slow).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
+}
