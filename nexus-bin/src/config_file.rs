@@ -60,9 +60,6 @@ pub(crate) fn parse(bytes: &[u8], overrides: &Overrides) -> Result<Config, Confi
 fn unsupported(c: &Config, errors: &mut Vec<ConfigError>) {
     let not_yet = |what: &str| format!("{what} is not supported by this build of nexus yet; remove it");
     for (i, r) in c.routes.iter().enumerate() {
-        if r.auth.is_some() {
-            errors.push(ConfigError::new(format!("routes[{i}].auth"), not_yet("JWT authentication")));
-        }
         if r.mirror.is_some() {
             errors.push(ConfigError::new(format!("routes[{i}].mirror"), not_yet("mirroring")));
         }

@@ -1,10 +1,12 @@
 //! Per-route policies that sit between route match and forward: the route's
-//! rate limit (and, later, its auth). Built with each config snapshot; a
-//! limit whose settings did not change keeps its buckets across a reload.
+//! rate limit and its JWT auth. Built with each config snapshot; a limit whose
+//! settings did not change keeps its buckets across a reload, and an auth
+//! policy whose settings did not change keeps its keys (and JWKS refresher).
 
 use nexus_core::config::{Config, ConfigError, ConfigErrors, Env, RateLimitBackend, RateLimitConfig as FileLimit};
 use nexus_core::router::RouteTable;
-use nexus_middleware::rate_limit::{RateLimitConfig, RateLimiter, RedisOptions};
+use nexus_middleware::jwt::{Failures, JwtAuth, JwtConfig, KeySource, TokenSource};
+use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitKey, RateLimiter, RedisOptions};
 use std::collections::BTreeMap;
 
 /// One named limit and the file settings it was built from.
@@ -22,12 +24,31 @@ pub(crate) struct RouteLimit {
     pub(crate) limiter: RateLimiter,
     /// `nexus_rate_limited_total{route,limit}`, registered once.
     pub(crate) rejected: metrics::Counter,
+    /// Keyed by a claim: it runs after authentication, which provides the claims.
+    pub(crate) after_auth: bool,
+}
+
+/// A route's authentication with its failure counters.
+#[derive(Debug)]
+pub(crate) struct RouteAuth {
+    pub(crate) auth: JwtAuth,
+    /// `nexus_auth_failures_total{route,reason}`, registered once.
+    pub(crate) failures: Failures,
 }
 
 /// What runs between route match and forward, per route id.
 #[derive(Debug, Default)]
 pub(crate) struct RoutePolicy {
     pub(crate) rate_limit: Option<RouteLimit>,
+    pub(crate) auth: Option<RouteAuth>,
+}
+
+/// One named auth policy and the settings it was built from.
+#[derive(Debug, Clone)]
+struct NamedAuth {
+    from: nexus_core::config::JwtConfig,
+    secret: Option<String>,
+    auth: JwtAuth,
 }
 
 /// All routes' policies for one config version.
@@ -35,6 +56,7 @@ pub(crate) struct RoutePolicy {
 pub(crate) struct Policies {
     pub(crate) routes: Box<[RoutePolicy]>,
     limits: BTreeMap<String, NamedLimit>,
+    auths: BTreeMap<String, NamedAuth>,
 }
 
 impl Policies {
@@ -81,6 +103,34 @@ impl Policies {
                 Err(e) => errors.push(ConfigError::new(path, e)),
             }
         }
+        let mut auths = BTreeMap::new();
+        for (name, j) in &config.auth.jwt {
+            let path = format!("auth.jwt.{name}");
+            let secret = match &j.secret_env {
+                Some(var) => match env.var(var).filter(|v| !v.is_empty()) {
+                    Some(v) => Some(v),
+                    None => {
+                        errors.push(ConfigError::new(
+                            format!("{path}.secret_env"),
+                            format!("environment variable {var} is not set (it must hold the HMAC secret)"),
+                        ));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let kept = previous.and_then(|p| p.auths.get(name)).filter(|old| old.from == *j && old.secret == secret);
+            if let Some(old) = kept {
+                auths.insert(name.clone(), old.clone());
+                continue;
+            }
+            match build_auth(j, secret.as_deref()) {
+                Ok(auth) => {
+                    auths.insert(name.clone(), NamedAuth { from: j.clone(), secret, auth });
+                }
+                Err((field, e)) => errors.push(ConfigError::new(format!("{path}{field}"), e)),
+            }
+        }
         let mut routes: Vec<RoutePolicy> = Vec::new();
         routes.resize_with(table.len(), RoutePolicy::default);
         for route in table.routes() {
@@ -88,6 +138,7 @@ impl Policies {
             let rate_limit = route.config().rate_limit.as_deref().and_then(|l| {
                 let named = limits.get(l)?;
                 Some(RouteLimit {
+                    after_auth: matches!(named.limiter.config().key, RateLimitKey::Claim(_)),
                     limiter: named.limiter.clone(),
                     rejected: metrics::counter!(
                         "nexus_rate_limited_total",
@@ -96,12 +147,15 @@ impl Policies {
                     ),
                 })
             });
-            routes[route.id()] = RoutePolicy { rate_limit };
+            let auth = route.config().auth.as_deref().and_then(|a| {
+                Some(RouteAuth { auth: auths.get(a)?.auth.clone(), failures: Failures::new(route_name) })
+            });
+            routes[route.id()] = RoutePolicy { rate_limit, auth };
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Self { routes: routes.into_boxed_slice(), limits })
+        Ok(Self { routes: routes.into_boxed_slice(), limits, auths })
     }
 }
 
@@ -133,4 +187,47 @@ fn build_limiter(
         ),
     };
     limiter.map_err(|e| e.to_string())
+}
+
+/// An auth policy from its file settings; errors name the field (after `auth.jwt.<name>`).
+fn build_auth(j: &nexus_core::config::JwtConfig, secret: Option<&str>) -> Result<JwtAuth, (&'static str, String)> {
+    let algorithms = j
+        .algorithms
+        .iter()
+        .map(|a| a.parse().map_err(|_| (".algorithms", format!("unknown algorithm {a:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = if let Some(s) = secret {
+        KeySource::Secret(s.as_bytes().to_vec())
+    } else if let Some(f) = &j.public_key_file {
+        KeySource::PublicKeyPem(std::fs::read(f).map_err(|e| (".public_key_file", format!("cannot read {f}: {e}")))?)
+    } else if let Some(f) = &j.jwks_file {
+        KeySource::JwksFile(f.into())
+    } else if let Some(u) = &j.jwks_url {
+        KeySource::JwksUrl(u.clone())
+    } else {
+        return Err(("", "no key source".into()));
+    };
+    let header = |h: &str| http::HeaderName::from_bytes(h.as_bytes()).ok();
+    let mut token_sources = vec![TokenSource::Authorization];
+    token_sources.extend(j.token_cookie.iter().map(|c| TokenSource::Cookie(c.clone())));
+    token_sources.extend(j.token_header.as_deref().and_then(header).map(TokenSource::Header));
+    let field = match &keys {
+        KeySource::JwksFile(_) => ".jwks_file",
+        KeySource::JwksUrl(_) => ".jwks_url",
+        KeySource::PublicKeyPem(_) => ".public_key_file",
+        _ => "",
+    };
+    JwtAuth::new(JwtConfig {
+        issuer: j.issuer.clone(),
+        audiences: j.audiences.clone(),
+        algorithms,
+        keys,
+        leeway: j.leeway.as_std(),
+        forward_claims: j.forward_claims.iter().filter_map(|(c, h)| Some((c.clone(), header(h)?))).collect(),
+        required_claims: j.required_claims.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        token_sources,
+        strip_authorization: j.strip_authorization,
+        ..JwtConfig::default()
+    })
+    .map_err(|e| (field, e))
 }

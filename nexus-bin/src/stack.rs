@@ -2,7 +2,7 @@
 //! it sits where it does; later layers (rate limit, auth, breaker, retry) slot
 //! in between route match and forward.
 
-use crate::policy::Policies;
+use crate::policy::{Policies, RouteLimit};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, Version, header};
@@ -18,6 +18,7 @@ use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
+use nexus_middleware::rate_limit::Decision;
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
@@ -143,22 +144,40 @@ async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response
         }
     };
     let policy = &snap.policies.routes[route_id];
-    // Rate limit: the cheapest rejection that needs the route; its numbers go on every answer.
+    let mut req = req;
     let mut limited = None;
-    if let Some(rl) = &policy.rate_limit {
-        let key = rl.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), conn.peer);
-        let mut check = rl.limiter.check(key);
-        let decision = match check.ready() {
-            Some(d) => d,
-            None => check.await,
-        };
-        if !decision.allowed {
-            rl.rejected.increment(1);
-            let res: Response<ResponseBody<ReqBody>> = decision.rejection(request_id(&req));
-            snap.gateway.record_answered(route_id, req.method(), res.status().as_u16(), started);
-            return res;
+    // Rate limit first (the cheapest rejection that needs the route), unless it is keyed
+    // by a claim: then authentication must run first to provide the claims.
+    if let Some(rl) = policy.rate_limit.as_ref().filter(|rl| !rl.after_auth) {
+        match rate_limit(&snap, rl, &req, conn, route_id, started).await {
+            Ok(d) => limited = Some(d),
+            Err(res) => return res,
         }
-        limited = Some(decision);
+    }
+    // Authentication: nothing that fails it reaches the upstream.
+    if let Some(a) = &policy.auth {
+        match a.auth.authenticate(req.headers()).await {
+            Ok(claims) => {
+                a.auth.scrub(req.headers_mut());
+                a.auth.forward(&claims, req.headers_mut());
+                req.extensions_mut().insert(claims);
+            }
+            Err(reason) => {
+                a.failures.count(reason);
+                let mut res: Response<ResponseBody<ReqBody>> = reason.rejection(request_id(&req));
+                if let Some(d) = &limited {
+                    d.apply_headers(res.headers_mut());
+                }
+                snap.gateway.record_answered(route_id, req.method(), res.status().as_u16(), started);
+                return res;
+            }
+        }
+    }
+    if let Some(rl) = policy.rate_limit.as_ref().filter(|rl| rl.after_auth) {
+        match rate_limit(&snap, rl, &req, conn, route_id, started).await {
+            Ok(d) => limited = Some(d),
+            Err(res) => return res,
+        }
     }
     // Split choice and forward (with the route's timeout, breaker, retries).
     let mut res = snap.gateway.forward(route_id, req, &conn.client, started).await;
@@ -166,6 +185,30 @@ async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response
         d.apply_headers(res.headers_mut());
     }
     res
+}
+
+/// Take one request from the route's limit; over it, the 429 answer (counted).
+async fn rate_limit(
+    snap: &Snapshot,
+    rl: &RouteLimit,
+    req: &Request<ReqBody>,
+    conn: &Conn,
+    route_id: usize,
+    started: Instant,
+) -> Result<Decision, Response<ResponseBody<ReqBody>>> {
+    let key = rl.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), conn.peer);
+    let mut check = rl.limiter.check(key);
+    let decision = match check.ready() {
+        Some(d) => d,
+        None => check.await,
+    };
+    if decision.allowed {
+        return Ok(decision);
+    }
+    rl.rejected.increment(1);
+    let res: Response<ResponseBody<ReqBody>> = decision.rejection(request_id(req));
+    snap.gateway.record_answered(route_id, req.method(), res.status().as_u16(), started);
+    Err(res)
 }
 
 fn request_id<B>(req: &Request<B>) -> &str {

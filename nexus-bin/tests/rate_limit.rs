@@ -98,12 +98,7 @@ async fn two_gateways_share_one_redis_limit() {
 async fn a_redis_limit_without_its_url_is_a_config_error() {
     let up = upstream("app").await;
     let yaml = limited(&up, "    backend: redis\n    redis_url_env: NEXUS_TEST_UNSET_VAR\n");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nexus.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(nexus_bin()).arg("--config").arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&yaml);
     assert!(stderr.contains("rate_limits.per-ip.redis_url_env"), "{stderr}");
 }
 

@@ -29,6 +29,7 @@ pub mod breaker;
 pub mod claims;
 pub mod client;
 pub mod config;
+pub mod cookie;
 pub mod error;
 pub mod explain;
 pub mod path;

@@ -7,9 +7,11 @@
 //! | [`circuit_breaker`] | 503 with `Retry-After` at once while an upstream keeps failing |
 //! | [`timeout`] | 504 `gateway_timeout` when the inner service takes too long |
 //! | [`retry`] | idempotent requests sent again on `retry_on` answers, with backoff, jitter and a budget |
+//! | [`jwt`] | JWT bearer authentication (HMAC, RSA, EC, EdDSA keys; JWKS file or URL with rotation), 401/403 |
 //! | [`rate_limit`] | 429 with `Retry-After` and `RateLimit-*` per client IP, header or claim; local or Redis |
 
 pub mod circuit_breaker;
+pub mod jwt;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
@@ -18,6 +20,7 @@ pub mod test_util;
 pub mod timeout;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+pub use jwt::{JwtAuth, JwtAuthLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
 pub use request_id::{RequestId, RequestIdLayer};
 pub use retry::{Retry, RetryLayer};

@@ -50,16 +50,7 @@ impl StickyKey {
     fn value<'r, B>(&self, req: &'r Request<B>) -> Option<std::borrow::Cow<'r, str>> {
         match self {
             Self::Header(h) => req.headers().get(h).and_then(|v| v.to_str().ok()).map(Into::into),
-            Self::Cookie(name) => req
-                .headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == name).then_some(v.into())
-                }),
+            Self::Cookie(name) => nexus_core::cookie::get(req.headers(), name).map(Into::into),
             Self::Claim(c) => {
                 req.extensions().get::<VerifiedClaims>().and_then(|cl| cl.get_str(c)).map(|v| v.into_owned().into())
             }

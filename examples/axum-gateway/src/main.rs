@@ -2,7 +2,8 @@
 //! file: request ids on every response, the probes, and `/api/*` forwarded to
 //! an upstream with Nexus's pooled, balanced proxy behind a per-client rate
 //! limit (100 requests a minute per IP), a 10 s timeout, retries of idempotent
-//! requests (on 502/503/504) and a circuit breaker.
+//! requests (on 502/503/504) and a circuit breaker; `/me` needs a JWT (HS256,
+//! secret from `EXAMPLE_JWT_SECRET`) and answers with its `sub`.
 //!
 //! Run with
 //!
@@ -14,14 +15,16 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use nexus_core::breaker::BreakerConfig;
+use nexus_core::claims::VerifiedClaims;
 use nexus_core::client::PeerAddr;
 use nexus_core::config::UpstreamConfig;
 use nexus_core::retry::RetryPolicy;
 use nexus_health::{ReadinessGate, probe};
+use nexus_middleware::jwt::{Algorithm, JwtAuth, JwtAuthLayer, JwtConfig, KeySource};
 use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
 use nexus_middleware::{CircuitBreakerLayer, RequestIdLayer, RetryLayer, TimeoutLayer};
 use nexus_proxy::{ClientInfo, Upstream};
@@ -71,8 +74,27 @@ fn app_with_limit(upstream_addr: &str, gate: ReadinessGate, limit: RateLimiter) 
                     .layer(CircuitBreakerLayer::new(BreakerConfig::default())),
             ),
         )
+        // Only a verified token reaches the handler, with its claims in the extensions.
+        .route("/me", get(me).layer(JwtAuthLayer::new(jwt_auth())))
         .with_state(AppState { upstream, gate })
         .layer(RequestIdLayer::new())
+}
+
+/// HS256 tokens signed with the secret in `EXAMPLE_JWT_SECRET` (a demo default otherwise).
+fn jwt_auth() -> JwtAuth {
+    let secret = std::env::var("EXAMPLE_JWT_SECRET").unwrap_or_else(|_| DEMO_SECRET.into());
+    JwtAuth::new(JwtConfig {
+        algorithms: vec![Algorithm::HS256],
+        keys: KeySource::Secret(secret.into_bytes()),
+        ..JwtConfig::default()
+    })
+    .expect("valid JWT policy")
+}
+
+const DEMO_SECRET: &str = "demo secret: set EXAMPLE_JWT_SECRET";
+
+async fn me(Extension(claims): Extension<VerifiedClaims>) -> String {
+    format!("hello {}", claims.get_str("sub").unwrap_or_default())
 }
 
 /// The rate limit keys on the client IP: hand it axum's peer address.
@@ -162,5 +184,23 @@ mod tests {
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers()["retry-after"], "30");
         assert_ne!(app.oneshot(from([192, 0, 2, 2])).await.unwrap().status(), 429, "another client");
+    }
+
+    #[tokio::test]
+    async fn me_needs_a_valid_token() {
+        let app = app("127.0.0.1:9", ReadinessGate::new());
+        let res = app.clone().oneshot(Request::get("/me").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), 401);
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(DEMO_SECRET.as_bytes()),
+        )
+        .unwrap();
+        let req = Request::get("/me").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(&res.into_body().collect().await.unwrap().to_bytes()[..], b"hello alice");
     }
 }

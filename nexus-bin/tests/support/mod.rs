@@ -251,6 +251,16 @@ pub fn start(dir: tempfile::TempDir, path: std::path::PathBuf, env: &[(&str, &st
 }
 
 /// Like [`gateway`], on given listener addresses (to share them with `reuse_port`).
+/// Start `nexus` with this config, expecting it to refuse it: exit 64; returns stderr.
+pub fn refused_at_start(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nexus.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(nexus_bin()).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn gateway_at(yaml: &str, listen: &str, admin: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nexus.yaml");

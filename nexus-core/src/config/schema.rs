@@ -468,6 +468,15 @@ pub struct JwtConfig {
     /// Claims that must be present with this value (403 otherwise).
     #[serde(default)]
     pub required_claims: BTreeMap<String, String>,
+    /// Also look for the token in this cookie (after `Authorization`).
+    #[serde(default)]
+    pub token_cookie: Option<String>,
+    /// Also look for the token in this header (after `Authorization`).
+    #[serde(default)]
+    pub token_header: Option<String>,
+    /// Remove `Authorization` before forwarding. Default false.
+    #[serde(default)]
+    pub strip_authorization: bool,
 }
 
 fn default_algorithms() -> Vec<String> {

@@ -180,6 +180,11 @@ fn validate_jwt(p: &str, j: &JwtConfig, err: &mut impl FnMut(String, String)) {
             Err(e) => err(format!("{p}.jwks_url"), format!("invalid URL {u:?}: {e}")),
         }
     }
+    if let Some(h) = &j.token_header
+        && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    {
+        err(format!("{p}.token_header"), format!("{h:?} is not a valid header name"));
+    }
     for (claim, header) in &j.forward_claims {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             err(format!("{p}.forward_claims.{claim}"), format!("{header:?} is not a valid header name"));

@@ -1,0 +1,193 @@
+//! The tower Layer and Service around a [`JwtAuth`].
+
+use super::{JwtAuth, Reason};
+use bytes::Bytes;
+use http::{Request, Response};
+use nexus_core::claims::VerifiedClaims;
+use nexus_core::error::REQUEST_ID;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tower::{Layer, Service};
+
+/// Adds [`JwtAuthService`] to a service; clones share the keys.
+#[derive(Debug, Clone)]
+pub struct JwtAuthLayer {
+    auth: JwtAuth,
+    failures: Option<Failures>,
+}
+
+/// `nexus_auth_failures_total{route,reason}`, one handle per reason.
+#[derive(Debug, Clone)]
+pub struct Failures(Box<[metrics::Counter]>);
+
+impl Failures {
+    /// Register the counters for `route`.
+    pub fn new(route: &str) -> Self {
+        Self(
+            Reason::ALL
+                .iter()
+                .map(|r| metrics::counter!("nexus_auth_failures_total", "route" => route.to_string(), "reason" => r.as_str()))
+                .collect(),
+        )
+    }
+
+    /// Count one failure.
+    pub fn count(&self, reason: Reason) {
+        self.0[reason.index()].increment(1);
+    }
+}
+
+impl JwtAuthLayer {
+    /// Authenticate with `auth`.
+    pub fn new(auth: JwtAuth) -> Self {
+        Self { auth, failures: None }
+    }
+
+    /// Count failures in `nexus_auth_failures_total{route,reason}` under this route name.
+    pub fn with_metric(mut self, route: &str) -> Self {
+        self.failures = Some(Failures::new(route));
+        self
+    }
+}
+
+impl<S> Layer<S> for JwtAuthLayer {
+    type Service = JwtAuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        JwtAuthService { inner, auth: self.auth.clone(), failures: self.failures.clone() }
+    }
+}
+
+/// The authenticating service.
+#[derive(Debug, Clone)]
+pub struct JwtAuthService<S> {
+    inner: S,
+    auth: JwtAuth,
+    failures: Option<Failures>,
+}
+
+impl<S> JwtAuthService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type Refetch = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+impl<S, B, ResB> Service<Request<B>> for JwtAuthService<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let state = match self.auth.verify(req.headers()) {
+            Err(Reason::UnknownKey) => {
+                // Rare: a kid we do not have. Refetch (shared, rate-limited), then verify again.
+                let store = std::sync::Arc::clone(self.auth.store());
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                State::Refetching { fut: Box::pin(async move { store.refetch().await }), inner: Some((inner, req)) }
+            }
+            outcome => decide(&mut self.inner, &self.auth, self.failures.as_ref(), req, outcome),
+        };
+        ResponseFuture { state, auth: self.auth.clone(), failures: self.failures.clone() }
+    }
+}
+
+fn decide<S, B, ResB>(
+    inner: &mut S,
+    auth: &JwtAuth,
+    failures: Option<&Failures>,
+    mut req: Request<B>,
+    outcome: Result<VerifiedClaims, Reason>,
+) -> State<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: From<Bytes>,
+{
+    match outcome {
+        Ok(claims) => {
+            auth.scrub(req.headers_mut());
+            auth.forward(&claims, req.headers_mut());
+            req.extensions_mut().insert(claims);
+            State::Called { fut: inner.call(req) }
+        }
+        Err(reason) => {
+            if let Some(f) = failures {
+                f.count(reason);
+            }
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            State::Rejected { res: Some(reason.rejection(id)) }
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Request<B>>, B> {
+        Refetching { fut: Refetch, inner: Option<(S, Request<B>)> },
+        Called { #[pin] fut: S::Future },
+        Rejected { res: Option<S::Response> },
+    }
+}
+
+pin_project! {
+    /// Response future of [`JwtAuthService`].
+    pub struct ResponseFuture<S: Service<Request<B>>, B> {
+        #[pin]
+        state: State<S, B>,
+        auth: JwtAuth,
+        failures: Option<Failures>,
+    }
+}
+
+impl<S: Service<Request<B>>, B> std::fmt::Debug for ResponseFuture<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("jwt::ResponseFuture")
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Refetching { fut, inner } => {
+                    ready!(fut.as_mut().poll(cx));
+                    let (mut svc, req) = inner.take().expect("polled after completion");
+                    let outcome = this.auth.verify(req.headers());
+                    let next = decide(&mut svc, this.auth, this.failures.as_ref(), req, outcome);
+                    this.state.set(next);
+                }
+                StateProj::Called { fut } => return fut.poll(cx),
+                StateProj::Rejected { res } => return Poll::Ready(Ok(res.take().expect("polled after completion"))),
+            }
+        }
+    }
+}
