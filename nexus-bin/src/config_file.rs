@@ -43,26 +43,14 @@ pub(crate) fn parse(bytes: &[u8], overrides: &Overrides) -> Result<Config, Confi
             None
         }
     };
-    if let Some(c) = &mut config {
-        if let Err(e) = overrides.apply(c) {
-            errors.extend(e.0);
-        }
-        unsupported(c, &mut errors);
+    if let Some(c) = &mut config
+        && let Err(e) = overrides.apply(c)
+    {
+        errors.extend(e.0);
     }
     match config {
         Some(c) if errors.is_empty() => Ok(c),
         _ => Err(ConfigErrors(errors)),
-    }
-}
-
-/// Config that this build accepts in the schema but does not enforce yet is
-/// refused rather than silently ignored (an unenforced `auth:` would be an open door).
-fn unsupported(c: &Config, errors: &mut Vec<ConfigError>) {
-    let not_yet = |what: &str| format!("{what} is not supported by this build of nexus yet; remove it");
-    for (i, r) in c.routes.iter().enumerate() {
-        if r.mirror.is_some() {
-            errors.push(ConfigError::new(format!("routes[{i}].mirror"), not_yet("mirroring")));
-        }
     }
 }
 

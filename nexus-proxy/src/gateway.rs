@@ -6,7 +6,9 @@
 
 use crate::balance::Rng;
 use crate::body::ResponseBody;
+use crate::error::ProxyError;
 use crate::metrics::{RouteMetrics, UNMATCHED};
+use crate::replay::SendBody;
 use crate::upstream::{ClientInfo, Upstream};
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body::Body;
@@ -19,6 +21,7 @@ use nexus_core::{BoxError, ErrorCode, GatewayError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// A request no route serves: its method (for metrics) and the 400/404/405 answer.
@@ -66,6 +69,49 @@ pub struct RouteTarget<B> {
     total: u64,
     sticky: Option<StickyKey>,
     timeout: Duration,
+    mirror: Option<Mirror<B>>,
+}
+
+/// Copies at most this many mirrored requests in flight per route; more are dropped.
+const MIRROR_SLOTS: usize = 128;
+
+/// Shadow traffic of one route: a sample of requests copied to another upstream,
+/// fire-and-forget. The client's answer never waits for it.
+#[derive(Debug)]
+struct Mirror<B> {
+    upstream: Arc<Upstream<B>>,
+    /// Requests copied per 10,000.
+    per_10k: u64,
+    slots: Arc<Semaphore>,
+    outcomes: Arc<MirrorMetrics>,
+}
+
+/// `nexus_mirror_requests_total{route,upstream,outcome}`: `success` (a non-5xx
+/// answer), `error`, `timeout`, `dropped` (too many copies in flight), `skipped`
+/// (body over 64 KiB, or an upgrade).
+#[derive(Debug)]
+struct MirrorMetrics {
+    success: metrics::Counter,
+    error: metrics::Counter,
+    timeout: metrics::Counter,
+    dropped: metrics::Counter,
+    skipped: metrics::Counter,
+}
+
+impl MirrorMetrics {
+    fn new(route: &str, upstream: &str) -> Self {
+        let c = |outcome: &'static str| {
+            metrics::counter!("nexus_mirror_requests_total", "route" => route.to_string(),
+                "upstream" => upstream.to_string(), "outcome" => outcome)
+        };
+        Self {
+            success: c("success"),
+            error: c("error"),
+            timeout: c("timeout"),
+            dropped: c("dropped"),
+            skipped: c("skipped"),
+        }
+    }
 }
 
 impl<B> RouteTarget<B> {
@@ -93,6 +139,65 @@ impl<B> RouteTarget<B> {
         &self.sides[i.min(self.sides.len() - 1)].0
     }
 }
+
+/// Copy `req` to the mirror (in a task of its own) and give back the request to
+/// send to the primary. The body is read ahead (up to 64 KiB) so both get it;
+/// a larger body, or an upgrade, is not mirrored.
+async fn mirror<B>(
+    m: &Mirror<B>,
+    req: Request<SendBody<B>>,
+    client: &ClientInfo,
+    timeout: Duration,
+) -> Result<Request<SendBody<B>>, ProxyError>
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    if crate::headers::is_upgrade(req.headers()) {
+        m.outcomes.skipped.increment(1);
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let read = body.replayable().await?;
+    let replay = match read {
+        Ok(r) => r,
+        Err(once) => {
+            m.outcomes.skipped.increment(1);
+            return Ok(Request::from_parts(parts, once));
+        }
+    };
+    let Ok(slot) = Arc::clone(&m.slots).try_acquire_owned() else {
+        m.outcomes.dropped.increment(1);
+        return Ok(Request::from_parts(parts, replay.body()));
+    };
+    let mut shadow = crate::upstream::rebuild(&parts, replay.body());
+    shadow.headers_mut().insert(MIRROR_HEADER, HeaderValue::from_static("true"));
+    let upstream = Arc::clone(&m.upstream);
+    let outcomes = Arc::clone(&m.outcomes);
+    // The copy is not the client's request: it is not tracked for shutdown.
+    let client = ClientInfo { tracker: None, ..client.clone() };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let outcome = tokio::time::timeout(timeout, async {
+            let res = upstream.forward_send(shadow, &client, timeout).await?;
+            let status = res.status();
+            // Read the answer to its end so the connection goes back to the pool.
+            let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+            Ok::<_, ProxyError>(status)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(status)) if !status.is_server_error() => outcomes.success.increment(1),
+            Ok(Err(e)) if e.is_timeout() => outcomes.timeout.increment(1),
+            Err(_) => outcomes.timeout.increment(1),
+            Ok(_) => outcomes.error.increment(1),
+        }
+    });
+    Ok(Request::from_parts(parts, replay.body()))
+}
+
+/// Marks the copies a mirror receives.
+pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-nexus-mirror");
 
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -175,7 +280,26 @@ where
             if acc == 0 {
                 errors.push(ConfigError::new(format!("routes[{i}]"), "no upstream carries traffic"));
             }
+            let mirror = rc.mirror.as_ref().and_then(|m| {
+                let Some(up) = upstreams.get(&m.upstream) else {
+                    errors.push(ConfigError::new(
+                        format!("routes[{i}].mirror.upstream"),
+                        format!("unknown upstream {:?}", m.upstream),
+                    ));
+                    return None;
+                };
+                // The percentage is validated to 0..=100 before this point.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let per_10k = (m.percent.clamp(0.0, 100.0) * 100.0).round() as u64;
+                Some(Mirror {
+                    upstream: Arc::clone(up),
+                    per_10k,
+                    slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),
+                    outcomes: Arc::new(MirrorMetrics::new(route.name(), &m.upstream)),
+                })
+            });
             targets.push(RouteTarget {
+                mirror,
                 metrics: RouteMetrics::new(route.name()),
                 sides: sides.into_boxed_slice(),
                 total: acc.max(1),
@@ -230,7 +354,15 @@ where
         let target = &self.targets[route_id];
         let upstream = target.choose(&req, &self.rng);
         let rid = req.headers().get(REQUEST_ID).cloned();
-        let res = match upstream.forward(req, client, target.timeout).await {
+        let req = req.map(SendBody::Stream);
+        let sent = match &target.mirror {
+            Some(m) if self.rng.below(10_000) < m.per_10k => match mirror(m, req, client, target.timeout).await {
+                Ok(req) => upstream.forward_send(req, client, target.timeout).await,
+                Err(e) => Err(e),
+            },
+            _ => upstream.forward_send(req, client, target.timeout).await,
+        };
+        let res = match sent {
             Ok(res) => res.map(GatewayBody::stream),
             Err(e) => {
                 tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");

@@ -43,6 +43,33 @@ impl Replay {
     }
 }
 
+impl<B> SendBody<B> {
+    /// A body already read whole becomes a [`Replay`]; any other is sent once.
+    // The `Err` side is the body handed back, not an error to pass around.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn into_replay(self) -> Result<Replay, Self> {
+        match self {
+            Self::Buffered { data, trailers } => Ok(Replay { data: data.unwrap_or_default(), trailers }),
+            other => Err(other),
+        }
+    }
+}
+
+impl<B> SendBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<nexus_core::BoxError>,
+{
+    /// This body kept for replay when it fits in [`MAX_REPLAY_BODY`] (read ahead if
+    /// still a stream); otherwise handed back to be sent once.
+    pub(crate) async fn replayable(self) -> Result<Result<Replay, Self>, crate::error::ProxyError> {
+        match self {
+            Self::Stream(b) => read_ahead(b).await.map_err(|e| crate::error::ProxyError::client_body(e.into())),
+            ready => Ok(ready.into_replay()),
+        }
+    }
+}
+
 /// Read `body` ahead for replay: `Ok(Some)` when it ends within the limit (the
 /// empty body of a GET costs nothing), `Ok(None)` with the body to stream once
 /// otherwise. Errors are the client's body errors (413 included).

@@ -120,7 +120,7 @@ impl<B> GatewayService<B> {
 
 impl<B> tower::Service<Request<B>> for GatewayService<B>
 where
-    B: Body<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<B>>;

@@ -7,7 +7,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
 use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
-use crate::replay::{self, SendBody};
+use crate::replay::SendBody;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
@@ -360,11 +360,22 @@ where
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        self.forward_send(req.map(SendBody::Stream), client, timeout).await
+    }
+
+    /// [`forward`](Self::forward) for a body that may already have been read ahead
+    /// (the gateway does so to mirror a request).
+    pub(crate) async fn forward_send(
+        &self,
+        req: Request<SendBody<B>>,
+        client: &ClientInfo,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         match &self.retry {
             Some(retry) if is_idempotent(req.method()) && !headers::is_upgrade(req.headers()) => {
                 self.forward_with_retries(req, client, timeout, retry).await
             }
-            _ => self.attempt(req.map(SendBody::Stream), client, timeout, 0).await.0,
+            _ => self.attempt(req, client, timeout, 0).await.0,
         }
     }
 
@@ -375,7 +386,7 @@ where
     /// `timeout`, and only while the upstream's retry budget allows.
     async fn forward_with_retries(
         &self,
-        req: Request<B>,
+        req: Request<SendBody<B>>,
         client: &ClientInfo,
         timeout: Duration,
         retry: &UpstreamRetry,
@@ -383,7 +394,7 @@ where
         let deadline = tokio::time::Instant::now() + timeout;
         retry.budget.deposit(retry.now());
         let (parts, body) = req.into_parts();
-        let read = replay::read_ahead(body).await.map_err(|e| ProxyError::client_body(e.into()))?;
+        let read = body.replayable().await?;
         let replay = match read {
             Ok(replay) => replay,
             // Too large to keep: sent once, never retried.
@@ -560,7 +571,7 @@ fn tried(avoid: u64, i: usize) -> bool {
 }
 
 /// The same request again, with a fresh copy of the body.
-fn rebuild<T>(parts: &http::request::Parts, body: T) -> Request<T> {
+pub(crate) fn rebuild<T>(parts: &http::request::Parts, body: T) -> Request<T> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
