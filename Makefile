@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps lint fmt clippy bench bench-router peer-bench fuzz docker-build demo clean
+.PHONY: all build release test test-deps check-deploy lint fmt clippy bench bench-router peer-bench fuzz docker-build demo clean
 
 all: build
 
@@ -17,10 +17,16 @@ release:
 test-deps:
 	@./scripts/install-test-deps.sh
 
-## The whole suite: unit, integration (real listeners on 127.0.0.1), doc tests, examples.
+## The whole suite: unit, integration (real listeners on 127.0.0.1), doc tests, examples,
+## and the delivery checks (chart, overlays, alerts, smoke test, image).
 test: test-deps
 	$(CARGO) test --workspace --locked
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --manifest-path examples/Cargo.toml --locked
+	./scripts/check-deploy.sh
+
+## Only the delivery checks.
+check-deploy: test-deps
+	./scripts/check-deploy.sh
 
 lint: fmt clippy
 

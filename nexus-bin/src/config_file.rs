@@ -31,6 +31,11 @@ pub(crate) fn version_of(bytes: &[u8]) -> String {
 
 /// Parse YAML bytes into a validated config, with overrides applied.
 pub(crate) fn parse(bytes: &[u8], overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    // An empty file is a file caught mid-write (or truncated by mistake), never a config:
+    // taking it would replace every route with none.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigErrors(vec![ConfigError::new("", "the config file is empty")]));
+    }
     let value: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| {
         let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
         ConfigErrors(vec![ConfigError::new("", format!("invalid YAML{at}: {e}"))])
@@ -73,6 +78,14 @@ routes:
         let e = parse(yaml, &Overrides::default()).unwrap_err();
         assert!(e.has_path("upstreams.user-v1.timeout"), "{e}");
         assert!(e.has_path("routes[0].upstreamz"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        for empty in [&b""[..], b"\n  \n"] {
+            let e = parse(empty, &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("empty"), "{e}");
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(crate) fn config(v1: SocketAddr, v2: SocketAddr) -> Config {
         },
         "routes": [{
             "name": "demo",
-            "paths": [{ "path": "/", "type": "prefix" }],
+            "paths": [{ "path": "/", "type": "exact" }],
             "methods": ["GET", "HEAD"],
             "split": [{ "upstream": "demo-v1", "weight": 90 }, { "upstream": "demo-v2", "weight": 10 }],
         }],
@@ -100,6 +100,7 @@ pub(crate) fn run(overrides: Overrides) -> ExitCode {
                 println!("  for i in $(seq 20); do curl -s http://{gw}/; done | sort | uniq -c");
                 println!("  curl -i http://{gw}/healthz        # liveness probe");
                 println!("  curl -i -X POST http://{gw}/       # 405 with the JSON error body");
+                println!("  curl -i http://{gw}/nope           # 404 route_not_found");
                 println!("  curl -s 'http://{admin}/admin/explain?method=GET&path=/'");
                 println!("  curl -s http://{admin}/admin/config\n");
                 println!("Stop with Ctrl-C.");

@@ -274,9 +274,20 @@ pub(crate) fn watch(reloader: Arc<Reloader>, path: &Path) -> Option<notify::Reco
     }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Debounce: an editor or a ConfigMap update is several events in a row.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
+            // Debounce: an editor or a ConfigMap update is several events in a row. Wait for
+            // 200 ms without events (at most 2 s), so a file truncated and then written is
+            // read once, whole.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut more = false;
+                while rx.try_recv().is_ok() {
+                    more = true;
+                }
+                if !more || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
             reloader.reload("file change").await;
         }
     });

@@ -420,7 +420,14 @@ pub async fn client_loop(url: String, stop: std::sync::Arc<std::sync::atomic::At
                     attempt += 1;
                     retried += 1;
                 }
-                _ => {
+                other => {
+                    // Say why, so a failure in CI can be understood from its log.
+                    let why = match other {
+                        Ok(Ok(res)) => format!("status {}", res.status()),
+                        Ok(Err(e)) => format!("error {e:?}"),
+                        Err(_) => "no answer within 5 s".to_string(),
+                    };
+                    eprintln!("client loop: request failed: {why}");
                     failed += 1;
                     break;
                 }
