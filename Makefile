@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps check-deploy lint fmt clippy bench bench-router peer-bench fuzz docker-build demo clean
+.PHONY: all build release test test-deps check-deploy lint fmt clippy bench bench-router bench-p99 peer-bench fuzz docker-build demo clean
 
 all: build
 
@@ -42,6 +42,10 @@ bench:
 
 bench-router:
 	$(CARGO) bench -p nexus-benches --bench router
+
+## End-to-end RPS and P50/P95/P99/P99.9 of the nexus binary (see README); BUDGET_MS fails it.
+bench-p99:
+	$(CARGO) bench -p nexus-benches --bench p99 -- $(if $(BUDGET_MS),--budget-p99-ms $(BUDGET_MS))
 
 ## Nexus beside nginx on this machine (needs nginx, wrk; see ../shared/bench/README.md).
 peer-bench: release
