@@ -163,14 +163,23 @@ pub struct Upstream<B> {
 struct UpstreamRetry {
     policy: RetryPolicy,
     budget: RetryBudget,
-    epoch: tokio::time::Instant,
+    clock: Epoch,
     /// `nexus_upstream_retries_total{upstream}`.
     retries: metrics::Counter,
 }
 
-impl UpstreamRetry {
-    fn now(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.epoch)
+/// Time since a start point, as the breaker and retry budget take it (from
+/// `tokio::time`, so tests can pause it).
+#[derive(Debug, Clone, Copy)]
+struct Epoch(tokio::time::Instant);
+
+impl Epoch {
+    fn start() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+
+    fn now(self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.0)
     }
 }
 
@@ -201,13 +210,13 @@ impl Drop for PermitGuard<'_> {
 #[derive(Debug)]
 struct UpstreamBreaker {
     breaker: Breaker,
-    epoch: tokio::time::Instant,
+    clock: Epoch,
     gauge: metrics::Gauge,
 }
 
 impl UpstreamBreaker {
     fn now(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.epoch)
+        self.clock.now()
     }
 
     fn publish(&self) {
@@ -272,7 +281,7 @@ where
                 None => {
                     let b = Arc::new(UpstreamBreaker {
                         breaker: Breaker::new(settings),
-                        epoch: tokio::time::Instant::now(),
+                        clock: Epoch::start(),
                         gauge: metrics::gauge!("nexus_circuit_breaker_state", "upstream" => name.to_string()),
                     });
                     b.publish();
@@ -299,7 +308,7 @@ where
                 UpstreamRetry {
                     budget: RetryBudget::new(policy.budget_ratio, policy.budget_min_per_second),
                     policy,
-                    epoch: tokio::time::Instant::now(),
+                    clock: Epoch::start(),
                     retries: metrics::counter!("nexus_upstream_retries_total", "upstream" => name.to_string()),
                 }
             }),
@@ -392,7 +401,7 @@ where
         retry: &UpstreamRetry,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        retry.budget.deposit(retry.now());
+        retry.budget.deposit(retry.clock.now());
         let (parts, body) = req.into_parts();
         let read = body.replayable().await?;
         let replay = match read {
@@ -425,7 +434,7 @@ where
                 Err(e) if e.failure().is_some_and(|f| policy.retries_failure(f)) => backoff,
                 _ => return result,
             };
-            if tokio::time::Instant::now() + wait >= deadline || !retry.budget.withdraw(retry.now()) {
+            if tokio::time::Instant::now() + wait >= deadline || !retry.budget.withdraw(retry.clock.now()) {
                 return result;
             }
             drop(result);

@@ -370,7 +370,7 @@ impl JwtAuth {
         }
     }
 
-    /// Whether a refetch could change an `UnknownKey` answer (JWKS file or URL).
+    /// The key store (the layer refetches through it on an unknown `kid`).
     pub(crate) fn store(&self) -> &Arc<KeyStore> {
         &self.inner.store
     }
