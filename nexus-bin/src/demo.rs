@@ -106,6 +106,6 @@ pub(crate) fn run(overrides: Overrides) -> ExitCode {
                 println!("Stop with Ctrl-C.");
             }
         });
-        crate::server::serve(loaded, Overrides::default(), Some(tx)).await
+        crate::server::serve(loaded, Overrides::default(), Some(tx), 1).await
     })
 }

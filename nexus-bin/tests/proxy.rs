@@ -269,6 +269,42 @@ async fn method_not_allowed_carries_allow_and_probes_win_over_routes() {
 }
 
 #[tokio::test]
+async fn each_worker_reuses_its_own_upstream_connections() {
+    let up = upstream("app").await;
+    let gw = gateway_with(&one_route(&up, ""), &[("NEXUS_WORKERS", "3")]);
+    // Every `get` opens a new client connection, which any of the workers may accept.
+    for i in 0..60 {
+        assert_eq!(get(&gw.url(&format!("/n{i}"))).await.0, StatusCode::OK);
+    }
+    assert_eq!(up.count(), 60);
+    let conns = up.connections();
+    assert!((1..=3).contains(&conns), "sequential requests opened {conns} upstream connections with 3 workers");
+}
+
+#[test]
+fn a_bad_worker_count_is_refused() {
+    for bad in ["0", "many", "5000"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.yaml");
+        std::fs::write(
+            &path,
+            "upstreams:\n  app:\n    endpoints: [{ url: \"http://127.0.0.1:9\" }]\n\
+             routes:\n  - name: app\n    paths: [{ path: / }]\n    upstream: app\n",
+        )
+        .unwrap();
+        let out = std::process::Command::new(nexus_bin())
+            .arg("--config")
+            .arg(&path)
+            .env("NEXUS_WORKERS", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "NEXUS_WORKERS={bad}: {err}");
+        assert!(err.contains("NEXUS_WORKERS") && err.contains(bad), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn weighted_round_robin_spreads_over_endpoints() {
     let (a, b) = (upstream("a").await, upstream("b").await);
     let yaml = format!(
@@ -287,7 +323,8 @@ async fn weighted_round_robin_spreads_over_endpoints() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = upstream("app").await;
-    let gw = gateway(&one_route(&up, ""));
+    // One worker: every request comes through the same pool (pools are per worker).
+    let gw = gateway_with(&one_route(&up, ""), &[("NEXUS_WORKERS", "1")]);
     for i in 0..30 {
         let (status, _, text) = get(&gw.url(&format!("/n{i}"))).await;
         assert_eq!((status, text), (StatusCode::OK, format!("app /n{i}")));

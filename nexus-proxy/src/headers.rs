@@ -10,14 +10,40 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// `X-Forwarded-Host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// The fixed hop-by-hop headers (RFC 9110 §7.6.1 and the de-facto `Keep-Alive`), as bits.
+const CONNECTION_BIT: u8 = 1;
+const UPGRADE_BIT: u8 = 1 << 5;
+
+/// Which fixed hop-by-hop header `name` is (a bit), 0 if none. Standard names compare as
+/// enum tags, so this costs a few compares per header.
+fn hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        CONNECTION_BIT
+    } else if name == header::TE {
+        1 << 1
+    } else if name == header::TRAILER {
+        1 << 2
+    } else if name == header::TRANSFER_ENCODING {
+        1 << 3
+    } else if name.as_str() == "keep-alive" {
+        1 << 4
+    } else if name == header::UPGRADE {
+        UPGRADE_BIT
+    } else {
+        0
+    }
+}
+
+fn hop_name(bit: u8) -> HeaderName {
+    match bit {
+        CONNECTION_BIT => header::CONNECTION,
+        2 => header::TE,
+        4 => header::TRAILER,
+        8 => header::TRANSFER_ENCODING,
+        16 => HeaderName::from_static("keep-alive"),
+        _ => header::UPGRADE,
+    }
+}
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -49,11 +75,16 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// assert!(h.contains_key("x-kept"));
 /// ```
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One cheap pass (standard names compare as enum tags) in the common case of none.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
+    // One pass to see which are present; usually none (requests) or `Connection` alone
+    // (responses), and only those are looked up again.
+    let mut present = 0u8;
+    let mut proxy = false;
+    for name in headers.keys() {
+        let bit = hop_bit(name);
+        present |= bit;
+        proxy |= bit == 0 && name.as_str().starts_with("proxy-");
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & CONNECTION_BIT != 0 {
         // Headers named by Connection (rare beyond keep-alive/close/upgrade).
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -62,7 +93,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .flat_map(|v| v.split(','))
             .filter_map(|t| {
                 let t = t.trim();
-                if t.eq_ignore_ascii_case("close")
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
                     || t.eq_ignore_ascii_case("keep-alive")
                     || t.eq_ignore_ascii_case("upgrade")
                 {
@@ -76,26 +108,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
-            continue;
-        }
-        headers.remove(name);
-    }
     if upgrade {
+        present &= !(CONNECTION_BIT | UPGRADE_BIT);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    // Proxy-* (Proxy-Authorization, Proxy-Connection, ...): scan only when present.
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+    while present != 0 {
+        let bit = present & present.wrapping_neg();
+        present &= !bit;
+        headers.remove(hop_name(bit));
+    }
+    // Proxy-* (Proxy-Authorization, Proxy-Connection, ...): only when one was seen.
+    if proxy {
         let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
         for n in names {
             headers.remove(n);
         }
     }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// Set `X-Forwarded-For`, `-Proto` and `-Host` on a request going upstream.
@@ -152,6 +180,30 @@ mod tests {
         assert_eq!(kept["connection"], "upgrade");
         remove_hop_by_hop(&mut h, false);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_and_the_rest_stay() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, X-Named, close"),
+            ("x-named", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "1"),
+            ("host", "a"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        remove_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
     }
 
     #[test]

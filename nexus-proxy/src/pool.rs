@@ -6,9 +6,9 @@
 //! as in hyper-util's legacy `Client`. That removes the task hand-offs (channel
 //! send, wake, oneshot back) on every request: measured with `perf stat` under
 //! `wrk -c50` on one core, ~44k user instructions per proxied request with the
-//! legacy client against ~37k with this pool. Idle connections wait in a lock-free queue per
-//! endpoint; a connection that the upstream closed while idle is noticed at
-//! checkout, and a request that was never written is sent again on a fresh one.
+//! legacy client against ~37k with this pool. Idle connections wait in lock-free queues per
+//! endpoint, one per thread (see [`shard`]); a connection that the upstream closed while idle
+//! is noticed at checkout, and a request that was never written is sent again on a fresh one.
 
 use crate::error::{ErrorKind, ProxyError};
 use crossbeam_queue::ArrayQueue;
@@ -18,8 +18,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
+use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -70,11 +73,38 @@ where
     }
 }
 
-/// Idle connections of one endpoint.
+/// The calling thread's shard of every pool.
+///
+/// A TCP connection is registered with the IO driver of the runtime that opened it, and its
+/// readiness is delivered by that runtime. Under thread-per-core serving (one single-threaded
+/// runtime per worker, as the `nexus` binary runs) a connection handed to another worker would
+/// need a cross-thread wake-up for every response; keeping idle connections per thread means a
+/// worker reuses its own. Under tokio's multi-thread scheduler any shard works; the per-thread
+/// split only spreads the queues' contention.
+fn shard(shards: usize) -> usize {
+    thread_local!(static SHARD: Cell<usize> = const { Cell::new(usize::MAX) });
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    SHARD.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed);
+            s.set(i);
+        }
+        i % shards
+    })
+}
+
+/// How many shards a pool has: the available parallelism (threads beyond it share shards).
+fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(64))
+}
+
+/// Idle connections of one endpoint, per thread.
 #[derive(Debug)]
 pub(crate) struct EndpointPool<B> {
     authority: String,
-    idle: ArrayQueue<PooledConn<B>>,
+    idle: Box<[ArrayQueue<PooledConn<B>>]>,
 }
 
 impl<B> EndpointPool<B>
@@ -83,12 +113,19 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    /// A pool keeping at most `max_idle` idle connections per thread shard.
     pub(crate) fn new(authority: String, max_idle: usize) -> Self {
-        Self { authority, idle: ArrayQueue::new(max_idle.max(1)) }
+        let idle = (0..shard_count()).map(|_| ArrayQueue::new(max_idle.max(1))).collect();
+        Self { authority, idle }
+    }
+
+    fn queue(&self) -> &ArrayQueue<PooledConn<B>> {
+        &self.idle[shard(self.idle.len())]
     }
 
     fn checkout(&self) -> Option<PooledConn<B>> {
-        while let Some(mut c) = self.idle.pop() {
+        let idle = self.queue();
+        while let Some(mut c) = idle.pop() {
             if c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable() {
                 return Some(c);
             }
@@ -101,13 +138,13 @@ where
         // Let the dispatcher finish the exchange (read state back to idle) before judging it.
         if c.drive(cx) && !c.sender.is_closed() {
             c.idle_since = Instant::now();
-            let _ = self.idle.push(c);
+            let _ = self.queue().push(c);
         }
     }
 
     /// Number of idle connections.
     pub(crate) fn idle(&self) -> usize {
-        self.idle.len()
+        self.idle.iter().map(ArrayQueue::len).sum()
     }
 
     async fn connect(&self, timeout: Duration) -> Result<PooledConn<B>, ProxyError> {
