@@ -92,6 +92,9 @@ pub(crate) async fn handle(
     conn: &Conn,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody<ReqBody>> {
+    // hyper sizes the map to what the client sent; make room once for what the gateway adds
+    // (X-Request-Id, X-Forwarded-For/-Proto/-Host) instead of growing it step by step.
+    req.headers_mut().reserve(4);
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;

@@ -41,20 +41,20 @@ where
         let mut body = Self { inner, conn, guard };
         if body.inner.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
-            finish(&mut body.conn, &mut body.guard, &mut Context::from_waker(std::task::Waker::noop()));
+            finish(&mut body.conn, &mut body.guard);
         }
         body
     }
 }
 
 /// The response is complete: give the connection back to its pool and free the slot.
-fn finish<B>(conn: &mut Option<PooledConn<SendBody<B>>>, guard: &mut Option<InFlight<B>>, cx: &mut Context<'_>)
+fn finish<B>(conn: &mut Option<PooledConn<SendBody<B>>>, guard: &mut Option<InFlight<B>>)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     if let (Some(conn), Some(guard)) = (conn.take(), guard.as_ref()) {
-        guard.endpoint().pool().checkin(conn, cx);
+        guard.endpoint().pool().checkin(conn);
     }
     *guard = None;
 }
@@ -75,8 +75,8 @@ where
         }
         let res = this.inner.as_mut().poll_frame(cx);
         match &res {
-            Poll::Ready(None) => finish(this.conn, this.guard, cx),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => finish(this.conn, this.guard, cx),
+            Poll::Ready(None) => finish(this.conn, this.guard),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => finish(this.conn, this.guard),
             Poll::Ready(Some(Err(_))) => {
                 // A broken exchange: the connection is dropped (closed), never pooled.
                 this.conn.take();

@@ -34,6 +34,14 @@ fn hop_bit(name: &HeaderName) -> u8 {
     }
 }
 
+/// A `Connection` option rather than a header name (or nothing at all).
+fn is_connection_option(t: &str) -> bool {
+    t.is_empty()
+        || t.eq_ignore_ascii_case("close")
+        || t.eq_ignore_ascii_case("keep-alive")
+        || t.eq_ignore_ascii_case("upgrade")
+}
+
 fn hop_name(bit: u8) -> HeaderName {
     match bit {
         CONNECTION_BIT => header::CONNECTION,
@@ -85,25 +93,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         proxy |= bit == 0 && name.as_str().starts_with("proxy-");
     }
     if present & CONNECTION_BIT != 0 {
-        // Headers named by Connection (rare beyond keep-alive/close/upgrade).
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| {
-                let t = t.trim();
-                if t.is_empty()
-                    || t.eq_ignore_ascii_case("close")
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || t.eq_ignore_ascii_case("upgrade")
-                {
-                    None
-                } else {
-                    HeaderName::from_bytes(t.as_bytes()).ok()
-                }
-            })
-            .collect();
+        // Headers named by Connection: rare beyond keep-alive/close/upgrade, so they are
+        // only collected when one of the values names something else.
+        let tokens = |v: &HeaderValue| -> Vec<HeaderName> {
+            v.to_str()
+                .ok()
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| !is_connection_option(t))
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect()
+        };
+        let mut listed = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            if !is_connection_option(v.to_str().unwrap_or("")) {
+                listed.extend(tokens(v));
+            }
+        }
         for name in listed {
             headers.remove(name);
         }

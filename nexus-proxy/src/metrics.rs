@@ -73,9 +73,14 @@ impl RouteMetrics {
     pub fn record(&self, method: &Method, status: u16, upstream: &str, elapsed: Duration) {
         let cache = self.cache.load();
         let hit = cache.iter().find(|e| e.status == status && e.method == *method && &*e.upstream == upstream);
+        // Through the cached entry's handles (no clone: that would be two atomic ref-count pairs).
+        let registered;
         let entry = match hit {
-            Some(e) => e.clone(),
-            None => self.register(method, status, upstream),
+            Some(e) => e,
+            None => {
+                registered = self.register(method, status, upstream);
+                &registered
+            }
         };
         entry.requests.increment(1);
         entry.duration.record(elapsed.as_secs_f64());

@@ -528,6 +528,8 @@ where
         parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
+        parts.headers.reserve(3);
         let host = parts.headers.get(header::HOST).cloned();
         headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
 
