@@ -185,6 +185,8 @@ async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response
     // Split choice and forward (with the route's timeout, breaker, retries).
     let mut res = snap.gateway.forward(route_id, req, &conn.client, started).await;
     if let Some(d) = limited {
+        // Room for the four RateLimit-* headers and X-Request-Id in one step.
+        res.headers_mut().reserve(5);
         d.apply_headers(res.headers_mut());
     }
     res

@@ -179,9 +179,10 @@ impl Decision {
         if self.backend_error {
             return;
         }
-        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(RATELIMIT_RESET, HeaderValue::from(self.reset_secs));
+        headers.reserve(4);
+        headers.insert(RATELIMIT_LIMIT, number(u64::from(self.limit)));
+        headers.insert(RATELIMIT_REMAINING, number(u64::from(self.remaining)));
+        headers.insert(RATELIMIT_RESET, number(self.reset_secs));
         headers.insert(RATELIMIT_POLICY, self.policy.clone());
     }
 
@@ -202,6 +203,40 @@ pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-r
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// `RateLimit-Policy`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The decimal numbers 0 to 999, written one after the other ("0123…9101112…999").
+static DIGITS: [u8; 2890] = {
+    let mut out = [0u8; 2890];
+    let (mut n, mut at) = (0usize, 0usize);
+    while n < 1000 {
+        if n >= 100 {
+            out[at] = b'0' + (n / 100) as u8;
+            at += 1;
+        }
+        if n >= 10 {
+            out[at] = b'0' + (n / 10 % 10) as u8;
+            at += 1;
+        }
+        out[at] = b'0' + (n % 10) as u8;
+        at += 1;
+        n += 1;
+    }
+    out
+};
+
+/// A number as a header value; below 1,000 (the usual `Remaining`/`Reset`) a slice of a
+/// static table, so no allocation per response.
+fn number(n: u64) -> HeaderValue {
+    let (start, len) = match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + (n - 10) * 2, 2),
+        100..=999 => (190 + (n - 100) * 3, 3),
+        _ => return HeaderValue::from(n),
+    };
+    // (in range by construction: the largest is 190 + 899 * 3 + 3 = 2890)
+    let digits = &DIGITS[start as usize..(start + len) as usize];
+    HeaderValue::from_maybe_shared(Bytes::from_static(digits)).unwrap_or_else(|_| HeaderValue::from(n))
+}
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)

@@ -178,3 +178,10 @@ fn zero_requests_is_refused() {
     let e = RateLimiter::local(RateLimitConfig { requests: 0, ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("greater than zero"), "{e}");
 }
+
+#[test]
+fn header_numbers_match_their_decimal_form() {
+    for n in (0..1200).chain([4_294_967_295, u64::MAX]) {
+        assert_eq!(number(n).to_str().unwrap(), n.to_string());
+    }
+}
