@@ -29,8 +29,8 @@ pub(crate) const WORKERS_ENV: &str = "NEXUS_WORKERS";
 /// single-threaded tokio runtime and its own accept loop on the shared listener, and a
 /// connection stays on the worker that accepted it (its upstream connections too, see
 /// `nexus_proxy`'s pool). No work stealing, no cross-thread wake-ups on the request path;
-/// measured on one pinned core under `wrk -c1000`, this gave 1.35x the requests/s of
-/// tokio's multi-thread scheduler and a P99 of ~100 ms instead of ~290 ms
+/// measured on one pinned core under `wrk -c1000` against tokio's multi-thread scheduler:
+/// the same requests/s within noise, and a P99 of 53-70 ms instead of 182-221 ms
 /// (docs/load-test-report.md). The main thread is worker 0 and also runs the admin
 /// listener, reloads, health checks and signal handling.
 pub(crate) fn run_blocking(loaded: LoadedConfig, overrides: Overrides) -> ExitCode {
