@@ -52,14 +52,16 @@ pub(crate) fn run_blocking(loaded: LoadedConfig, overrides: Overrides) -> ExitCo
     rt.block_on(serve(loaded, overrides, None, workers))
 }
 
-/// The number of workers: `NEXUS_WORKERS` when set (1–1024), else the available parallelism.
+/// The number of workers: `NEXUS_WORKERS` when set (1–1024); unset, empty, `0` or `auto`: the
+/// available parallelism (`0` is what Kubernetes' downward API gives for an unset CPU request).
 pub(crate) fn worker_count(env: Option<&str>) -> Result<usize, String> {
-    match env.map(str::trim).filter(|v| !v.is_empty()) {
+    let auto = || Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    match env.map(str::trim).filter(|v| !v.is_empty() && *v != "0" && !v.eq_ignore_ascii_case("auto")) {
         Some(v) => match v.parse::<usize>() {
             Ok(n @ 1..=1024) => Ok(n),
-            _ => Err(format!("expected a number of workers from 1 to 1024, got {v:?}")),
+            _ => Err(format!("expected a number of workers from 1 to 1024 (or 0/auto), got {v:?}")),
         },
-        None => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        None => auto(),
     }
 }
 
@@ -356,4 +358,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::
         });
     }
     drop(listener);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_count;
+
+    #[test]
+    fn worker_count_takes_a_number_or_defaults_to_the_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(worker_count(Some("3")), Ok(3));
+        for auto in [None, Some(""), Some("0"), Some("auto"), Some(" AUTO ")] {
+            assert_eq!(worker_count(auto), Ok(cpus), "{auto:?}");
+        }
+        for bad in ["-1", "1025", "two"] {
+            assert!(worker_count(Some(bad)).unwrap_err().contains(bad));
+        }
+    }
 }

@@ -113,9 +113,12 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A pool keeping at most `max_idle` idle connections per thread shard.
+    /// A pool keeping at most `max_idle` idle connections in all, split over the thread shards
+    /// (each queue's slots are allocated up front, so the split also bounds memory on many-core hosts).
     pub(crate) fn new(authority: String, max_idle: usize) -> Self {
-        let idle = (0..shard_count()).map(|_| ArrayQueue::new(max_idle.max(1))).collect();
+        let shards = shard_count();
+        let per_shard = max_idle.div_ceil(shards).max(4);
+        let idle = (0..shards).map(|_| ArrayQueue::new(per_shard)).collect();
         Self { authority, idle }
     }
 
