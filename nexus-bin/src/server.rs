@@ -55,13 +55,12 @@ pub(crate) fn run_blocking(loaded: LoadedConfig, overrides: Overrides) -> ExitCo
 /// The number of workers: `NEXUS_WORKERS` when set (1–1024); unset, empty, `0` or `auto`: the
 /// available parallelism (`0` is what Kubernetes' downward API gives for an unset CPU request).
 pub(crate) fn worker_count(env: Option<&str>) -> Result<usize, String> {
-    let auto = || Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
     match env.map(str::trim).filter(|v| !v.is_empty() && *v != "0" && !v.eq_ignore_ascii_case("auto")) {
         Some(v) => match v.parse::<usize>() {
             Ok(n @ 1..=1024) => Ok(n),
             _ => Err(format!("expected a number of workers from 1 to 1024 (or 0/auto), got {v:?}")),
         },
-        None => auto(),
+        None => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
     }
 }
 

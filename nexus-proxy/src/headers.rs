@@ -10,29 +10,18 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// `X-Forwarded-Host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The fixed hop-by-hop headers (RFC 9110 §7.6.1 and the de-facto `Keep-Alive`), as bits.
+/// The fixed hop-by-hop headers (RFC 9110 §7.6.1 and the de-facto `Keep-Alive`); header `i`
+/// is bit `1 << i` in [`remove_hop_by_hop`]'s scan. Standard names compare as enum tags.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    HeaderName::from_static("keep-alive"),
+];
 const CONNECTION_BIT: u8 = 1;
-const UPGRADE_BIT: u8 = 1 << 5;
-
-/// Which fixed hop-by-hop header `name` is (a bit), 0 if none. Standard names compare as
-/// enum tags, so this costs a few compares per header.
-fn hop_bit(name: &HeaderName) -> u8 {
-    if name == header::CONNECTION {
-        CONNECTION_BIT
-    } else if name == header::TE {
-        1 << 1
-    } else if name == header::TRAILER {
-        1 << 2
-    } else if name == header::TRANSFER_ENCODING {
-        1 << 3
-    } else if name.as_str() == "keep-alive" {
-        1 << 4
-    } else if name == header::UPGRADE {
-        UPGRADE_BIT
-    } else {
-        0
-    }
-}
+const UPGRADE_BIT: u8 = 1 << 1;
 
 /// A `Connection` option rather than a header name (or nothing at all).
 fn is_connection_option(t: &str) -> bool {
@@ -40,17 +29,6 @@ fn is_connection_option(t: &str) -> bool {
         || t.eq_ignore_ascii_case("close")
         || t.eq_ignore_ascii_case("keep-alive")
         || t.eq_ignore_ascii_case("upgrade")
-}
-
-fn hop_name(bit: u8) -> HeaderName {
-    match bit {
-        CONNECTION_BIT => header::CONNECTION,
-        2 => header::TE,
-        4 => header::TRAILER,
-        8 => header::TRANSFER_ENCODING,
-        16 => HeaderName::from_static("keep-alive"),
-        _ => header::UPGRADE,
-    }
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
@@ -88,9 +66,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut present = 0u8;
     let mut proxy = false;
     for name in headers.keys() {
-        let bit = hop_bit(name);
-        present |= bit;
-        proxy |= bit == 0 && name.as_str().starts_with("proxy-");
+        match HOP_BY_HOP.iter().position(|h| h == name) {
+            Some(i) => present |= 1 << i,
+            None => proxy |= name.as_str().starts_with("proxy-"),
+        }
     }
     if present & CONNECTION_BIT != 0 {
         // Headers named by Connection: rare beyond keep-alive/close/upgrade, so they are
@@ -119,10 +98,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         present &= !(CONNECTION_BIT | UPGRADE_BIT);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    while present != 0 {
-        let bit = present & present.wrapping_neg();
-        present &= !bit;
-        headers.remove(hop_name(bit));
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     // Proxy-* (Proxy-Authorization, Proxy-Connection, ...): only when one was seen.
     if proxy {

@@ -73,6 +73,10 @@ where
     }
 }
 
+/// Thread shards per pool. A thread's shard is the order in which it first touched a pool,
+/// modulo this (so up to 64 worker threads each keep their own idle connections).
+const SHARDS: usize = 64;
+
 /// The calling thread's shard of every pool.
 ///
 /// A TCP connection is registered with the IO driver of the runtime that opened it, and its
@@ -81,30 +85,30 @@ where
 /// need a cross-thread wake-up for every response; keeping idle connections per thread means a
 /// worker reuses its own. Under tokio's multi-thread scheduler any shard works; the per-thread
 /// split only spreads the queues' contention.
-fn shard(shards: usize) -> usize {
+fn shard() -> usize {
     thread_local!(static SHARD: Cell<usize> = const { Cell::new(usize::MAX) });
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     SHARD.with(|s| {
         let mut i = s.get();
         if i == usize::MAX {
-            i = NEXT.fetch_add(1, Ordering::Relaxed);
+            i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
             s.set(i);
         }
-        i % shards
+        i
     })
 }
 
-/// How many shards a pool has: the available parallelism (threads beyond it share shards).
-fn shard_count() -> usize {
-    static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(64))
-}
+/// One thread shard's idle connections (boxed: an unused shard costs a pointer).
+type IdleQueue<B> = Box<ArrayQueue<PooledConn<B>>>;
 
-/// Idle connections of one endpoint, per thread.
+/// Idle connections of one endpoint, per thread shard.
 #[derive(Debug)]
 pub(crate) struct EndpointPool<B> {
     authority: String,
-    idle: Box<[ArrayQueue<PooledConn<B>>]>,
+    /// Created on a thread's first check-in, so memory follows the threads that use the pool
+    /// (a one-worker process on a 64-CPU host allocates one queue, not 64).
+    idle: Box<[OnceLock<IdleQueue<B>>]>,
+    max_idle: usize,
 }
 
 impl<B> EndpointPool<B>
@@ -113,21 +117,13 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A pool keeping at most `max_idle` idle connections in all, split over the thread shards
-    /// (each queue's slots are allocated up front, so the split also bounds memory on many-core hosts).
+    /// A pool keeping at most `max_idle` idle connections per thread shard.
     pub(crate) fn new(authority: String, max_idle: usize) -> Self {
-        let shards = shard_count();
-        let per_shard = max_idle.div_ceil(shards).max(4);
-        let idle = (0..shards).map(|_| ArrayQueue::new(per_shard)).collect();
-        Self { authority, idle }
-    }
-
-    fn queue(&self) -> &ArrayQueue<PooledConn<B>> {
-        &self.idle[shard(self.idle.len())]
+        Self { authority, idle: (0..SHARDS).map(|_| OnceLock::new()).collect(), max_idle: max_idle.max(1) }
     }
 
     fn checkout(&self) -> Option<PooledConn<B>> {
-        let idle = self.queue();
+        let idle = self.idle[shard()].get()?;
         while let Some(mut c) = idle.pop() {
             if c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable() {
                 return Some(c);
@@ -144,13 +140,14 @@ where
     pub(crate) fn checkin(&self, mut c: PooledConn<B>) {
         if !c.done && !c.sender.is_closed() {
             c.idle_since = Instant::now();
-            let _ = self.queue().push(c);
+            let queue = self.idle[shard()].get_or_init(|| Box::new(ArrayQueue::new(self.max_idle)));
+            let _ = queue.push(c);
         }
     }
 
     /// Number of idle connections.
     pub(crate) fn idle(&self) -> usize {
-        self.idle.iter().map(ArrayQueue::len).sum()
+        self.idle.iter().filter_map(OnceLock::get).map(|q| q.len()).sum()
     }
 
     async fn connect(&self, timeout: Duration) -> Result<PooledConn<B>, ProxyError> {
