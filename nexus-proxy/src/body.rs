@@ -3,6 +3,7 @@
 //! connection to the pool when the response is complete, and holds the
 //! request's in-flight slot until then.
 
+use crate::h1::RawBody;
 use crate::pool::PooledConn;
 use crate::replay::SendBody;
 use crate::upstream::InFlight;
@@ -11,7 +12,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use nexus_core::BoxError;
 use nexus_core::body::GatewayBody;
-use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -19,17 +19,23 @@ use std::task::{Context, Poll};
 /// `B` is the request body type of the upstream connections.
 pub type ResponseBody<B> = GatewayBody<UpstreamBody<B>>;
 
-pin_project! {
-    /// An upstream response body. The request counts as in flight (for
-    /// `max_concurrent_requests` and least-request balancing) until this body
-    /// is finished or dropped; a body dropped early closes its connection.
-    #[derive(Debug)]
-    pub struct UpstreamBody<B> {
-        #[pin]
-        inner: Incoming,
-        conn: Option<PooledConn<SendBody<B>>>,
-        guard: Option<InFlight<B>>,
-    }
+/// An upstream response body. The request counts as in flight (for
+/// `max_concurrent_requests` and least-request balancing) until this body
+/// is finished or dropped; a body dropped early closes its connection.
+#[derive(Debug)]
+pub struct UpstreamBody<B> {
+    inner: Inner,
+    /// The hyper connection the body comes from (raw bodies hold their own).
+    conn: Option<PooledConn<SendBody<B>>>,
+    guard: Option<InFlight<B>>,
+}
+
+/// Where the bytes come from: hyper's client connection (requests that had a body,
+/// upgrades) or the lean exchange of [`crate::h1`].
+#[derive(Debug)]
+enum Inner {
+    Hyper(Incoming),
+    Raw(RawBody),
 }
 
 impl<B> UpstreamBody<B>
@@ -38,25 +44,42 @@ where
     B::Error: Into<BoxError>,
 {
     pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<SendBody<B>>>, guard: Option<InFlight<B>>) -> Self {
+        Self::start(Inner::Hyper(inner), conn, guard)
+    }
+
+    pub(crate) fn raw(inner: RawBody, guard: InFlight<B>) -> Self {
+        Self::start(Inner::Raw(inner), None, Some(guard))
+    }
+
+    fn start(inner: Inner, conn: Option<PooledConn<SendBody<B>>>, guard: Option<InFlight<B>>) -> Self {
         let mut body = Self { inner, conn, guard };
-        if body.inner.is_end_stream() {
+        if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
-            finish(&mut body.conn, &mut body.guard);
+            body.finish();
         }
         body
     }
-}
 
-/// The response is complete: give the connection back to its pool and free the slot.
-fn finish<B>(conn: &mut Option<PooledConn<SendBody<B>>>, guard: &mut Option<InFlight<B>>)
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    if let (Some(conn), Some(guard)) = (conn.take(), guard.as_ref()) {
-        guard.endpoint().pool().checkin(conn);
+    /// The response is complete: give the connection back to its pool and free the slot.
+    fn finish(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            let pool = guard.endpoint().pool();
+            if let Some(conn) = self.conn.take() {
+                pool.checkin(conn);
+            }
+            if let Inner::Raw(raw) = &mut self.inner
+                && let Some(conn) = raw.take_reusable()
+            {
+                pool.checkin_raw(conn);
+            }
+        }
     }
-    *guard = None;
+
+    /// A broken exchange: the connection is dropped (closed), never pooled.
+    fn abort(&mut self) {
+        self.conn = None;
+        self.guard = None;
+    }
 }
 
 impl<B> Body for UpstreamBody<B>
@@ -65,33 +88,40 @@ where
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        if let Some(conn) = this.conn.as_mut() {
-            // Drive the upstream connection: it is what fills `inner`.
-            conn.drive(cx);
-        }
-        let res = this.inner.as_mut().poll_frame(cx);
-        match &res {
-            Poll::Ready(None) => finish(this.conn, this.guard),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => finish(this.conn, this.guard),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken exchange: the connection is dropped (closed), never pooled.
-                this.conn.take();
-                this.guard.take();
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let res = match &mut this.inner {
+            Inner::Hyper(inner) => {
+                if let Some(conn) = this.conn.as_mut() {
+                    // Drive the upstream connection: it is what fills `inner`.
+                    conn.drive(cx);
+                }
+                Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
             }
+            Inner::Raw(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+        };
+        match &res {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.finish(),
+            Poll::Ready(Some(Err(_))) => this.abort(),
             _ => {}
         }
         res
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Raw(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Raw(b) => b.size_hint(),
+        }
     }
 }

@@ -26,6 +26,7 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod gateway;
+mod h1;
 pub mod headers;
 pub mod metrics;
 mod pool;

@@ -9,15 +9,20 @@
 //! legacy client against ~37k with this pool. Idle connections wait in lock-free queues per
 //! endpoint, one per thread (see [`shard`]); a connection that the upstream closed while idle
 //! is noticed at checkout, and a request that was never written is sent again on a fresh one.
+//!
+//! Requests without a body skip hyper altogether: they go over connections of their own
+//! ([`RawConn`], kept in a second set of idle queues) with the lean exchange of [`crate::h1`].
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::h1::{ExchangeError, RawBody, RawConn};
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
+use http::{Request, Response, request};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
+use nexus_core::retry::is_idempotent;
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -98,17 +103,55 @@ fn shard() -> usize {
     })
 }
 
-/// One thread shard's idle connections (boxed: an unused shard costs a pointer).
-type IdleQueue<B> = Box<ArrayQueue<PooledConn<B>>>;
+/// Idle connections of one kind, per thread shard.
+struct Shards<T> {
+    /// A shard's queue is created on its thread's first check-in, so memory follows the
+    /// threads that use the pool (a one-worker process on a 64-CPU host allocates one queue,
+    /// not 64); boxed so that an unused shard costs a pointer.
+    slots: Box<[OnceLock<Box<ArrayQueue<T>>>]>,
+    max_idle: usize,
+}
 
-/// Idle connections of one endpoint, per thread shard.
+impl<T> std::fmt::Debug for Shards<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards").field("idle", &self.len()).finish_non_exhaustive()
+    }
+}
+
+impl<T> Shards<T> {
+    fn new(max_idle: usize) -> Self {
+        Self { slots: (0..SHARDS).map(|_| OnceLock::new()).collect(), max_idle: max_idle.max(1) }
+    }
+
+    /// The calling thread's first idle entry that `usable` accepts (the others are dropped).
+    fn pop(&self, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
+        let idle = self.slots[shard()].get()?;
+        while let Some(mut c) = idle.pop() {
+            if usable(&mut c) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keep `c` in the calling thread's shard (dropped when the shard is full).
+    fn push(&self, c: T) {
+        let queue = self.slots[shard()].get_or_init(|| Box::new(ArrayQueue::new(self.max_idle)));
+        let _ = queue.push(c);
+    }
+
+    fn len(&self) -> usize {
+        self.slots.iter().filter_map(OnceLock::get).map(|q| q.len()).sum()
+    }
+}
+
+/// Idle connections of one endpoint, per thread shard: hyper's (requests with a body) and
+/// raw ones (requests without).
 #[derive(Debug)]
 pub(crate) struct EndpointPool<B> {
     authority: String,
-    /// Created on a thread's first check-in, so memory follows the threads that use the pool
-    /// (a one-worker process on a 64-CPU host allocates one queue, not 64).
-    idle: Box<[OnceLock<IdleQueue<B>>]>,
-    max_idle: usize,
+    idle: Shards<PooledConn<B>>,
+    raw: Shards<RawConn>,
 }
 
 impl<B> EndpointPool<B>
@@ -117,19 +160,13 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A pool keeping at most `max_idle` idle connections per thread shard.
+    /// A pool keeping at most `max_idle` idle connections of each kind per thread shard.
     pub(crate) fn new(authority: String, max_idle: usize) -> Self {
-        Self { authority, idle: (0..SHARDS).map(|_| OnceLock::new()).collect(), max_idle: max_idle.max(1) }
+        Self { authority, idle: Shards::new(max_idle), raw: Shards::new(max_idle) }
     }
 
     fn checkout(&self) -> Option<PooledConn<B>> {
-        let idle = self.idle[shard()].get()?;
-        while let Some(mut c) = idle.pop() {
-            if c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable() {
-                return Some(c);
-            }
-        }
-        None
+        self.idle.pop(|c| c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable())
     }
 
     /// Return a connection whose response is complete.
@@ -140,14 +177,60 @@ where
     pub(crate) fn checkin(&self, mut c: PooledConn<B>) {
         if !c.done && !c.sender.is_closed() {
             c.idle_since = Instant::now();
-            let queue = self.idle[shard()].get_or_init(|| Box::new(ArrayQueue::new(self.max_idle)));
-            let _ = queue.push(c);
+            self.idle.push(c);
         }
+    }
+
+    /// Return a raw connection whose response is complete.
+    pub(crate) fn checkin_raw(&self, mut c: RawConn) {
+        c.idle_since = Instant::now();
+        self.raw.push(c);
     }
 
     /// Number of idle connections.
     pub(crate) fn idle(&self) -> usize {
-        self.idle.iter().filter_map(OnceLock::get).map(|q| q.len()).sum()
+        self.idle.len() + self.raw.len()
+    }
+
+    /// Send a request that has no body (see [`crate::h1::is_bodiless`]) on a raw pooled (or
+    /// new) connection and read the response head; the body reads from the connection.
+    /// A pooled connection found closed before any byte of the answer came back is given
+    /// up, and the request sent again on a fresh one when that cannot run it twice: the
+    /// write failed, or the method is idempotent.
+    pub(crate) async fn send_raw(
+        &self,
+        parts: &request::Parts,
+        connect_timeout: Duration,
+    ) -> Result<Response<RawBody>, ProxyError> {
+        loop {
+            let (mut conn, reused) = match self.raw.pop(|c| c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable()) {
+                Some(c) => (c, true),
+                None => (RawConn::new(self.open(connect_timeout).await?), false),
+            };
+            match conn.exchange(parts).await {
+                Ok(head) => {
+                    let body = RawBody::new(conn, &head);
+                    return Ok(head.response.map(|()| body));
+                }
+                Err(ExchangeError::Unsent(_)) if reused => {}
+                Err(ExchangeError::Closed(_)) if reused && is_idempotent(&parts.method) => {}
+                Err(ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e)) => {
+                    return Err(ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    /// A TCP connection to the endpoint, with `TCP_NODELAY`.
+    async fn open(&self, timeout: Duration) -> Result<TcpStream, ProxyError> {
+        match tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str())).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(ProxyError::new(ErrorKind::Connect, Some(Box::new(e)))),
+            Err(_) => Err(ProxyError::new(ErrorKind::ConnectTimeout, None)),
+        }
     }
 
     async fn connect(&self, timeout: Duration) -> Result<PooledConn<B>, ProxyError> {
@@ -159,12 +242,7 @@ where
         &self,
         timeout: Duration,
     ) -> Result<(SendRequest<B>, Connection<TokioIo<TcpStream>, B>), ProxyError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str())).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::Connect, Some(Box::new(e)))),
-            Err(_) => return Err(ProxyError::new(ErrorKind::ConnectTimeout, None)),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.open(timeout).await?;
         http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -567,6 +567,15 @@ where
             let (parts, body) = res.into_parts();
             return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, Some(guard))));
         }
+        if crate::h1::is_bodiless(req.headers(), req.body()) {
+            let (parts, _empty) = req.into_parts();
+            let mut res = match tokio::time::timeout(timeout, pool.send_raw(&parts, self.connect_timeout)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+            };
+            headers::remove_hop_by_hop(res.headers_mut(), false);
+            return Ok(res.map(|body| UpstreamBody::raw(body, guard)));
+        }
         let (mut res, conn) = match tokio::time::timeout(timeout, pool.send(req, self.connect_timeout)).await {
             Ok(r) => r?,
             Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
