@@ -11,7 +11,8 @@
 //! hyper (see [`crate::pool`]): streaming a request body while the response may already be
 //! arriving is exactly the part hyper's dispatcher is for.
 //!
-//! The connection lives in the response body ([`RawBody`]) while the response is read, and
+//! Hop-by-hop response fields are left out while the head is parsed (no second pass over
+//! the map). The connection lives in the response body ([`RawBody`]) while the response is read, and
 //! goes back to its pool when the body is complete, the upstream allows keep-alive and no
 //! stray bytes are left.
 
@@ -100,10 +101,11 @@ impl RawConn {
     }
 
     /// Send a request without a body and read the response head. The body's framing
-    /// comes with it; the caller wraps the connection in a [`RawBody`].
-    pub(crate) async fn exchange(&mut self, parts: &request::Parts) -> Result<Head, ExchangeError> {
+    /// comes with it; the caller wraps the connection in a [`RawBody`]. Headers that a
+    /// `Connection` field names must already be gone from `parts`.
+    pub(crate) async fn exchange(&mut self, parts: &request::Parts, client: Client<'_>) -> Result<Head, ExchangeError> {
         self.wbuf.clear();
-        encode_head(parts, &mut self.wbuf);
+        encode_head(parts, &client, &mut self.wbuf);
         if let Err(e) = self.io.write_all(&self.wbuf).await {
             return Err(ExchangeError::Unsent(e));
         }
@@ -165,24 +167,29 @@ fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
 }
 
-/// `METHOD /path?query HTTP/1.1`, the fields as they are (lower-case names, as hyper
-/// sends them), and `content-length: 0` for a body-less POST/PUT/PATCH without one.
-fn encode_head(parts: &request::Parts, out: &mut Vec<u8>) {
+/// `METHOD /path?query HTTP/1.1`, the fields as [`crate::headers::write_upstream_fields`]
+/// writes them (lower-case names, as hyper sends them; hop-by-hop left out, `X-Forwarded-*`
+/// set for `client`), and `content-length: 0` for a body-less POST/PUT/PATCH without one.
+fn encode_head(parts: &request::Parts, client: &Client<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    crate::headers::write_upstream_fields(&parts.headers, client.ip, client.trusted, out);
     let body_expected = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if body_expected && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Who the request is forwarded for (`X-Forwarded-*`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client<'a> {
+    /// The client's IP as a header value.
+    pub(crate) ip: &'a HeaderValue,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto/-Host` are kept).
+    pub(crate) trusted: bool,
 }
 
 /// Whether a request can take the lean path: no body to send and no upgrade.
@@ -254,6 +261,9 @@ fn parse_head(
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut close = version == Version::HTTP_10;
+        // A `Connection` value naming other headers: those are hop-by-hop too, and the
+        // general remover runs on the map; otherwise hop-by-hop fields are never inserted.
+        let mut named_other = false;
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| invalid("upstream sent an invalid header name"))?;
@@ -268,6 +278,7 @@ fn parse_head(
                 // Only the last coding matters: chunked last frames the body.
                 chunked = Some(last_token(h.value).eq_ignore_ascii_case(b"chunked"));
             } else if name == header::CONNECTION {
+                named_other |= crate::headers::names_other_headers(h.value);
                 for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -285,9 +296,15 @@ fn parse_head(
                 // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
                 continue;
             }
+            if !named_other && crate::headers::is_hop_by_hop(&name) {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| invalid("upstream sent an invalid header value"))?;
             headers.append(name, value);
+        }
+        if named_other {
+            crate::headers::remove_hop_by_hop(&mut headers, false);
         }
         let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
@@ -534,7 +551,8 @@ mod tests {
         parts: &request::Parts,
     ) -> io::Result<(Response<()>, Bytes, Option<HeaderMap>)> {
         let mut c = conn.take().unwrap();
-        let head = c.exchange(parts).await.map_err(|e| match e {
+        let ip = HeaderValue::from_static("10.1.2.3");
+        let head = c.exchange(parts, Client { ip: &ip, trusted: false }).await.map_err(|e| match e {
             ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e) => e,
         })?;
         let mut body = RawBody::new(c, &head);
@@ -583,7 +601,11 @@ mod tests {
             assert!(conn.is_none(), "a body read until close ends the connection");
 
             let seen = upstream.await.unwrap();
-            assert_eq!(seen[0], "GET /a?x=1 HTTP/1.1\r\nhost: example.com\r\n\r\n");
+            assert_eq!(
+                seen[0],
+                "GET /a?x=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.1.2.3\r\n\
+                 x-forwarded-proto: http\r\nx-forwarded-host: example.com\r\n\r\n"
+            );
             assert_eq!(seen.len(), 4, "one connection served all four");
         }
     }
@@ -650,16 +672,45 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn hop_by_hop_response_fields_are_left_out() {
+        let (addr, _upstream) = scripted(
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Foo: 1\r\nX-App: 1\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: x-secret\r\nX-App: 2\r\nContent-Length: 0\r\n\r\n",
+            ],
+            4096,
+        )
+        .await;
+        let mut conn = Some(RawConn::new(TcpStream::connect(&addr).await.unwrap()));
+        let (res, _, _) = round_trip(&mut conn, &get("/")).await.unwrap();
+        let names: Vec<&str> = res.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-app", "content-length"]);
+        let (res, _, _) = round_trip(&mut conn, &get("/")).await.unwrap();
+        let mut names: Vec<&str> = res.headers().keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-app"], "a header Connection names goes too");
+    }
+
     #[test]
     fn body_less_requests_get_a_zero_length_only_where_a_body_is_expected() {
+        let ip = HeaderValue::from_static("1.2.3.4");
+        let client = Client { ip: &ip, trusted: true };
         let mut out = Vec::new();
         let mut post = get("/p");
         post.method = Method::POST;
-        encode_head(&post, &mut out);
-        assert_eq!(out, b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n\r\n");
+        post.headers.insert("x-forwarded-host", HeaderValue::from_static("outer"));
+        encode_head(&post, &client, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /p HTTP/1.1\r\nhost: example.com\r\nx-forwarded-host: outer\r\nx-forwarded-for: 1.2.3.4\r\n\
+             x-forwarded-proto: http\r\ncontent-length: 0\r\n\r\n"
+        );
         out.clear();
-        encode_head(&get("/g"), &mut out);
-        assert_eq!(out, b"GET /g HTTP/1.1\r\nhost: example.com\r\n\r\n");
+        let mut delete = get("/d");
+        delete.method = Method::DELETE;
+        encode_head(&delete, &client, &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("content-length"));
         assert_eq!(parse_length(b"12"), Some(12));
         assert_eq!(parse_length(b"7, 7"), Some(7));
         assert_eq!(parse_length(b"7, 8"), None);

@@ -31,6 +31,17 @@ fn is_connection_option(t: &str) -> bool {
         || t.eq_ignore_ascii_case("upgrade")
 }
 
+/// Whether `name` is hop-by-hop by itself (the fixed list or `Proxy-*`); the headers a
+/// `Connection` value names are hop-by-hop too (see [`names_other_headers`]).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
+/// Whether a `Connection` value names headers (beyond the options close/keep-alive/upgrade).
+pub(crate) fn names_other_headers(connection: &[u8]) -> bool {
+    connection.split(|b| *b == b',').any(|t| !is_connection_option(std::str::from_utf8(t).unwrap_or("x").trim()))
+}
+
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
@@ -150,9 +161,113 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, trusted_peer
     }
 }
 
+/// Whether the `Connection` fields name other headers (then [`write_upstream_fields`] needs
+/// [`remove_hop_by_hop`] to have run on the map first).
+pub(crate) fn connection_names_others(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| names_other_headers(v.as_bytes()))
+}
+
+/// Write a request's fields for the wire (`name: value\r\n` each) as [`remove_hop_by_hop`]
+/// (no upgrade) and then [`set_forwarded`] would leave them, without changing the map: the
+/// lean upstream exchange encodes straight from the client's map. The headers that a
+/// `Connection` value names must already be gone (see [`connection_names_others`]).
+pub(crate) fn write_upstream_fields(headers: &HeaderMap, client: &HeaderValue, trusted_peer: bool, out: &mut Vec<u8>) {
+    let field = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    let (mut has_proto, mut has_host) = (false, false);
+    for (name, value) in headers {
+        if name == X_FORWARDED_FOR || is_hop_by_hop(name) {
+            continue;
+        }
+        if name == X_FORWARDED_PROTO {
+            has_proto = true;
+            if !trusted_peer {
+                continue;
+            }
+        } else if name == X_FORWARDED_HOST {
+            has_host = true;
+            if !trusted_peer {
+                continue;
+            }
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // X-Forwarded-For: the earlier lines folded into one, in order, then this hop.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for earlier in headers.get_all(&X_FORWARDED_FOR) {
+        out.extend_from_slice(earlier.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !trusted_peer || !has_proto {
+        field(out, b"x-forwarded-proto", b"http");
+    }
+    if (!trusted_peer || !has_host)
+        && let Some(host) = headers.get(header::HOST)
+    {
+        field(out, b"x-forwarded-host", host.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wire form of a map, one `name: value` line per field, sorted.
+    fn lines(headers: &HeaderMap) -> Vec<String> {
+        let mut out = Vec::new();
+        for (n, v) in headers {
+            out.push(format!("{}: {}", n, v.to_str().unwrap()));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn fields_written_for_the_wire_match_the_rewritten_map() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("host", "api.example.com")],
+            &[("host", "h"), ("connection", "keep-alive"), ("keep-alive", "5"), ("te", "trailers"), ("x-a", "1")],
+            &[("host", "h"), ("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2, 4.4.4.4")],
+            &[
+                ("host", "h"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "outer"),
+                ("proxy-authorization", "x"),
+            ],
+            &[("accept", "*/*"), ("x-forwarded-host", "outer")],
+            &[("host", "h"), ("connection", "close, x-secret"), ("x-secret", "1"), ("x-b", "2")],
+        ];
+        let client = HeaderValue::from_static("9.9.9.9");
+        for fields in cases {
+            let mut h = HeaderMap::new();
+            for (n, v) in *fields {
+                h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            for trusted in [false, true] {
+                let mut expected = h.clone();
+                remove_hop_by_hop(&mut expected, false);
+                let host = expected.get(header::HOST).cloned();
+                set_forwarded(&mut expected, &client, trusted, host.as_ref());
+
+                let mut map = h.clone();
+                if connection_names_others(&map) {
+                    remove_hop_by_hop(&mut map, false);
+                }
+                let mut wire = Vec::new();
+                write_upstream_fields(&map, &client, trusted, &mut wire);
+                let mut got: Vec<String> =
+                    String::from_utf8(wire).unwrap().split_terminator("\r\n").map(str::to_string).collect();
+                got.sort();
+                assert_eq!(got, lines(&expected), "{fields:?}, trusted: {trusted}");
+            }
+        }
+    }
 
     #[test]
     fn upgrade_headers_survive_only_for_upgrades() {

@@ -14,7 +14,7 @@
 //! ([`RawConn`], kept in a second set of idle queues) with the lean exchange of [`crate::h1`].
 
 use crate::error::{ErrorKind, ProxyError};
-use crate::h1::{ExchangeError, RawBody, RawConn};
+use crate::h1::{Client, ExchangeError, RawBody, RawConn};
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response, request};
 use http_body::Body;
@@ -193,13 +193,15 @@ where
     }
 
     /// Send a request that has no body (see [`crate::h1::is_bodiless`]) on a raw pooled (or
-    /// new) connection and read the response head; the body reads from the connection.
+    /// new) connection, forwarded for `client`, and read the response head; the body reads
+    /// from the connection.
     /// A pooled connection found closed before any byte of the answer came back is given
     /// up, and the request sent again on a fresh one when that cannot run it twice: the
     /// write failed, or the method is idempotent.
     pub(crate) async fn send_raw(
         &self,
         parts: &request::Parts,
+        client: Client<'_>,
         connect_timeout: Duration,
     ) -> Result<Response<RawBody>, ProxyError> {
         loop {
@@ -207,7 +209,7 @@ where
                 Some(c) => (c, true),
                 None => (RawConn::new(self.open(connect_timeout).await?), false),
             };
-            match conn.exchange(parts).await {
+            match conn.exchange(parts, client).await {
                 Ok(head) => {
                     let body = RawBody::new(conn, &head);
                     return Ok(head.response.map(|()| body));

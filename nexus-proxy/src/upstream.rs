@@ -527,15 +527,28 @@ where
         // Origin form on the wire: `GET /path?query HTTP/1.1`; the endpoint is the connection's.
         parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         parts.version = Version::HTTP_11;
+        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
+        let pool = endpoint.pool();
+        if !upgrade && crate::h1::is_bodiless(&parts.headers, &body) {
+            // The lean exchange: hop-by-hop fields are left out and `X-Forwarded-*` written
+            // as the head is encoded (the map is not rewritten), and left out of the response
+            // as its head is parsed.
+            if headers::connection_names_others(&parts.headers) {
+                headers::remove_hop_by_hop(&mut parts.headers, false);
+            }
+            let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
+            let res = match tokio::time::timeout(timeout, pool.send_raw(&parts, client, self.connect_timeout)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+            };
+            return Ok(res.map(|body| UpstreamBody::raw(body, guard)));
+        }
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
         parts.headers.reserve(3);
         let host = parts.headers.get(header::HOST).cloned();
         headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
-
-        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
         let req = Request::from_parts(parts, body);
-        let pool = endpoint.pool();
         if let Some(client_side) = client_upgrade {
             let mut res = match tokio::time::timeout(timeout, pool.send_upgrade(req, self.connect_timeout)).await {
                 Ok(r) => r?,
@@ -566,15 +579,6 @@ where
             headers::remove_hop_by_hop(res.headers_mut(), false);
             let (parts, body) = res.into_parts();
             return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, Some(guard))));
-        }
-        if crate::h1::is_bodiless(req.headers(), req.body()) {
-            let (parts, _empty) = req.into_parts();
-            let mut res = match tokio::time::timeout(timeout, pool.send_raw(&parts, self.connect_timeout)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
-            };
-            headers::remove_hop_by_hop(res.headers_mut(), false);
-            return Ok(res.map(|body| UpstreamBody::raw(body, guard)));
         }
         let (mut res, conn) = match tokio::time::timeout(timeout, pool.send(req, self.connect_timeout)).await {
             Ok(r) => r?,
