@@ -11,6 +11,7 @@ mod admin;
 mod cli;
 mod config_file;
 mod demo;
+mod fast;
 mod logging;
 mod policy;
 mod reload;

@@ -1,9 +1,12 @@
 //! Listeners, connections and the shutdown sequence.
 
 use crate::config_file::LoadedConfig;
+use crate::fast;
 use crate::reload::{self, Reloader};
 use crate::sniff::HeadSniffer;
-use crate::stack::{self, Shared};
+use crate::stack::{self, ClientBody, Shared};
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -291,6 +294,9 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::Builder<TokioExecutor>) {
+    // The config's value at start, as hyper's builder (a reload does not change either).
+    let header_read_timeout = shared.snapshot.load().header_read_timeout;
+    let builder = Arc::new(builder);
     let mut phase = shared.shutdown.subscribe();
     loop {
         let (stream, peer) = tokio::select! {
@@ -320,19 +326,29 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::
             framing_conflict: Arc::new(AtomicBool::new(false)),
             h2: AtomicBool::new(false),
         });
-        let io = TokioIo::new(HeadSniffer::new(stream, Arc::clone(&conn_info.framing_conflict)));
         let svc_shared = Arc::clone(&shared);
-        let svc_conn = Arc::clone(&conn_info);
-        let svc = service_fn(move |req| {
-            let shared = Arc::clone(&svc_shared);
-            let conn = Arc::clone(&svc_conn);
-            async move { Ok::<_, Infallible>(stack::handle(&shared, &conn, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        let builder = Arc::clone(&builder);
         let mut phase = shared.shutdown.subscribe();
         tokio::spawn(async move {
             // Counted until closed, so the process waits for it (within the grace period).
             let _tracked = tracked;
+            // The lean path first; hyper takes over for what it does not handle.
+            let (prefix, stream) =
+                match fast::serve(stream, &svc_shared, &conn_info, header_read_timeout, &mut phase).await {
+                    fast::Outcome::Closed => return,
+                    fast::Outcome::Handoff(prefix, stream) => (prefix, stream),
+                };
+            // Let the loop below look at the current phase once (a change the lean path
+            // already saw would not wake it again).
+            phase.mark_changed();
+            let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&conn_info.framing_conflict)));
+            let svc_conn = Arc::clone(&conn_info);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let shared = Arc::clone(&svc_shared);
+                let conn = Arc::clone(&svc_conn);
+                async move { Ok::<_, Infallible>(stack::handle(&shared, &conn, req.map(ClientBody::Hyper)).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
             let mut goaway_sent = false;
             loop {

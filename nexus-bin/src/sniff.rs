@@ -5,7 +5,11 @@
 //! raises a flag when both framings appear; later heads on the same connection
 //! are left to hyper (it already closes such connections, so nothing is
 //! smuggled either way). After the first head it costs one branch per read.
+//!
+//! It also replays the bytes the lean path ([`crate::fast`]) read before it handed the
+//! connection to hyper (they are scanned like any other).
 
+use bytes::Bytes;
 use pin_project_lite::pin_project;
 use std::io;
 use std::pin::Pin;
@@ -52,6 +56,8 @@ pin_project! {
     /// Wraps a connection's IO; see the module docs.
     #[derive(Debug)]
     pub(crate) struct HeadSniffer<T> {
+        // Bytes read before the hand-off, delivered first.
+        prefix: Bytes,
         #[pin]
         io: T,
         scan: Option<Box<Scan>>,
@@ -60,8 +66,9 @@ pin_project! {
 }
 
 impl<T> HeadSniffer<T> {
-    pub(crate) fn new(io: T, conflict: Arc<AtomicBool>) -> Self {
-        Self { io, scan: Some(Box::new(Scan { first_line: true, ..Scan::default() })), conflict }
+    /// Scan `io`, after replaying `prefix` (bytes already read from it).
+    pub(crate) fn new(prefix: Bytes, io: T, conflict: Arc<AtomicBool>) -> Self {
+        Self { prefix, io, scan: Some(Box::new(Scan { first_line: true, ..Scan::default() })), conflict }
     }
 }
 
@@ -69,7 +76,13 @@ impl<T: AsyncRead> AsyncRead for HeadSniffer<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
-        let res = this.io.poll_read(cx, buf);
+        let res = if this.prefix.is_empty() {
+            this.io.poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if let Some(scan) = this.scan
             && let Some(conflict) = scan.feed(&buf.filled()[before..])
         {

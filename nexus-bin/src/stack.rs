@@ -27,7 +27,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
 /// The request body type the gateway forwards: the client's, size-limited.
-pub(crate) type ReqBody = LimitedBody<Incoming>;
+pub(crate) type ReqBody = LimitedBody<ClientBody>;
+
+/// A client's request body: hyper's stream, or none (a request the lean path of
+/// [`crate::fast`] took, which only takes requests without a body).
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Self::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// Everything a request needs from one config version; swapped whole on reload.
 #[derive(Debug)]
@@ -37,6 +74,8 @@ pub(crate) struct Snapshot {
     pub(crate) policies: Policies,
     pub(crate) max_body: u64,
     pub(crate) max_header_bytes: usize,
+    /// `server.limits.header_read_timeout` (the listeners take it when they start).
+    pub(crate) header_read_timeout: std::time::Duration,
     pub(crate) probe_prefix: String,
     pub(crate) trusted: Vec<IpNet>,
 }
@@ -56,6 +95,7 @@ impl Snapshot {
             policies,
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
+            header_read_timeout: limits.header_read_timeout.as_std(),
             probe_prefix: config.server.probe_prefix.clone(),
             trusted: config.server.trusted_proxies.clone(),
         })
@@ -90,7 +130,7 @@ pub(crate) struct Conn {
 pub(crate) async fn handle(
     shared: &Shared,
     conn: &Conn,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Response<ResponseBody<ReqBody>> {
     // hyper sizes the map to what the client sent; make room once for what the gateway adds
     // (X-Request-Id, X-Forwarded-For/-Proto/-Host) instead of growing it step by step.
@@ -126,7 +166,7 @@ pub(crate) async fn handle(
     res
 }
 
-async fn serve(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response<ResponseBody<ReqBody>> {
+async fn serve(shared: &Shared, conn: &Conn, req: Request<ClientBody>) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
     // Probes, header size, framing conflicts and declared body size: before any routing work.
     if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict.load(Ordering::Relaxed)) {
@@ -220,7 +260,7 @@ fn request_id<B>(req: &Request<B>) -> &str {
     req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-fn is_probe(snap: &Snapshot, req: &Request<Incoming>) -> bool {
+fn is_probe(snap: &Snapshot, req: &Request<ClientBody>) -> bool {
     probe::probe_for(req.uri().path(), &snap.probe_prefix).is_some()
 }
 
@@ -228,7 +268,7 @@ fn is_probe(snap: &Snapshot, req: &Request<Incoming>) -> bool {
 fn precheck(
     snap: &Snapshot,
     gate: &ReadinessGate,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     framing_conflict: bool,
 ) -> Option<Response<ResponseBody<ReqBody>>> {
     // Probes win over any route, so a route can never shadow them.

@@ -399,3 +399,70 @@ async fn max_concurrent_requests_answers_503_at_once_when_full() {
     assert_eq!(slow.await.unwrap().0, StatusCode::OK);
     assert_eq!(get(&gw.url("/fast")).await.0, StatusCode::OK, "the slot is free again");
 }
+
+#[tokio::test]
+async fn one_connection_serves_pipelined_requests_with_and_without_bodies_in_order() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    // Body-less requests, then one with a body (hyper takes the connection from there), then
+    // a streamed (chunked) answer and the client's close.
+    let res = raw(
+        gw.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /big/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answers: Vec<&str> = res.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{res}");
+    assert!(answers.iter().all(|a| a.starts_with("200 OK\r\n")), "{res}");
+    assert!(answers[0].ends_with("\r\n\r\napp /a"), "{res}");
+    assert!(answers[1].contains("content-length: 6\r\n") && answers[1].ends_with("\r\n\r\n"), "HEAD: no body\n{res}");
+    assert!(answers[2].ends_with("\r\n\r\n5"), "{res}");
+    assert!(answers[3].contains("transfer-encoding: chunked\r\n"), "{res}");
+    assert!(answers[3].contains("connection: close\r\n"), "{res}");
+    assert!(answers[3].to_ascii_lowercase().ends_with("\r\n\r\na\r\nxxxxxxxxxx\r\n0\r\n\r\n"), "{res}");
+    for a in &answers {
+        assert!(a.contains("\r\ndate: ") && a.contains("\r\nx-request-id: "), "{a}");
+    }
+    let uris: Vec<String> = up.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/a", "/b", "/upload", "/big/10"]);
+    // The same streamed answer on a connection that never carried a body.
+    let res = raw(gw.addr, b"GET /big/70000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (head, chunks) = res.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("transfer-encoding: chunked") && head.contains("connection: close"), "{head}");
+    let mut rest = chunks;
+    let mut total = 0;
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size, 16).unwrap();
+        if size == 0 {
+            assert_eq!(after, "\r\n");
+            break;
+        }
+        assert!(after[..size].bytes().all(|b| b == b'x') && &after[size..size + 2] == "\r\n");
+        total += size;
+        rest = &after[size + 2..];
+    }
+    assert_eq!(total, 70000);
+}
+
+#[tokio::test]
+async fn a_stalled_or_idle_connection_is_closed_after_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, "").replace("server:\n", "server:\n  limits: { header_read_timeout: 1s }\n"));
+    for (what, bytes) in [
+        ("a head that never ends", &b"GET /a HTTP/1.1\r\nHost: x\r\n"[..]),
+        ("a keep-alive connection left idle", b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "{what}: still open after 8 s");
+        let waited = started.elapsed();
+        assert!(waited >= std::time::Duration::from_millis(900), "{what}: closed after {waited:?}, before the timeout");
+    }
+}

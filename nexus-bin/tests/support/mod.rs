@@ -44,6 +44,11 @@ impl Upstream {
         self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
     }
 
+    /// Every request seen, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
     /// How many distinct connections the requests came on.
     pub fn connections(&self) -> usize {
         let seen = self.seen.lock().unwrap();
