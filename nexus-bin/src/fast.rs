@@ -77,16 +77,27 @@ pub(crate) async fn serve(
     shared: &Shared,
     conn: &Conn,
     header_read_timeout: Duration,
-    phase: &mut watch::Receiver<Phase>,
+    mut phase: watch::Receiver<Phase>,
 ) -> Outcome {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut fields: Vec<(HeaderName, usize, usize)> = Vec::new();
+    // Both waits live as long as the connection, so a request costs neither a timer
+    // registration nor a watch subscription: the timer is armed for some earlier head's
+    // deadline and, when it fires before this head's, is re-armed (once per timeout
+    // period, not per request).
     let mut timer = pin!(tokio::time::sleep(header_read_timeout));
+    let mut stopping = pin!(async move {
+        while *phase.borrow_and_update() != Phase::Stopping {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     loop {
         // Read one head, within header_read_timeout (hyper's semantics: from the moment a
         // head is awaited, so an idle keep-alive connection closes after it too).
-        timer.as_mut().reset(tokio::time::Instant::now() + header_read_timeout);
+        let deadline = tokio::time::Instant::now() + header_read_timeout;
         let head = loop {
             if !buf.is_empty() {
                 if buf.starts_with(&H2_PREFACE[..buf.len().min(H2_PREFACE.len())]) {
@@ -121,13 +132,14 @@ pub(crate) async fn serve(
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
-                () = timer.as_mut() => return Outcome::Closed,
-                changed = phase.changed(), if buf.is_empty() => {
-                    // Stopping: an idle connection closes now.
-                    if changed.is_err() || *phase.borrow() == Phase::Stopping {
+                () = timer.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
                         return Outcome::Closed;
                     }
+                    timer.as_mut().reset(deadline);
                 }
+                // Stopping: an idle connection closes now.
+                () = stopping.as_mut(), if buf.is_empty() => return Outcome::Closed,
             }
         };
         let Head { request, close } = *head;

@@ -334,12 +334,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::
             let _tracked = tracked;
             // The lean path first; hyper takes over for what it does not handle.
             let (prefix, stream) =
-                match fast::serve(stream, &svc_shared, &conn_info, header_read_timeout, &mut phase).await {
+                match fast::serve(stream, &svc_shared, &conn_info, header_read_timeout, phase.clone()).await {
                     fast::Outcome::Closed => return,
                     fast::Outcome::Handoff(prefix, stream) => (prefix, stream),
                 };
-            // Let the loop below look at the current phase once (a change the lean path
-            // already saw would not wake it again).
+            // Let the loop below look at the current phase once, whatever it saw before.
             phase.mark_changed();
             let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&conn_info.framing_conflict)));
             let svc_conn = Arc::clone(&conn_info);

@@ -19,12 +19,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header, request};
 use http_body::{Body, Frame, SizeHint};
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -54,6 +55,8 @@ pub(crate) struct RawConn {
     fields: Vec<(HeaderName, usize, usize)>,
     /// How much the read buffer grows by when it runs out of room.
     read_size: usize,
+    /// The response-head timer, kept for the connection's life (see [`Self::poll_deadline`]).
+    timer: Pin<Box<tokio::time::Sleep>>,
     pub(crate) idle_since: Instant,
 }
 
@@ -66,21 +69,25 @@ pub(crate) enum ExchangeError {
     /// The connection was closed before any byte of a response came back: a pooled
     /// connection the upstream had already given up on.
     Closed(io::Error),
+    /// The deadline passed before the whole response head came back.
+    TimedOut,
     /// Anything else: the upstream broke the exchange or sent something that is not HTTP/1.
     Failed(io::Error),
 }
 
 impl RawConn {
     /// A connection over `io` (opened with `TCP_NODELAY`).
-    pub(crate) fn new(io: TcpStream) -> Self {
-        Self {
+    pub(crate) fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Self {
             io,
             buf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::with_capacity(512),
             fields: Vec::new(),
             read_size: READ_BUF,
+            // Armed by the first exchange.
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
             idle_since: Instant::now(),
-        }
+        })
     }
 
     /// Whether an idle connection can take a request: not closed by the upstream and
@@ -101,18 +108,54 @@ impl RawConn {
         }
     }
 
-    /// Send a request without a body and read the response head. The body's framing
-    /// comes with it; the caller wraps the connection in a [`RawBody`]. Headers that a
-    /// `Connection` field names must already be gone from `parts`.
-    pub(crate) async fn exchange(&mut self, parts: &request::Parts, client: Client<'_>) -> Result<Head, ExchangeError> {
+    /// Send a request without a body and read the response head, both before `deadline`.
+    /// The body's framing comes with it; the caller wraps the connection in a [`RawBody`].
+    /// Headers that a `Connection` field names must already be gone from `parts`.
+    pub(crate) async fn exchange(
+        &mut self,
+        parts: &request::Parts,
+        client: Client<'_>,
+        deadline: Instant,
+    ) -> Result<Head, ExchangeError> {
         self.wbuf.clear();
         encode_head(parts, &client, &mut self.wbuf);
-        if let Err(e) = self.io.write_all(&self.wbuf).await {
-            return Err(ExchangeError::Unsent(e));
-        }
         let head_request = parts.method == Method::HEAD;
+        let mut written = 0;
         let mut received = false;
-        poll_fn(|cx| self.poll_head(cx, head_request, &mut received)).await
+        poll_fn(|cx| {
+            while written < self.wbuf.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(ExchangeError::Unsent(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Unsent(e))),
+                    Poll::Pending => return self.poll_deadline(cx, deadline),
+                }
+            }
+            match self.poll_head(cx, head_request, &mut received) {
+                Poll::Pending => self.poll_deadline(cx, deadline),
+                done => done,
+            }
+        })
+        .await
+    }
+
+    /// `Pending` until `deadline`, then the timeout. The timer lives as long as the
+    /// connection: it stays armed for some earlier exchange's deadline and, when that fires
+    /// first, is re-armed for this one, so a request costs no timer registration (a
+    /// `tokio::time::timeout` per request inserts into and removes from the timer wheel).
+    fn poll_deadline<T>(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<Result<T, ExchangeError>> {
+        if self.timer.deadline() > deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(ExchangeError::TimedOut));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     fn poll_head(
@@ -351,20 +394,22 @@ fn last_token(value: &[u8]) -> &[u8] {
 /// A response body read straight off the connection.
 #[derive(Debug)]
 pub(crate) struct RawBody {
-    conn: Option<RawConn>,
+    /// Boxed (as the pool keeps it): the response, and the futures that carry it up
+    /// through the stack, stay small to move.
+    conn: Option<Box<RawConn>>,
     framing: Option<Framing>,
     keep_alive: bool,
 }
 
 impl RawBody {
     /// The body of `head`, read from `conn`.
-    pub(crate) fn new(conn: RawConn, head: &Head) -> Self {
+    pub(crate) fn new(conn: Box<RawConn>, head: &Head) -> Self {
         let framing = (head.framing != Framing::Empty).then_some(head.framing);
         Self { conn: Some(conn), framing, keep_alive: head.keep_alive }
     }
 
     /// Once the body is complete: the connection, if it can take another request.
-    pub(crate) fn take_reusable(&mut self) -> Option<RawConn> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Box<RawConn>> {
         if self.framing.is_some() || !self.keep_alive {
             return None;
         }
@@ -550,13 +595,15 @@ mod tests {
     }
 
     async fn round_trip(
-        conn: &mut Option<RawConn>,
+        conn: &mut Option<Box<RawConn>>,
         parts: &request::Parts,
     ) -> io::Result<(Response<()>, Bytes, Option<HeaderMap>)> {
         let mut c = conn.take().unwrap();
         let ip = HeaderValue::from_static("10.1.2.3");
-        let head = c.exchange(parts, Client { ip: &ip, trusted: false }).await.map_err(|e| match e {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let head = c.exchange(parts, Client { ip: &ip, trusted: false }, deadline).await.map_err(|e| match e {
             ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e) => e,
+            ExchangeError::TimedOut => io::ErrorKind::TimedOut.into(),
         })?;
         let mut body = RawBody::new(c, &head);
         let mut data = BytesMut::new();
@@ -673,6 +720,28 @@ mod tests {
             assert!(Instant::now() < deadline, "the close is seen");
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_response_head_that_does_not_come_in_time_is_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(s);
+        });
+        let mut c = RawConn::new(TcpStream::connect(addr).await.unwrap());
+        let ip = HeaderValue::from_static("10.1.2.3");
+        // Each exchange finds the timer armed for (and fired at) the previous deadline.
+        for wait in [Duration::from_millis(300), Duration::from_millis(200), Duration::from_millis(400)] {
+            let started = Instant::now();
+            let r = c.exchange(&get("/"), Client { ip: &ip, trusted: false }, started + wait).await;
+            assert!(matches!(r, Err(ExchangeError::TimedOut)), "{r:?}");
+            let took = started.elapsed();
+            assert!(took >= wait && took < wait + Duration::from_secs(1), "{wait:?}: {took:?}");
+        }
+        silent.abort();
     }
 
     #[tokio::test]

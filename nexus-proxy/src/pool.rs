@@ -151,7 +151,7 @@ impl<T> Shards<T> {
 pub(crate) struct EndpointPool<B> {
     authority: String,
     idle: Shards<PooledConn<B>>,
-    raw: Shards<RawConn>,
+    raw: Shards<Box<RawConn>>,
 }
 
 impl<B> EndpointPool<B>
@@ -182,7 +182,7 @@ where
     }
 
     /// Return a raw connection whose response is complete.
-    pub(crate) fn checkin_raw(&self, mut c: RawConn) {
+    pub(crate) fn checkin_raw(&self, mut c: Box<RawConn>) {
         c.idle_since = Instant::now();
         self.raw.push(c);
     }
@@ -193,29 +193,34 @@ where
     }
 
     /// Send a request that has no body (see [`crate::h1::is_bodiless`]) on a raw pooled (or
-    /// new) connection, forwarded for `client`, and read the response head; the body reads
-    /// from the connection.
-    /// A pooled connection found closed before any byte of the answer came back is given
-    /// up, and the request sent again on a fresh one when that cannot run it twice: the
-    /// write failed, or the method is idempotent.
+    /// new) connection, forwarded for `client`, and read the response head before
+    /// `deadline`; the body reads from the connection. A pooled connection found closed
+    /// before any byte of the answer came back is given up, and the request sent again on
+    /// a fresh one when that cannot run it twice: the write failed, or the method is
+    /// idempotent.
     pub(crate) async fn send_raw(
         &self,
         parts: &request::Parts,
         client: Client<'_>,
         connect_timeout: Duration,
+        deadline: Instant,
     ) -> Result<Response<RawBody>, ProxyError> {
         loop {
             let (mut conn, reused) = match self.raw.pop(|c| c.idle_since.elapsed() < IDLE_TIMEOUT && c.is_reusable()) {
                 Some(c) => (c, true),
-                None => (RawConn::new(self.open(connect_timeout).await?), false),
+                None => match tokio::time::timeout_at(deadline, self.open(connect_timeout)).await {
+                    Ok(stream) => (RawConn::new(stream?), false),
+                    Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+                },
             };
-            match conn.exchange(parts, client).await {
+            match conn.exchange(parts, client, deadline).await {
                 Ok(head) => {
                     let body = RawBody::new(conn, &head);
                     return Ok(head.response.map(|()| body));
                 }
                 Err(ExchangeError::Unsent(_)) if reused => {}
                 Err(ExchangeError::Closed(_)) if reused && is_idempotent(&parts.method) => {}
+                Err(ExchangeError::TimedOut) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
                 Err(ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e)) => {
                     return Err(ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))));
                 }

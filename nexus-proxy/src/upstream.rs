@@ -537,10 +537,8 @@ where
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
             let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
-            let res = match tokio::time::timeout(timeout, pool.send_raw(&parts, client, self.connect_timeout)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
-            };
+            let deadline = tokio::time::Instant::now() + timeout;
+            let res = pool.send_raw(&parts, client, self.connect_timeout, deadline).await?;
             return Ok(res.map(|body| UpstreamBody::raw(body, guard)));
         }
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
