@@ -241,14 +241,16 @@ where
     wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     wbuf.extend_from_slice(b"\r\n");
     let mut close = client_close;
-    let mut has_length = false;
+    // The declared length: the body is held to it (a shorter or longer body closes the
+    // connection, so the client never reads a wrong message boundary).
+    let mut length: Option<u64> = None;
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             // The framing is this server's to choose.
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            has_length = true;
+            length = Some(std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
         } else if name == header::CONNECTION && value.as_bytes().eq_ignore_ascii_case(b"close") {
             close = true;
         }
@@ -268,15 +270,17 @@ where
     let framing = if bodiless_status {
         Framing::None
     } else {
-        if !has_length && let Some(n) = exact {
+        if length.is_none()
+            && let Some(n) = exact
+        {
             wbuf.extend_from_slice(b"content-length: ");
             wbuf.extend_from_slice(itoa(n, &mut [0u8; 20]));
             wbuf.extend_from_slice(b"\r\n");
-            has_length = true;
+            length = Some(n);
         }
         if head_request {
             Framing::None
-        } else if has_length {
+        } else if length.is_some() {
             Framing::Length
         } else {
             wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -293,6 +297,7 @@ where
     }
     // The body: every frame that is ready goes into the buffer; the buffer is written when
     // the body has to wait (or is over the high-water mark), so a small response is one write.
+    let mut remaining = length;
     loop {
         let step = poll_fn(|cx| {
             let mut progressed = false;
@@ -309,7 +314,14 @@ where
                                 wbuf.extend_from_slice(&data);
                                 wbuf.extend_from_slice(b"\r\n");
                             } else {
-                                wbuf.extend_from_slice(&data);
+                                let left = remaining.unwrap_or(0);
+                                let take = left.min(data.len() as u64);
+                                // (`take` is at most `data.len()`.)
+                                wbuf.extend_from_slice(&data[..take as usize]);
+                                remaining = Some(left - take);
+                                if take < data.len() as u64 {
+                                    return Poll::Ready(Step::Failed);
+                                }
                             }
                             progressed = true;
                             if wbuf.len() >= WRITE_HIGH_WATER {
@@ -336,11 +348,13 @@ where
                     wbuf.extend_from_slice(b"0\r\n\r\n");
                 }
                 stream.write_all(wbuf).await?;
-                return Ok(!close);
+                // A body shorter than it declared: the client must not wait for the rest.
+                return Ok(!close && remaining.is_none_or(|r| r == 0));
             }
             Step::Failed => {
-                // The upstream broke mid-body: what was sent stays, the connection closes
-                // (the client sees a truncated body, never a wrong one).
+                // The upstream broke mid-body (or sent more than declared): what was sent
+                // stays, the connection closes (the client sees a truncated body, never a
+                // wrong one).
                 stream.write_all(wbuf).await?;
                 return Ok(false);
             }
@@ -426,6 +440,40 @@ mod tests {
         ] {
             assert!(matches!(parse_one(handoff), Parsed::Handoff), "{}", String::from_utf8_lossy(handoff));
         }
+    }
+
+    /// What `respond` writes for `res` and whether it keeps the connection.
+    async fn written(res: http::Response<http_body_util::Full<Bytes>>, head: bool) -> (String, bool) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let keep = respond(&mut server, &mut Vec::new(), res, head, false).await.unwrap();
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        (out, keep)
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_and_held_to_their_declared_length() {
+        let full = |s: &'static str| http_body_util::Full::new(Bytes::from_static(s.as_bytes()));
+        let (out, keep) = written(http::Response::new(full("hello")), false).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("\r\ncontent-length: 5\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhello") && keep, "{out}");
+        let (out, keep) = written(http::Response::new(full("hello")), true).await;
+        assert!(out.contains("content-length: 5\r\n") && out.ends_with("\r\n\r\n") && keep, "HEAD: {out}");
+        // A body shorter or longer than declared: the declared bytes at most, then close.
+        for (declared, sent) in [("10", "\r\n\r\nhello"), ("3", "\r\n\r\nhel")] {
+            let mut res = http::Response::new(full("hello"));
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static(declared));
+            let (out, keep) = written(res, false).await;
+            assert!(out.ends_with(sent) && !keep, "declared {declared}: {out:?}, keep-alive {keep}");
+        }
+        let mut res = http::Response::new(full(""));
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        let (out, keep) = written(res, false).await;
+        assert!(out.starts_with("HTTP/1.1 204 No Content\r\n") && !out.contains("content-length") && keep, "{out}");
     }
 
     #[test]

@@ -336,7 +336,9 @@ fn parse_head(
             fields.push((name, start, start + h.value.len()));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // Room for what the gateway adds to a response (X-Request-Id, four RateLimit-*
+        // fields): a map sized to the upstream's fields grows (and rehashes) on the first.
+        let mut headers = HeaderMap::with_capacity(fields.len() + 5);
         for (name, start, end) in fields.drain(..) {
             if chunked.is_some() && name == header::CONTENT_LENGTH {
                 // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
