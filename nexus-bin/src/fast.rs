@@ -476,6 +476,28 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 204 No Content\r\n") && !out.contains("content-length") && keep, "{out}");
     }
 
+    /// Mutated and truncated request heads: taken, handed to hyper, refused or waited for,
+    /// never a panic; a head that is taken has a method, an origin-form target and no body.
+    #[test]
+    fn arbitrary_request_heads_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: abc\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\nAccept: */*\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+        ];
+        let rng = nexus_core::rng::Rng::seeded(11);
+        let mut fields = Vec::new();
+        for i in 0..20_000 {
+            let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n: /%#\x800", 3);
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Parsed::Ready(head) = parse(&mut buf, &mut fields) {
+                assert!(head.request.uri().path().starts_with('/'));
+                assert!(head.request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0"));
+                assert!(!head.request.headers().contains_key(header::TRANSFER_ENCODING));
+            }
+        }
+    }
+
     #[test]
     fn numbers_and_dates_are_formatted_for_the_wire() {
         assert_eq!(itoa(0, &mut [0; 20]), b"0");

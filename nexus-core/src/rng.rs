@@ -49,6 +49,28 @@ impl Rng {
     pub fn below(&self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
+
+    /// A copy of `input` with up to `changes` bytes replaced by bytes of `alphabet`, then cut
+    /// at a random length: inputs for robustness tests of parsers (the HTTP/1 head parsers
+    /// are tested this way).
+    ///
+    /// ```
+    /// let rng = nexus_core::rng::Rng::seeded(1);
+    /// let out = rng.mutate(b"GET / HTTP/1.1\r\n\r\n", b"\r\n:", 2);
+    /// assert!(out.len() <= 18);
+    /// ```
+    pub fn mutate(&self, input: &[u8], alphabet: &[u8], changes: usize) -> Vec<u8> {
+        let mut out = input.to_vec();
+        let pick = |n: usize| usize::try_from(self.below(n as u64)).unwrap_or(0);
+        if !out.is_empty() && !alphabet.is_empty() {
+            for _ in 0..pick(changes + 1) {
+                let at = pick(out.len());
+                out[at] = alphabet[pick(alphabet.len())];
+            }
+        }
+        out.truncate(pick(out.len() + 1));
+        out
+    }
 }
 
 impl Default for Rng {

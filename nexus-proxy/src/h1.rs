@@ -766,6 +766,31 @@ mod tests {
         assert_eq!(names, ["content-length", "x-app"], "a header Connection names goes too");
     }
 
+    /// Mutated and truncated response heads: parsed, refused or waited for, never a panic,
+    /// and a head that parses keeps its framing consistent with its status.
+    #[test]
+    fn arbitrary_response_heads_never_panic() {
+        let seeds: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No Content\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7, 7\r\nProxy-X: y\r\n\r\n",
+            b"HTTP/1.1 502 Bad\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        ];
+        let rng = nexus_core::rng::Rng::seeded(7);
+        let mut fields = Vec::new();
+        for i in 0..20_000 {
+            let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n:, 0z\x80\0", 3);
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Ok(Some(head)) = parse_head(&mut buf, &mut fields, i % 5 == 0) {
+                let status = head.response.status();
+                if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                    assert_eq!(head.framing, Framing::Empty);
+                }
+                assert!(!status.is_informational());
+            }
+        }
+    }
+
     #[test]
     fn body_less_requests_get_a_zero_length_only_where_a_body_is_expected() {
         let ip = HeaderValue::from_static("1.2.3.4");
