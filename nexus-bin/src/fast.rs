@@ -97,7 +97,10 @@ pub(crate) async fn serve(
     loop {
         // Read one head, within header_read_timeout (hyper's semantics: from the moment a
         // head is awaited, so an idle keep-alive connection closes after it too).
-        let deadline = tokio::time::Instant::now() + header_read_timeout;
+        let now = tokio::time::Instant::now();
+        // (A timeout too large to add is a deadline a century away, not a panic.)
+        let deadline =
+            now.checked_add(header_read_timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let head = loop {
             if !buf.is_empty() {
                 if buf.starts_with(&H2_PREFACE[..buf.len().min(H2_PREFACE.len())]) {

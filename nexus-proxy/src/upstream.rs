@@ -400,7 +400,7 @@ where
         timeout: Duration,
         retry: &UpstreamRetry,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         retry.budget.deposit(retry.clock.now());
         let (parts, body) = req.into_parts();
         let read = body.replayable().await?;
@@ -434,7 +434,7 @@ where
                 Err(e) if e.failure().is_some_and(|f| policy.retries_failure(f)) => backoff,
                 _ => return result,
             };
-            if tokio::time::Instant::now() + wait >= deadline || !retry.budget.withdraw(retry.clock.now()) {
+            if deadline_after(wait) >= deadline || !retry.budget.withdraw(retry.clock.now()) {
                 return result;
             }
             drop(result);
@@ -537,7 +537,7 @@ where
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
             let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = deadline_after(timeout);
             let res = pool.send_raw(&parts, client, self.connect_timeout, deadline).await?;
             return Ok(res.map(|body| UpstreamBody::raw(body, guard)));
         }
@@ -586,6 +586,13 @@ where
         let (parts, body) = res.into_parts();
         Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard))))
     }
+}
+
+/// `timeout` from now; an absurdly large one (a config's "1000000y") is a far deadline, not a
+/// panic on overflow.
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 fn tried(avoid: u64, i: usize) -> bool {
