@@ -14,7 +14,8 @@
 //! `CONNECT`, HTTP/1.0, a request target that is not origin-form, the HTTP/2 preface
 //! (h2c with prior knowledge), a head larger than [`MAX_LEAN_HEAD`] or with more than
 //! [`MAX_FIELDS`] fields, and anything `httparse` refuses (hyper then answers the 400/431
-//! it always did). So streaming bodies, 100-continue, upgrades, h2c and the exact error
+//! it always did). A head `httparse` takes but whose target the URI grammar refuses is
+//! answered here: the JSON 400 `bad_request` with a request id, then close. So streaming bodies, 100-continue, upgrades, h2c and the exact error
 //! answers stay hyper's, and the server limits of SPEC §3 hold on both paths:
 //! `header_read_timeout` bounds each head here exactly as hyper does (from the moment a head
 //! is awaited, so an idle keep-alive connection closes after it too), `max_header_bytes` is
@@ -25,6 +26,8 @@ use crate::stack::{self, ClientBody, Conn, Shared};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Body;
+use nexus_core::error::REQUEST_ID;
+use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::shutdown::Phase;
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -61,6 +64,8 @@ struct Head {
     close: bool,
 }
 
+// The large variant is the common one; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// More bytes needed.
     Partial,
@@ -68,7 +73,8 @@ enum Parsed {
     Handoff,
     /// The head was taken but the request target is not a valid URI: 400, then close.
     BadRequest,
-    Ready(Box<Head>),
+    /// Not boxed: that would be an allocation per request.
+    Ready(Head),
 }
 
 /// Serve `stream` until it closes or needs hyper.
@@ -112,11 +118,14 @@ pub(crate) async fn serve(
                         Parsed::Ready(head) => break head,
                         Parsed::Handoff => return Outcome::Handoff(buf.freeze(), stream),
                         Parsed::BadRequest => {
-                            let _ = stream
-                                .write_all(
-                                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                                )
-                                .await;
+                            // SPEC §4: the JSON `bad_request` with its request id, then close.
+                            let id = nexus_middleware::request_id::generate();
+                            let mut res: http::Response<http_body_util::Full<Bytes>> =
+                                GatewayError::new(ErrorCode::BadRequest)
+                                    .with_message("invalid request target")
+                                    .into_response(id.to_str().unwrap_or(""));
+                            res.headers_mut().insert(REQUEST_ID, id);
+                            let _ = respond(&mut stream, &mut wbuf, res, false, true).await;
                             return Outcome::Closed;
                         }
                         Parsed::Partial if buf.len() > MAX_LEAN_HEAD => {
@@ -145,7 +154,7 @@ pub(crate) async fn serve(
                 () = stopping.as_mut(), if buf.is_empty() => return Outcome::Closed,
             }
         };
-        let Head { request, close } = *head;
+        let Head { request, close } = head;
         let head_request = request.method() == Method::HEAD;
         let response = stack::handle(shared, conn, request).await;
         match respond(&mut stream, &mut wbuf, response, head_request, close).await {
@@ -210,7 +219,7 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>) -> Pa
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Parsed::Ready(Box::new(Head { request, close }))
+    Parsed::Ready(Head { request, close })
 }
 
 /// How the response body goes on the wire.
@@ -247,6 +256,7 @@ where
     // The declared length: the body is held to it (a shorter or longer body closes the
     // connection, so the client never reads a wrong message boundary).
     let mut length: Option<u64> = None;
+    let (mut has_date, mut has_connection) = (false, false);
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             // The framing is this server's to choose.
@@ -254,15 +264,18 @@ where
         }
         if name == header::CONTENT_LENGTH {
             length = Some(std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
-        } else if name == header::CONNECTION && value.as_bytes().eq_ignore_ascii_case(b"close") {
-            close = true;
+        } else if name == header::CONNECTION {
+            has_connection = true;
+            close |= value.as_bytes().eq_ignore_ascii_case(b"close");
+        } else if name == header::DATE {
+            has_date = true;
         }
         wbuf.extend_from_slice(name.as_str().as_bytes());
         wbuf.extend_from_slice(b": ");
         wbuf.extend_from_slice(value.as_bytes());
         wbuf.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         wbuf.extend_from_slice(b"date: ");
         http_date(wbuf);
         wbuf.extend_from_slice(b"\r\n");
@@ -290,7 +303,7 @@ where
             Framing::Chunked
         }
     };
-    if close && !parts.headers.contains_key(header::CONNECTION) {
+    if close && !has_connection {
         wbuf.extend_from_slice(b"connection: close\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");

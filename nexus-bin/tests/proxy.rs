@@ -167,6 +167,12 @@ async fn paths_are_normalised_and_prefixes_stripped() {
     assert_eq!(up.last().uri, "/v1/items/~bob?q=1");
     let raw_res = raw(gw.addr, b"GET /api/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(raw_res.starts_with("HTTP/1.1 400"), "{raw_res}");
+    // A target the URI grammar refuses: the JSON 400 with a request id, and the connection closes
+    // (raw() reads until the close).
+    let raw_res = raw(gw.addr, b"GET /api/a<b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(raw_res.starts_with("HTTP/1.1 400"), "{raw_res}");
+    assert!(raw_res.contains("\"code\":\"bad_request\"") && raw_res.contains("x-request-id: "), "{raw_res}");
+    assert!(raw_res.contains("connection: close\r\n"), "{raw_res}");
 }
 
 #[tokio::test]
