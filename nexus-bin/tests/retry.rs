@@ -91,6 +91,33 @@ async fn a_put_body_is_replayed_to_the_next_endpoint() {
 }
 
 #[tokio::test]
+async fn a_retried_get_reaches_the_next_endpoint_as_the_client_sent_it() {
+    let up = upstream("live").await;
+    let (bad, bad_hits) = failing(503, None).await;
+    let gw = gateway(&config(&[bad, up.url()], "max_retries: 2, initial_delay: 5ms, retry_on: [503]"));
+    for i in 0..4 {
+        let req = Request::get(gw.url(&format!("/items/{i}?q=a%20b")))
+            .header("x-custom", "kept")
+            .header("connection", "x-private")
+            .header("x-private", "dropped")
+            .body(body(""))
+            .unwrap();
+        let (status, _, text) = send(req).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        // Every try sends the same head: the last one (to the live endpoint) included.
+        let seen = up.last();
+        assert_eq!(seen.method, "GET");
+        assert_eq!(seen.uri, format!("/items/{i}?q=a%20b"));
+        assert_eq!(seen.headers["x-custom"], "kept");
+        assert_eq!(seen.headers["host"], gw.url("").trim_start_matches("http://").trim_end_matches('/'));
+        assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+        assert!(!seen.headers.contains_key("x-private"), "a field named by Connection is hop-by-hop");
+        assert!(!seen.headers.contains_key("connection"));
+    }
+    assert!(bad_hits.load(Ordering::SeqCst) >= 1, "the failing endpoint was tried first at least once");
+}
+
+#[tokio::test]
 async fn a_retry_after_longer_than_max_delay_is_the_answer() {
     let (bad, hits) = failing(503, Some(5)).await;
     let gw = gateway(&config(&[bad], "max_retries: 2, initial_delay: 5ms, max_delay: 1s, retry_on: [503]"));

@@ -384,7 +384,7 @@ where
             Some(retry) if is_idempotent(req.method()) && !headers::is_upgrade(req.headers()) => {
                 self.forward_with_retries(req, client, timeout, retry).await
             }
-            _ => self.attempt(req, client, timeout, 0).await.0,
+            _ => self.attempt(Outgoing::Owned(req), client, timeout, 0).await.0,
         }
     }
 
@@ -407,14 +407,27 @@ where
         let replay = match read {
             Ok(replay) => replay,
             // Too large to keep: sent once, never retried.
-            Err(once) => return self.attempt(Request::from_parts(parts, once), client, timeout, 0).await.0,
+            Err(once) => {
+                return self.attempt(Outgoing::Owned(Request::from_parts(parts, once)), client, timeout, 0).await.0;
+            }
         };
+        // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
+        // and every try borrows it, instead of a copy of the head per try.
+        let mut parts = parts;
+        let lean = crate::h1::is_bodiless(&parts.headers, &replay.body::<B>());
+        if lean {
+            to_origin_form(&mut parts);
+            if headers::connection_names_others(&parts.headers) {
+                headers::remove_hop_by_hop(&mut parts.headers, false);
+            }
+        }
         let policy = &retry.policy;
         let mut avoid = 0u64;
         let mut retries = 0;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (result, endpoint) = self.attempt(rebuild(&parts, replay.body()), client, remaining, avoid).await;
+            let out = if lean { Outgoing::Lean(&parts) } else { Outgoing::Owned(rebuild(&parts, replay.body())) };
+            let (result, endpoint) = self.attempt(out, client, remaining, avoid).await;
             if let Some(i) = endpoint.filter(|i| *i < 64) {
                 avoid |= 1 << i;
             }
@@ -449,7 +462,7 @@ where
     /// returns the endpoint tried.
     async fn attempt(
         &self,
-        req: Request<SendBody<B>>,
+        req: Outgoing<'_, B>,
         client: &ClientInfo,
         timeout: Duration,
         avoid: u64,
@@ -503,44 +516,47 @@ where
         (result, Some(index))
     }
 
-    async fn send(
+    /// The lean exchange for a head without a body: hop-by-hop fields are left out and
+    /// `X-Forwarded-*` written as the head is encoded (the map is not rewritten), and left
+    /// out of the response as its head is parsed.
+    async fn send_lean(
         &self,
         guard: InFlight<B>,
-        req: Request<SendBody<B>>,
+        parts: &http::request::Parts,
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
+        let pool = self.shared.endpoints[guard.endpoint].pool();
+        let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
+        let res = pool.send_raw(parts, client, self.connect_timeout, deadline_after(timeout)).await?;
+        Ok(res.map(|body| UpstreamBody::raw(body, guard)))
+    }
+
+    async fn send(
+        &self,
+        guard: InFlight<B>,
+        req: Outgoing<'_, B>,
+        client: &ClientInfo,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let req = match req {
+            Outgoing::Lean(parts) => return self.send_lean(guard, parts, client, timeout).await,
+            Outgoing::Owned(req) => req,
+        };
         let endpoint = &self.shared.endpoints[guard.endpoint];
         let (mut parts, body) = req.into_parts();
         let upgrade = headers::is_upgrade(&parts.headers);
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
-
-        let uri = std::mem::take(&mut parts.uri).into_parts();
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/2 clients send :authority instead of Host.
-            if let Some(a) = &uri.authority
-                && let Ok(v) = HeaderValue::from_str(a.as_str())
-            {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-        // Origin form on the wire: `GET /path?query HTTP/1.1`; the endpoint is the connection's.
-        parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-        parts.version = Version::HTTP_11;
-        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
-        let pool = endpoint.pool();
+        to_origin_form(&mut parts);
         if !upgrade && crate::h1::is_bodiless(&parts.headers, &body) {
-            // The lean exchange: hop-by-hop fields are left out and `X-Forwarded-*` written
-            // as the head is encoded (the map is not rewritten), and left out of the response
-            // as its head is parsed.
             if headers::connection_names_others(&parts.headers) {
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
-            let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
-            let deadline = deadline_after(timeout);
-            let res = pool.send_raw(&parts, client, self.connect_timeout, deadline).await?;
-            return Ok(res.map(|body| UpstreamBody::raw(body, guard)));
+            return self.send_lean(guard, &parts, client, timeout).await;
         }
+        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
+        let pool = endpoint.pool();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
         parts.headers.reserve(3);
@@ -586,6 +602,29 @@ where
         let (parts, body) = res.into_parts();
         Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard))))
     }
+}
+
+/// What one try sends.
+enum Outgoing<'a, B> {
+    /// A request of its own (a body to send, an upgrade, or the only try).
+    Owned(Request<SendBody<B>>),
+    /// The head of a request without a body, borrowed from the retry loop: already in
+    /// origin form and without hop-by-hop fields named by `Connection` ([`to_origin_form`]).
+    Lean(&'a http::request::Parts),
+}
+
+/// The head as it goes on the wire: origin-form target (`GET /path?query HTTP/1.1`; the
+/// endpoint is the connection's), HTTP/1.1, and `Host` from an HTTP/2 client's `:authority`.
+fn to_origin_form(parts: &mut http::request::Parts) {
+    let uri = std::mem::take(&mut parts.uri).into_parts();
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = &uri.authority
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    parts.version = Version::HTTP_11;
 }
 
 /// `timeout` from now; an absurdly large one (a config's "1000000y") is a far deadline, not a

@@ -1,12 +1,11 @@
 //! Buckets in this process: governor's GCRA over a sharded map of 64-bit key
 //! hashes, on a clock that follows `tokio::time` (so tests can pause it).
 
-use super::{Decision, KeyValue, ceil_secs};
+use super::{Decision, Fixed, KeyValue, ceil_secs};
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use http::HeaderValue;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,7 +65,7 @@ impl Local {
         local
     }
 
-    pub(super) fn check(&self, key: KeyValue<'_>, policy: &HeaderValue) -> Decision {
+    pub(super) fn check(&self, key: KeyValue<'_>, fixed: &Fixed) -> Decision {
         let hash = self.hasher.hash_one(&key);
         if !self.background.load(Ordering::Relaxed)
             && self.checks.fetch_add(1, Ordering::Relaxed) % INLINE_SWEEP_EVERY == INLINE_SWEEP_EVERY - 1
@@ -90,7 +89,7 @@ impl Local {
             reset_secs: ceil_secs(until_full),
             retry_after_secs: ceil_secs(retry).max(1),
             backend_error: false,
-            policy: policy.clone(),
+            fixed: fixed.clone(),
         }
     }
 

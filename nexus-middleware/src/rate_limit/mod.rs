@@ -170,7 +170,24 @@ pub struct Decision {
     /// The backend could not answer; the decision is `on_backend_error`'s, and no
     /// `RateLimit-*` numbers are known.
     pub backend_error: bool,
+    fixed: Fixed,
+}
+
+/// The header values a limit always answers with, made once per limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fixed {
+    /// The bucket size `limit` was written for.
+    burst: u32,
+    /// `RateLimit-Limit` for `burst`.
+    limit: HeaderValue,
+    /// `RateLimit-Policy`.
     policy: HeaderValue,
+}
+
+impl Fixed {
+    fn new(burst: u32, policy: HeaderValue) -> Self {
+        Self { burst, limit: HeaderValue::from(burst), policy }
+    }
 }
 
 impl Decision {
@@ -180,10 +197,12 @@ impl Decision {
             return;
         }
         headers.reserve(4);
-        headers.insert(RATELIMIT_LIMIT, number(u64::from(self.limit)));
+        let limit =
+            if self.limit == self.fixed.burst { self.fixed.limit.clone() } else { number(u64::from(self.limit)) };
+        headers.insert(RATELIMIT_LIMIT, limit);
         headers.insert(RATELIMIT_REMAINING, number(u64::from(self.remaining)));
         headers.insert(RATELIMIT_RESET, number(self.reset_secs));
-        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        headers.insert(RATELIMIT_POLICY, self.fixed.policy.clone());
     }
 
     /// The 429 answer: JSON body, `Retry-After` and the `RateLimit-*` headers.
@@ -268,7 +287,7 @@ pub struct RateLimiter {
 
 struct Inner {
     config: RateLimitConfig,
-    policy: HeaderValue,
+    fixed: Fixed,
     backend: Backend,
 }
 
@@ -305,8 +324,8 @@ impl RateLimiter {
     }
 
     fn with_backend(config: RateLimitConfig, backend: Backend) -> Self {
-        let policy = config.policy();
-        Self { inner: Arc::new(Inner { config, policy, backend }) }
+        let fixed = Fixed::new(config.burst(), config.policy());
+        Self { inner: Arc::new(Inner { config, fixed, backend }) }
     }
 
     /// The limit's settings.
@@ -363,9 +382,9 @@ impl RateLimiter {
     /// Take one request from `key`'s bucket.
     pub fn check(&self, key: KeyValue<'_>) -> Check {
         match &self.inner.backend {
-            Backend::Local(l) => Check { state: CheckState::Ready(Some(l.check(key, &self.inner.policy))) },
+            Backend::Local(l) => Check { state: CheckState::Ready(Some(l.check(key, &self.inner.fixed))) },
             #[cfg(feature = "redis")]
-            Backend::Redis(r) => Check { state: CheckState::Pending(r.check(key, self.inner.policy.clone())) },
+            Backend::Redis(r) => Check { state: CheckState::Pending(r.check(key, self.inner.fixed.clone())) },
         }
     }
 
@@ -418,7 +437,7 @@ impl Future for Check {
 }
 
 /// What a backend failure decides.
-fn on_error(on: OnBackendError, limit: u32, policy: HeaderValue) -> Decision {
+fn on_error(on: OnBackendError, limit: u32, fixed: Fixed) -> Decision {
     Decision {
         allowed: on == OnBackendError::Allow,
         limit,
@@ -426,7 +445,7 @@ fn on_error(on: OnBackendError, limit: u32, policy: HeaderValue) -> Decision {
         reset_secs: 0,
         retry_after_secs: 1,
         backend_error: true,
-        policy,
+        fixed,
     }
 }
 

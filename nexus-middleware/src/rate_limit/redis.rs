@@ -4,8 +4,7 @@
 //! answer in time, `on_backend_error` decides and the failure is logged (at
 //! most once every ten seconds, so an outage does not flood the log).
 
-use super::{BoxDecision, Decision, KeyValue, RateLimitConfig, RateLimitError, ceil_secs, on_error};
-use http::HeaderValue;
+use super::{BoxDecision, Decision, Fixed, KeyValue, RateLimitConfig, RateLimitError, ceil_secs, on_error};
 use nexus_core::config::OnBackendError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -95,7 +94,7 @@ impl RedisBackend {
         })
     }
 
-    pub(super) fn check(&self, key: KeyValue<'_>, policy: HeaderValue) -> BoxDecision {
+    pub(super) fn check(&self, key: KeyValue<'_>, fixed: Fixed) -> BoxDecision {
         let shared = Arc::clone(&self.shared);
         let key = format!("{}{key}", shared.prefix);
         Box::pin(async move {
@@ -122,12 +121,12 @@ impl RedisBackend {
                         reset_secs: ceil_secs(us(v[3])),
                         retry_after_secs: ceil_secs(us(v[2])).max(1),
                         backend_error: false,
-                        policy,
+                        fixed,
                     }
                 }
                 Err(e) => {
                     shared.warn(&e);
-                    on_error(shared.options.on_backend_error, shared.burst, policy)
+                    on_error(shared.options.on_backend_error, shared.burst, fixed)
                 }
             }
         })

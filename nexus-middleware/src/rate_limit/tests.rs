@@ -185,3 +185,18 @@ fn header_numbers_match_their_decimal_form() {
         assert_eq!(number(n).to_str().unwrap(), n.to_string());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn large_limits_and_changed_decisions_write_their_own_numbers() {
+    let l = limiter(250_000, Duration::from_secs(1), "client_ip");
+    let res = svc(&l).oneshot(from("192.168.1.1")).await.unwrap();
+    assert_eq!(res.headers()["ratelimit-limit"], "250000");
+    assert_eq!(res.headers()["ratelimit-remaining"], "249999");
+    // A caller that changes a decision's numbers gets those numbers on the wire.
+    let mut decision = l.check(KeyValue::Ip("192.168.1.1".parse().unwrap())).await;
+    decision.limit = 7;
+    let mut headers = HeaderMap::new();
+    decision.apply_headers(&mut headers);
+    assert_eq!(headers["ratelimit-limit"], "7");
+    assert_eq!(headers["ratelimit-policy"], "250000;w=1;burst=250000");
+}
