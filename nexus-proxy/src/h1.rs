@@ -57,7 +57,6 @@ pub(crate) struct RawConn {
     read_size: usize,
     /// The response-head timer, kept for the connection's life (see [`Self::poll_deadline`]).
     timer: Pin<Box<tokio::time::Sleep>>,
-    pub(crate) idle_since: Instant,
 }
 
 /// How an exchange failed.
@@ -86,7 +85,6 @@ impl RawConn {
             read_size: READ_BUF,
             // Armed by the first exchange.
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
-            idle_since: Instant::now(),
         })
     }
 

@@ -605,6 +605,8 @@ where
 }
 
 /// What one try sends.
+// Not boxed: the owned request is the common case, and boxing it is an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Outgoing<'a, B> {
     /// A request of its own (a body to send, an upgrade, or the only try).
     Owned(Request<SendBody<B>>),
