@@ -284,6 +284,11 @@ fn precheck(
     if size > snap.max_header_bytes {
         return Some(GatewayError::new(ErrorCode::HeadersTooLarge).into_response_for(headers));
     }
+    // The lean server path takes no head with `Transfer-Encoding` or a `Content-Length` other
+    // than 0 (see `fast`): nothing below applies to its requests.
+    if matches!(req.body(), ClientBody::Empty) {
+        return None;
+    }
     // Request smuggling guard: both framings present is refused and the connection closed.
     if framing_conflict
         || headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)

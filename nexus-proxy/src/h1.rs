@@ -234,13 +234,6 @@ pub(crate) struct Client<'a> {
     pub(crate) trusted: bool,
 }
 
-/// Whether a request can take the lean path: no body to send and no upgrade.
-pub(crate) fn is_bodiless<B: Body>(headers: &HeaderMap, body: &B) -> bool {
-    body.is_end_stream()
-        && headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
-        && !headers.contains_key(header::TRANSFER_ENCODING)
-}
-
 /// A parsed response head and how its body is framed.
 #[derive(Debug)]
 pub(crate) struct Head {

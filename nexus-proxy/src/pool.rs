@@ -237,7 +237,7 @@ where
         self.idle.len() + self.raw.len()
     }
 
-    /// Send a request that has no body (see [`crate::h1::is_bodiless`]) on a raw pooled (or
+    /// Send a request that has no body (no body frames, no framing fields) on a raw pooled (or
     /// new) connection, forwarded for `client`, and read the response head before
     /// `deadline`; the body reads from the connection. A pooled connection found closed
     /// before any byte of the answer came back is given up, and the request sent again on

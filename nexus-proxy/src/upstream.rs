@@ -4,7 +4,7 @@
 use crate::balance::{Balancer, Rng};
 use crate::body::UpstreamBody;
 use crate::error::{ErrorKind, ProxyError};
-use crate::headers;
+use crate::headers::{self, HeadScan};
 use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
 use crate::replay::SendBody;
@@ -380,11 +380,12 @@ where
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let scan = HeadScan::of(req.headers());
         match &self.retry {
-            Some(retry) if is_idempotent(req.method()) && !headers::is_upgrade(req.headers()) => {
-                self.forward_with_retries(req, client, timeout, retry).await
+            Some(retry) if is_idempotent(req.method()) && !scan.upgrade => {
+                self.forward_with_retries(req, scan, client, timeout, retry).await
             }
-            _ => self.attempt(Outgoing::Owned(req), client, timeout, 0).await.0,
+            _ => self.attempt(Outgoing::Owned(req, scan), client, timeout, 0).await.0,
         }
     }
 
@@ -396,6 +397,7 @@ where
     async fn forward_with_retries(
         &self,
         req: Request<SendBody<B>>,
+        scan: HeadScan,
         client: &ClientInfo,
         timeout: Duration,
         retry: &UpstreamRetry,
@@ -408,16 +410,17 @@ where
             Ok(replay) => replay,
             // Too large to keep: sent once, never retried.
             Err(once) => {
-                return self.attempt(Outgoing::Owned(Request::from_parts(parts, once)), client, timeout, 0).await.0;
+                let once = Request::from_parts(parts, once);
+                return self.attempt(Outgoing::Owned(once, scan), client, timeout, 0).await.0;
             }
         };
         // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
         // and every try borrows it, instead of a copy of the head per try.
         let mut parts = parts;
-        let lean = crate::h1::is_bodiless(&parts.headers, &replay.body::<B>());
+        let lean = !scan.framed && replay.body::<B>().is_end_stream();
         if lean {
-            to_origin_form(&mut parts);
-            if headers::connection_names_others(&parts.headers) {
+            to_origin_form(&mut parts, scan.host);
+            if scan.names_others {
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
         }
@@ -426,7 +429,7 @@ where
         let mut retries = 0;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let out = if lean { Outgoing::Lean(&parts) } else { Outgoing::Owned(rebuild(&parts, replay.body())) };
+            let out = if lean { Outgoing::Lean(&parts) } else { Outgoing::Owned(rebuild(&parts, replay.body()), scan) };
             let (result, endpoint) = self.attempt(out, client, remaining, avoid).await;
             if let Some(i) = endpoint.filter(|i| *i < 64) {
                 avoid |= 1 << i;
@@ -540,17 +543,17 @@ where
         client: &ClientInfo,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let req = match req {
+        let (req, scan) = match req {
             Outgoing::Lean(parts) => return self.send_lean(guard, parts, client, timeout).await,
-            Outgoing::Owned(req) => req,
+            Outgoing::Owned(req, scan) => (req, scan),
         };
         let endpoint = &self.shared.endpoints[guard.endpoint];
         let (mut parts, body) = req.into_parts();
-        let upgrade = headers::is_upgrade(&parts.headers);
+        let upgrade = scan.upgrade;
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
-        to_origin_form(&mut parts);
-        if !upgrade && crate::h1::is_bodiless(&parts.headers, &body) {
-            if headers::connection_names_others(&parts.headers) {
+        to_origin_form(&mut parts, scan.host);
+        if !upgrade && !scan.framed && body.is_end_stream() {
+            if scan.names_others {
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
             return self.send_lean(guard, &parts, client, timeout).await;
@@ -608,8 +611,9 @@ where
 // Not boxed: the owned request is the common case, and boxing it is an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum Outgoing<'a, B> {
-    /// A request of its own (a body to send, an upgrade, or the only try).
-    Owned(Request<SendBody<B>>),
+    /// A request of its own (a body to send, an upgrade, or the only try), and what its
+    /// head says ([`HeadScan`], made once per request).
+    Owned(Request<SendBody<B>>, HeadScan),
     /// The head of a request without a body, borrowed from the retry loop: already in
     /// origin form and without hop-by-hop fields named by `Connection` ([`to_origin_form`]).
     Lean(&'a http::request::Parts),
@@ -617,9 +621,10 @@ enum Outgoing<'a, B> {
 
 /// The head as it goes on the wire: origin-form target (`GET /path?query HTTP/1.1`; the
 /// endpoint is the connection's), HTTP/1.1, and `Host` from an HTTP/2 client's `:authority`.
-fn to_origin_form(parts: &mut http::request::Parts) {
+/// `has_host`: the head has a `Host` field already.
+fn to_origin_form(parts: &mut http::request::Parts, has_host: bool) {
     let uri = std::mem::take(&mut parts.uri).into_parts();
-    if !parts.headers.contains_key(header::HOST)
+    if !has_host
         && let Some(a) = &uri.authority
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
