@@ -13,10 +13,11 @@
 //! `Content-Length` other than 0, `Transfer-Encoding`, `Expect`), an upgrade or
 //! `CONNECT`, HTTP/1.0, a request target that is not origin-form, the HTTP/2 preface
 //! (h2c with prior knowledge), a head larger than [`MAX_LEAN_HEAD`] or with more than
-//! [`MAX_FIELDS`] fields, and anything `httparse` refuses (hyper then answers the 400/431
-//! it always did). A head `httparse` takes but whose target the URI grammar refuses is
-//! answered here: the JSON 400 `bad_request` with a request id, then close. So streaming bodies, 100-continue, upgrades, h2c and the exact error
-//! answers stay hyper's, and the server limits of SPEC §3 hold on both paths:
+//! [`MAX_FIELDS`] fields. A head that is not HTTP/1 (anything `httparse` refuses but too
+//! many fields), or whose target or field values are invalid, is answered here as SPEC §4
+//! says: the JSON 400 `bad_request` with a request id, then close (hyper would send a bare
+//! 400). So streaming bodies, 100-continue, upgrades and h2c stay hyper's, and the server
+//! limits of SPEC §3 hold on both paths:
 //! `header_read_timeout` bounds each head here exactly as hyper does (from the moment a head
 //! is awaited, so an idle keep-alive connection closes after it too), `max_header_bytes` is
 //! checked by the stack on every request, and the first request head hyper sees after a
@@ -71,8 +72,9 @@ enum Parsed {
     Partial,
     /// Not for this path: hyper takes the connection from here (nothing consumed).
     Handoff,
-    /// The head was taken but the request target is not a valid URI: 400, then close.
-    BadRequest,
+    /// Not an HTTP/1 request head, or one whose target or field values are invalid: the
+    /// JSON 400 with this message, then close.
+    BadRequest(&'static str),
     /// Not boxed: that would be an allocation per request.
     Ready(Head),
 }
@@ -117,12 +119,12 @@ pub(crate) async fn serve(
                     match parse(&mut buf, &mut fields) {
                         Parsed::Ready(head) => break head,
                         Parsed::Handoff => return Outcome::Handoff(buf.freeze(), stream),
-                        Parsed::BadRequest => {
+                        Parsed::BadRequest(message) => {
                             // SPEC §4: the JSON `bad_request` with its request id, then close.
                             let id = nexus_middleware::request_id::generate();
                             let mut res: http::Response<http_body_util::Full<Bytes>> =
                                 GatewayError::new(ErrorCode::BadRequest)
-                                    .with_message("invalid request target")
+                                    .with_message(message)
                                     .into_response(id.to_str().unwrap_or(""));
                             res.headers_mut().insert(REQUEST_ID, id);
                             let _ = respond(&mut stream, &mut wbuf, res, false, true).await;
@@ -173,8 +175,11 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>) -> Pa
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        // Too many fields, or not HTTP/1 at all: hyper's answer (431, 400) stands.
-        Err(_) => return Parsed::Handoff,
+        // Too many fields: hyper takes up to 100, and the stack answers 431 over the limit.
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Handoff,
+        // Malformed (SPEC §4): hyper would close with a bare 400; the JSON answer with a
+        // request id instead.
+        Err(_) => return Parsed::BadRequest("malformed request head"),
     };
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Handoff;
@@ -208,10 +213,14 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>) -> Pa
     let path_start = path.as_ptr() as usize - base;
     let path_end = path_start + path.len();
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else { return Parsed::BadRequest };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
+        return Parsed::BadRequest("invalid request target");
+    };
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     for (name, start, end) in fields.drain(..) {
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else { return Parsed::BadRequest };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
+            return Parsed::BadRequest("invalid header value");
+        };
         headers.append(name, value);
     }
     let mut request = Request::new(ClientBody::Empty);
@@ -452,9 +461,20 @@ mod tests {
             b"GET http://example.com/a HTTP/1.1\r\n\r\n",
             b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
             b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-            b"GARBAGE\r\n\r\n",
         ] {
             assert!(matches!(parse_one(handoff), Parsed::Handoff), "{}", String::from_utf8_lossy(handoff));
+        }
+        // More fields than taken here: hyper's limit is higher (and the stack's 431 applies).
+        let many = format!("GET /a HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(MAX_FIELDS + 1));
+        assert!(matches!(parse_one(many.as_bytes()), Parsed::Handoff));
+        for malformed in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"NOT HTTP AT ALL\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET /a HTTP/9.9\r\n\r\n",
+            b"GET /a<b HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(parse_one(malformed), Parsed::BadRequest(_)), "{}", String::from_utf8_lossy(malformed));
         }
     }
 
