@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Body;
 use nexus_core::error::REQUEST_ID;
+use nexus_core::field_names::FieldNames;
 use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::shutdown::Phase;
 use std::cell::RefCell;
@@ -90,6 +91,7 @@ pub(crate) async fn serve(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut fields: Vec<(HeaderName, usize, usize)> = Vec::new();
+    let mut names = FieldNames::default();
     // Both waits live as long as the connection, so a request costs neither a timer
     // registration nor a watch subscription: the timer is armed for some earlier head's
     // deadline and, when it fires before this head's, is re-armed (once per timeout
@@ -116,7 +118,7 @@ pub(crate) async fn serve(
                         return Outcome::Handoff(buf.freeze(), stream);
                     }
                 } else {
-                    match parse(&mut buf, &mut fields) {
+                    match parse(&mut buf, &mut fields, &mut names) {
                         Parsed::Ready(head) => break head,
                         Parsed::Handoff => return Outcome::Handoff(buf.freeze(), stream),
                         Parsed::BadRequest(message) => {
@@ -167,7 +169,7 @@ pub(crate) async fn serve(
 }
 
 /// Parse a request head at the start of `buf`.
-fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>) -> Parsed {
+fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>, names: &mut FieldNames) -> Parsed {
     fields.clear();
     // Uninitialised slots: an array of empty headers costs a 2 KiB copy per request.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -190,8 +192,8 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>) -> Pa
     }
     let base = buf.as_ptr() as usize;
     let mut close = false;
-    for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::Handoff };
+    for (i, h) in req.headers.iter().enumerate() {
+        let Ok(name) = names.name(i, h.name.as_bytes()) else { return Parsed::Handoff };
         if name == header::CONTENT_LENGTH {
             if h.value != b"0" {
                 return Parsed::Handoff;
@@ -440,7 +442,7 @@ mod tests {
 
     fn parse_one(raw: &[u8]) -> Parsed {
         let mut buf = BytesMut::from(raw);
-        parse(&mut buf, &mut Vec::new())
+        parse(&mut buf, &mut Vec::new(), &mut FieldNames::default())
     }
 
     #[test]
@@ -522,11 +524,11 @@ mod tests {
             b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
         ];
         let rng = nexus_core::rng::Rng::seeded(11);
-        let mut fields = Vec::new();
+        let (mut fields, mut names) = (Vec::new(), FieldNames::default());
         for i in 0..20_000 {
             let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n: /%#\x800", 3);
             let mut buf = BytesMut::from(&bytes[..]);
-            if let Parsed::Ready(head) = parse(&mut buf, &mut fields) {
+            if let Parsed::Ready(head) = parse(&mut buf, &mut fields, &mut names) {
                 assert!(head.request.uri().path().starts_with('/'));
                 assert!(head.request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0"));
                 assert!(!head.request.headers().contains_key(header::TRANSFER_ENCODING));

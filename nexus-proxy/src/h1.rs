@@ -19,6 +19,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header, request};
 use http_body::{Body, Frame, SizeHint};
+use nexus_core::field_names::FieldNames;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
@@ -51,8 +52,8 @@ pub(crate) struct RawConn {
     buf: BytesMut,
     /// The encoded request head (kept: no allocation per request).
     wbuf: Vec<u8>,
-    /// Response field names and value spans of the head being parsed (kept, as `wbuf`).
-    fields: Vec<(HeaderName, usize, usize)>,
+    /// What parsing a response head needs besides the bytes (kept, as `wbuf`).
+    scratch: Scratch,
     /// How much the read buffer grows by when it runs out of room.
     read_size: usize,
     /// The response-head timer, kept for the connection's life (see [`Self::poll_deadline`]).
@@ -81,7 +82,7 @@ impl RawConn {
             io,
             buf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::with_capacity(512),
-            fields: Vec::new(),
+            scratch: Scratch::default(),
             read_size: READ_BUF,
             // Armed by the first exchange.
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
@@ -165,7 +166,7 @@ impl RawConn {
         loop {
             if !self.buf.is_empty() {
                 *received = true;
-                match parse_head(&mut self.buf, &mut self.fields, head_request) {
+                match parse_head(&mut self.buf, &mut self.scratch, head_request) {
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(ExchangeError::Failed(e))),
@@ -262,11 +263,17 @@ enum Chunk {
 
 /// Parse a response head at the start of `buf`: `Ok(None)` when more bytes are needed.
 /// Interim 1xx responses (100 Continue, 103 Early Hints) are skipped.
-fn parse_head(
-    buf: &mut BytesMut,
-    fields: &mut Vec<(HeaderName, usize, usize)>,
-    head_request: bool,
-) -> io::Result<Option<Head>> {
+/// What parsing a response head needs besides its bytes, kept per connection.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Field names and value spans of the head being parsed.
+    fields: Vec<(HeaderName, usize, usize)>,
+    /// The previous head's field names (name parsing is skipped where they repeat).
+    names: FieldNames,
+}
+
+fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch, head_request: bool) -> io::Result<Option<Head>> {
+    let Scratch { fields, names } = scratch;
     loop {
         fields.clear();
         // Uninitialised slots: a 100-field array of empty headers costs a 3 KiB copy per response.
@@ -301,9 +308,8 @@ fn parse_head(
         // A `Connection` value naming other headers: those are hop-by-hop too, and the
         // general remover runs on the map; otherwise hop-by-hop fields are never inserted.
         let mut named_other = false;
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| invalid("upstream sent an invalid header name"))?;
+        for (i, h) in parsed.headers.iter().enumerate() {
+            let name = names.name(i, h.name.as_bytes()).map_err(|_| invalid("upstream sent an invalid header name"))?;
             let start = h.value.as_ptr() as usize - base;
             if name == header::CONTENT_LENGTH {
                 let n = parse_length(h.value).ok_or_else(|| invalid("upstream sent an invalid Content-Length"))?;
@@ -757,6 +763,26 @@ mod tests {
         assert_eq!(names, ["content-length", "x-app"], "a header Connection names goes too");
     }
 
+    #[test]
+    fn field_names_carried_from_the_previous_head_are_only_reused_where_they_match() {
+        let mut scratch = Scratch::default();
+        let mut parse = |head: &[u8]| {
+            let mut buf = BytesMut::from(head);
+            parse_head(&mut buf, &mut scratch, false).unwrap().unwrap().response.headers().clone()
+        };
+        let first = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nServer: s\r\n\r\n");
+        assert_eq!((first["x-a"].as_bytes(), first["server"].as_bytes()), (&b"1"[..], &b"s"[..]));
+        // Same names in another case, a different name in the second place, one more field.
+        let second = parse(b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 2\r\nX-B: 2\r\nSERVER: t\r\nX-C: 3\r\n\r\n");
+        let names: Vec<&str> = second.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-length", "x-b", "server", "x-c"]);
+        assert_eq!(second["server"], "t");
+        assert!(!second.contains_key("x-a"));
+        // Fewer fields than before.
+        let third = parse(b"HTTP/1.1 204 No Content\r\nX-A: 9\r\n\r\n");
+        assert_eq!(third.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-a"]);
+    }
+
     /// Mutated and truncated response heads: parsed, refused or waited for, never a panic,
     /// and a head that parses keeps its framing consistent with its status.
     #[test]
@@ -768,11 +794,11 @@ mod tests {
             b"HTTP/1.1 502 Bad\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
         ];
         let rng = nexus_core::rng::Rng::seeded(7);
-        let mut fields = Vec::new();
+        let mut scratch = Scratch::default();
         for i in 0..20_000 {
             let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n:, 0z\x80\0", 3);
             let mut buf = BytesMut::from(&bytes[..]);
-            if let Ok(Some(head)) = parse_head(&mut buf, &mut fields, i % 5 == 0) {
+            if let Ok(Some(head)) = parse_head(&mut buf, &mut scratch, i % 5 == 0) {
                 let status = head.response.status();
                 if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                     assert_eq!(head.framing, Framing::Empty);
