@@ -102,6 +102,26 @@ pub struct Permit {
     probe: bool,
 }
 
+impl Permit {
+    /// Whether this is one of half-open's probes (its outcome decides the state).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nexus_core::breaker::{Breaker, BreakerConfig};
+    /// let b = Breaker::new(BreakerConfig { failure_threshold: 1, success_threshold: 1,
+    ///     open_timeout: Duration::from_secs(10), half_open_max_requests: 1 });
+    /// let p = b.try_acquire(Duration::ZERO).unwrap();
+    /// assert!(!p.is_probe());
+    /// b.record(p, false, Duration::ZERO);
+    /// let p = b.try_acquire(Duration::from_secs(10)).unwrap();
+    /// assert!(p.is_probe());
+    /// # b.release(p);
+    /// ```
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
 /// The breaker refused: try again after this many seconds (at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
@@ -159,11 +179,30 @@ impl Breaker {
 
     /// May a request go now?
     pub fn try_acquire(&self, now: Duration) -> Result<Permit, Rejected> {
+        self.try_acquire_with(|| now)
+    }
+
+    /// [`try_acquire`](Self::try_acquire), reading the time only when the answer needs it
+    /// (a closed breaker does not): for callers whose clock read costs more than the check.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nexus_core::breaker::{Breaker, BreakerConfig};
+    /// let b = Breaker::new(BreakerConfig { failure_threshold: 1, success_threshold: 1,
+    ///     open_timeout: Duration::from_secs(10), half_open_max_requests: 1 });
+    /// let p = b.try_acquire_with(|| unreachable!("closed: no clock read")).unwrap();
+    /// b.record(p, false, Duration::ZERO);
+    /// assert_eq!(b.try_acquire_with(|| Duration::from_secs(4)).unwrap_err().retry_after_secs, 6);
+    /// ```
+    pub fn try_acquire_with(&self, now: impl FnOnce() -> Duration) -> Result<Permit, Rejected> {
+        let mut now = Some(now);
+        let mut read = None;
         loop {
             match self.state.load(Ordering::Acquire) {
                 CLOSED => return Ok(Permit { probe: false }),
                 OPEN => {
-                    let remaining = self.open_remaining(now);
+                    let at = *read.get_or_insert_with(|| now.take().map_or(Duration::ZERO, |f| f()));
+                    let remaining = self.open_remaining(at);
                     if !remaining.is_zero() {
                         let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
                         return Err(Rejected { retry_after_secs: secs.max(1) });
@@ -187,25 +226,45 @@ impl Breaker {
 
     /// Record the outcome of a permitted request.
     pub fn record(&self, permit: Permit, success: bool, now: Duration) {
+        self.record_with(permit, success, || now);
+    }
+
+    /// [`record`](Self::record), reading the time only when the breaker opens; returns
+    /// whether the outcome moved the breaker to another state (a success while closed,
+    /// the usual case, does not).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nexus_core::breaker::{Breaker, BreakerConfig};
+    /// let b = Breaker::new(BreakerConfig { failure_threshold: 2, success_threshold: 1,
+    ///     open_timeout: Duration::from_secs(10), half_open_max_requests: 1 });
+    /// let p = b.try_acquire(Duration::ZERO).unwrap();
+    /// assert!(!b.record_with(p, true, || unreachable!("stays closed: no clock read")));
+    /// let p = b.try_acquire(Duration::ZERO).unwrap();
+    /// assert!(!b.record_with(p, false, || Duration::ZERO), "one failure of two");
+    /// let p = b.try_acquire(Duration::ZERO).unwrap();
+    /// assert!(b.record_with(p, false, || Duration::ZERO), "opened");
+    /// ```
+    pub fn record_with(&self, permit: Permit, success: bool, now: impl FnOnce() -> Duration) -> bool {
         if permit.probe {
             self.half_open_in_flight.fetch_sub(1, Ordering::AcqRel);
             if success {
                 let n = self.successes.fetch_add(1, Ordering::AcqRel) + 1;
-                if n >= self.config.success_threshold
-                    && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-                {
+                let closed = n >= self.config.success_threshold
+                    && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+                if closed {
                     self.failures.store(0, Ordering::Release);
                 }
+                closed
             } else {
-                self.open(HALF_OPEN, now);
+                self.open(HALF_OPEN, now())
             }
         } else if success {
             self.failures.store(0, Ordering::Release);
+            false
         } else {
             let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-            if n >= self.config.failure_threshold {
-                self.open(CLOSED, now);
-            }
+            n >= self.config.failure_threshold && self.open(CLOSED, now())
         }
     }
 
@@ -216,11 +275,13 @@ impl Breaker {
         }
     }
 
-    fn open(&self, from: u8, now: Duration) {
-        if self.state.compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    fn open(&self, from: u8, now: Duration) -> bool {
+        let opened = self.state.compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if opened {
             self.opened_at_nanos.store(nanos(now), Ordering::Release);
             self.failures.store(0, Ordering::Release);
         }
+        opened
     }
 }
 

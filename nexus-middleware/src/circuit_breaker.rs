@@ -96,15 +96,20 @@ impl SharedBreaker {
 
     /// May a request go now? `Err(seconds)` for `Retry-After`.
     pub fn try_acquire(&self) -> Result<Permit, u64> {
-        let r = self.breaker.try_acquire(self.now()).map_err(|r| r.retry_after_secs);
-        self.publish();
+        // The clock is read, and the state gauge written, only off the closed state's path.
+        let r = self.breaker.try_acquire_with(|| self.now()).map_err(|r| r.retry_after_secs);
+        if r.as_ref().map_or(true, Permit::is_probe) {
+            self.publish();
+        }
         r
     }
 
     /// Record an outcome.
     pub fn record(&self, permit: Permit, success: bool) {
-        self.breaker.record(permit, success, self.now());
-        self.publish();
+        let probe = permit.is_probe();
+        if self.breaker.record_with(permit, success, || self.now()) || probe {
+            self.publish();
+        }
     }
 
     /// Give a permit back unused (cancelled request).

@@ -179,7 +179,11 @@ impl Epoch {
     }
 
     fn now(self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.0)
+        self.at(tokio::time::Instant::now())
+    }
+
+    fn at(self, instant: tokio::time::Instant) -> Duration {
+        instant.saturating_duration_since(self.0)
     }
 }
 
@@ -192,8 +196,11 @@ struct PermitGuard<'a> {
 impl PermitGuard<'_> {
     fn record(&mut self, success: bool) {
         if let Some(p) = self.permit.take() {
-            self.breaker.breaker.record(p, success, self.breaker.now());
-            self.breaker.publish();
+            // A success while closed (the usual outcome) reads no clock and writes no gauge.
+            let probe = p.is_probe();
+            if self.breaker.breaker.record_with(p, success, || self.breaker.now()) || probe {
+                self.breaker.publish();
+            }
         }
     }
 }
@@ -385,7 +392,7 @@ where
             Some(retry) if is_idempotent(req.method()) && !scan.upgrade => {
                 self.forward_with_retries(req, scan, client, timeout, retry).await
             }
-            _ => self.attempt(Outgoing::Owned(req, scan), client, timeout, 0).await.0,
+            _ => self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0).await.0,
         }
     }
 
@@ -402,8 +409,10 @@ where
         timeout: Duration,
         retry: &UpstreamRetry,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let deadline = deadline_after(timeout);
-        retry.budget.deposit(retry.clock.now());
+        // One clock read for the request: its deadline, and the budget's deposit.
+        let start = tokio::time::Instant::now();
+        let deadline = deadline_from(start, timeout);
+        retry.budget.deposit(retry.clock.at(start));
         let (parts, body) = req.into_parts();
         let read = body.replayable().await?;
         let replay = match read {
@@ -411,7 +420,7 @@ where
             // Too large to keep: sent once, never retried.
             Err(once) => {
                 let once = Request::from_parts(parts, once);
-                return self.attempt(Outgoing::Owned(once, scan), client, timeout, 0).await.0;
+                return self.attempt(Outgoing::Owned(once, scan), client, deadline, 0).await.0;
             }
         };
         // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
@@ -428,26 +437,26 @@ where
         let mut avoid = 0u64;
         let mut retries = 0;
         loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let out = if lean { Outgoing::Lean(&parts) } else { Outgoing::Owned(rebuild(&parts, replay.body()), scan) };
-            let (result, endpoint) = self.attempt(out, client, remaining, avoid).await;
+            let (result, endpoint) = self.attempt(out, client, deadline, avoid).await;
             if let Some(i) = endpoint.filter(|i| *i < 64) {
                 avoid |= 1 << i;
             }
             if retries >= policy.max_retries {
                 return result;
             }
-            let backoff = policy.backoff(retries, self.rng.unit());
+            // (Drawn only for an outcome that is retried.)
+            let backoff = || policy.backoff(retries, self.rng.unit());
             let wait = match &result {
                 Ok(res) if policy.retries_status(res.status().as_u16()) => {
                     match nexus_core::retry::retry_after(res.headers()) {
                         // The upstream asks for longer than we would wait: its answer stands.
                         Some(asked) if asked > policy.max_delay => return result,
-                        Some(asked) => asked.max(backoff),
-                        None => backoff,
+                        Some(asked) => asked.max(backoff()),
+                        None => backoff(),
                     }
                 }
-                Err(e) if e.failure().is_some_and(|f| policy.retries_failure(f)) => backoff,
+                Err(e) if e.failure().is_some_and(|f| policy.retries_failure(f)) => backoff(),
                 _ => return result,
             };
             if deadline_after(wait) >= deadline || !retry.budget.withdraw(retry.clock.now()) {
@@ -467,12 +476,12 @@ where
         &self,
         req: Outgoing<'_, B>,
         client: &ClientInfo,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
         avoid: u64,
     ) -> (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>) {
         // The breaker first: while open, nothing is reserved or sent.
         let mut permit = match &self.breaker {
-            Some(b) => match b.breaker.try_acquire(b.now()) {
+            Some(b) => match b.breaker.try_acquire_with(|| b.now()) {
                 Ok(p) => Some(PermitGuard { breaker: b, permit: Some(p) }),
                 Err(r) => {
                     self.shared.rejected.increment(1);
@@ -491,7 +500,7 @@ where
             }
         };
         let index = guard.endpoint;
-        let result = self.send(guard, req, client, timeout).await;
+        let result = self.send(guard, req, client, deadline).await;
         let m = &self.shared.endpoints[index].metrics;
         // Failures for the breaker: 5xx from the upstream, connect errors, timeouts
         // (not the client's own body errors).
@@ -519,6 +528,11 @@ where
         (result, Some(index))
     }
 
+    /// `deadline`, or sooner when the upstream's own `timeout` ends first.
+    fn capped(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        self.timeout.map_or(deadline, |t| deadline.min(deadline_after(t)))
+    }
+
     /// The lean exchange for a head without a body: hop-by-hop fields are left out and
     /// `X-Forwarded-*` written as the head is encoded (the map is not rewritten), and left
     /// out of the response as its head is parsed.
@@ -527,12 +541,11 @@ where
         guard: InFlight<B>,
         parts: &http::request::Parts,
         client: &ClientInfo,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
         let pool = self.shared.endpoints[guard.endpoint].pool();
         let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
-        let res = pool.send_raw(parts, client, self.connect_timeout, deadline_after(timeout)).await?;
+        let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
         Ok(res.map(|body| UpstreamBody::raw(body, guard)))
     }
 
@@ -541,10 +554,10 @@ where
         guard: InFlight<B>,
         req: Outgoing<'_, B>,
         client: &ClientInfo,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let (req, scan) = match req {
-            Outgoing::Lean(parts) => return self.send_lean(guard, parts, client, timeout).await,
+            Outgoing::Lean(parts) => return self.send_lean(guard, parts, client, deadline).await,
             Outgoing::Owned(req, scan) => (req, scan),
         };
         let endpoint = &self.shared.endpoints[guard.endpoint];
@@ -556,9 +569,9 @@ where
             if scan.names_others {
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
-            return self.send_lean(guard, &parts, client, timeout).await;
+            return self.send_lean(guard, &parts, client, deadline).await;
         }
-        let timeout = self.timeout.map_or(timeout, |t| t.min(timeout));
+        let deadline = self.capped(deadline);
         let pool = endpoint.pool();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
@@ -567,7 +580,7 @@ where
         headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
         let req = Request::from_parts(parts, body);
         if let Some(client_side) = client_upgrade {
-            let mut res = match tokio::time::timeout(timeout, pool.send_upgrade(req, self.connect_timeout)).await {
+            let mut res = match tokio::time::timeout_at(deadline, pool.send_upgrade(req, self.connect_timeout)).await {
                 Ok(r) => r?,
                 Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
             };
@@ -597,7 +610,7 @@ where
             let (parts, body) = res.into_parts();
             return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, Some(guard))));
         }
-        let (mut res, conn) = match tokio::time::timeout(timeout, pool.send(req, self.connect_timeout)).await {
+        let (mut res, conn) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
             Ok(r) => r?,
             Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
         };
@@ -637,7 +650,11 @@ fn to_origin_form(parts: &mut http::request::Parts, has_host: bool) {
 /// `timeout` from now; an absurdly large one (a config's "1000000y") is a far deadline, not a
 /// panic on overflow.
 fn deadline_after(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
+    deadline_from(tokio::time::Instant::now(), timeout)
+}
+
+/// `timeout` from `now` (see [`deadline_after`]).
+fn deadline_from(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
