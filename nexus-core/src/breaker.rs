@@ -184,6 +184,7 @@ impl Breaker {
 
     /// [`try_acquire`](Self::try_acquire), reading the time only when the answer needs it
     /// (a closed breaker does not): for callers whose clock read costs more than the check.
+    /// `now` is called once, or again if another thread reopens the breaker meanwhile.
     ///
     /// ```
     /// use std::time::Duration;
@@ -194,15 +195,12 @@ impl Breaker {
     /// b.record(p, false, Duration::ZERO);
     /// assert_eq!(b.try_acquire_with(|| Duration::from_secs(4)).unwrap_err().retry_after_secs, 6);
     /// ```
-    pub fn try_acquire_with(&self, now: impl FnOnce() -> Duration) -> Result<Permit, Rejected> {
-        let mut now = Some(now);
-        let mut read = None;
+    pub fn try_acquire_with(&self, now: impl Fn() -> Duration) -> Result<Permit, Rejected> {
         loop {
             match self.state.load(Ordering::Acquire) {
                 CLOSED => return Ok(Permit { probe: false }),
                 OPEN => {
-                    let at = *read.get_or_insert_with(|| now.take().map_or(Duration::ZERO, |f| f()));
-                    let remaining = self.open_remaining(at);
+                    let remaining = self.open_remaining(now());
                     if !remaining.is_zero() {
                         let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
                         return Err(Rejected { retry_after_secs: secs.max(1) });
@@ -229,9 +227,11 @@ impl Breaker {
         self.record_with(permit, success, || now);
     }
 
-    /// [`record`](Self::record), reading the time only when the breaker opens; returns
-    /// whether the outcome moved the breaker to another state (a success while closed,
-    /// the usual case, does not).
+    /// [`record`](Self::record), reading the time only when the breaker opens. Returns
+    /// whether [`state`](Self::state) may read differently than before this request: the
+    /// outcome moved the breaker, or the request was a half-open probe (the breaker it
+    /// went through may have been an open one whose timeout had passed). A success while
+    /// closed, the usual case, returns `false`: a published state needs no update.
     ///
     /// ```
     /// use std::time::Duration;
@@ -244,21 +244,23 @@ impl Breaker {
     /// assert!(!b.record_with(p, false, || Duration::ZERO), "one failure of two");
     /// let p = b.try_acquire(Duration::ZERO).unwrap();
     /// assert!(b.record_with(p, false, || Duration::ZERO), "opened");
+    /// let p = b.try_acquire(Duration::from_secs(10)).unwrap();
+    /// assert!(b.record_with(p, true, || Duration::ZERO), "a probe: half-open now");
     /// ```
     pub fn record_with(&self, permit: Permit, success: bool, now: impl FnOnce() -> Duration) -> bool {
         if permit.probe {
             self.half_open_in_flight.fetch_sub(1, Ordering::AcqRel);
             if success {
                 let n = self.successes.fetch_add(1, Ordering::AcqRel) + 1;
-                let closed = n >= self.config.success_threshold
-                    && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok();
-                if closed {
+                if n >= self.config.success_threshold
+                    && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                {
                     self.failures.store(0, Ordering::Release);
                 }
-                closed
             } else {
-                self.open(HALF_OPEN, now())
+                self.open(HALF_OPEN, now());
             }
+            true
         } else if success {
             self.failures.store(0, Ordering::Release);
             false
@@ -275,6 +277,7 @@ impl Breaker {
         }
     }
 
+    /// Open (from `from`); whether this call did.
     fn open(&self, from: u8, now: Duration) -> bool {
         let opened = self.state.compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire).is_ok();
         if opened {

@@ -106,8 +106,7 @@ impl SharedBreaker {
 
     /// Record an outcome.
     pub fn record(&self, permit: Permit, success: bool) {
-        let probe = permit.is_probe();
-        if self.breaker.record_with(permit, success, || self.now()) || probe {
+        if self.breaker.record_with(permit, success, || self.now()) {
             self.publish();
         }
     }

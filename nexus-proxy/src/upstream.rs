@@ -197,8 +197,7 @@ impl PermitGuard<'_> {
     fn record(&mut self, success: bool) {
         if let Some(p) = self.permit.take() {
             // A success while closed (the usual outcome) reads no clock and writes no gauge.
-            let probe = p.is_probe();
-            if self.breaker.breaker.record_with(p, success, || self.breaker.now()) || probe {
+            if self.breaker.breaker.record_with(p, success, || self.breaker.now()) {
                 self.breaker.publish();
             }
         }
