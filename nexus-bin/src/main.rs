@@ -13,7 +13,6 @@ mod config_file;
 mod demo;
 mod fast;
 mod logging;
-mod policy;
 mod reload;
 mod server;
 mod sniff;

@@ -322,7 +322,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::
             ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted).with_tracker(shared.shutdown.tracker().clone());
         let conn_info = Arc::new(stack::Conn {
             client,
-            peer: peer.ip(),
             framing_conflict: Arc::new(AtomicBool::new(false)),
             h2: AtomicBool::new(false),
         });

@@ -1,30 +1,26 @@
-//! One request's path through the binary, outermost first. Each step says why
-//! it sits where it does; later layers (rate limit, auth, breaker, retry) slot
-//! in between route match and forward.
+//! One request's path through the binary, outermost first: request id (every
+//! answer carries it), shutdown phase, panic guard, probes and framing
+//! conflicts (the listener's business), then the gateway that `nexus-proxy`
+//! builds from the config: limits, route match and the route's stack of Layers
+//! (`nexus_proxy::stack`). The binary holds no per-route policy of its own.
 
-use crate::policy::{Policies, RouteLimit};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use nexus_core::body::LimitedBody;
-use nexus_core::claims::VerifiedClaims;
 use nexus_core::config::Config;
 use nexus_core::config::ConfigErrors;
-use nexus_core::config::ProcessEnv;
 use nexus_core::error::REQUEST_ID;
 use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
-use nexus_middleware::rate_limit::Decision;
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
-use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::time::Instant;
 
 /// The request body type the gateway forwards: the client's, size-limited.
 pub(crate) type ReqBody = LimitedBody<ClientBody>;
@@ -69,11 +65,8 @@ impl http_body::Body for ClientBody {
 /// Everything a request needs from one config version; swapped whole on reload.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    pub(crate) gateway: Gateway<ReqBody>,
-    /// Per route id: rate limit (and what else runs between match and forward).
-    pub(crate) policies: Policies,
-    pub(crate) max_body: u64,
-    pub(crate) max_header_bytes: usize,
+    /// Limits, routes and every route's stack of Layers.
+    pub(crate) gateway: Gateway<ClientBody>,
     /// `server.limits.header_read_timeout` (the listeners take it when they start).
     pub(crate) header_read_timeout: std::time::Duration,
     pub(crate) probe_prefix: String,
@@ -82,19 +75,15 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Build for `config`; with the `previous` snapshot, state that must survive a
-    /// reload (endpoint health) carries over.
+    /// reload (endpoint health, breakers, buckets, key sets) carries over.
     pub(crate) fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Self, ConfigErrors> {
         let limits = &config.server.limits;
         let gateway = match previous {
             Some(p) => p.gateway.reload(config)?,
             None => Gateway::from_config(config)?,
         };
-        let policies = Policies::build(config, gateway.table(), &ProcessEnv, previous.map(|p| &p.policies))?;
         Ok(Self {
             gateway,
-            policies,
-            max_body: limits.max_request_body.bytes(),
-            max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
             header_read_timeout: limits.header_read_timeout.as_std(),
             probe_prefix: config.server.probe_prefix.clone(),
             trusted: config.server.trusted_proxies.clone(),
@@ -117,8 +106,6 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) client: ClientInfo,
-    /// The TCP peer's address (rate-limit keys derive the client IP from it).
-    pub(crate) peer: IpAddr,
     /// Set by [`crate::sniff::HeadSniffer`] when the first request head had both
     /// `Content-Length` and `Transfer-Encoding` (hyper hides this).
     pub(crate) framing_conflict: Arc<AtomicBool>,
@@ -166,105 +153,22 @@ pub(crate) async fn handle(
     res
 }
 
-async fn serve(shared: &Shared, conn: &Conn, req: Request<ClientBody>) -> Response<ResponseBody<ReqBody>> {
+async fn serve(shared: &Shared, conn: &Conn, mut req: Request<ClientBody>) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
-    // Probes, header size, framing conflicts and declared body size: before any routing work.
+    // Probes and framing conflicts: the listener's business, before the gateway's.
     if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict.load(Ordering::Relaxed)) {
-        if !is_probe(&snap, &req) {
+        if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
             snap.gateway.record_unmatched(req.method(), res.status().as_u16(), std::time::Duration::ZERO);
         }
         return res;
     }
-    let started = Instant::now();
-    // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
-    let req = req.map(|b| LimitedBody::new(b, snap.max_body));
-    // Route match: 404/405 here, and every later step knows its route.
-    let (req, route_id) = match snap.gateway.route(req) {
-        Ok(routed) => routed,
-        Err((method, res)) => {
-            snap.gateway.record_unmatched(&method, res.status().as_u16(), started.elapsed());
-            return res;
-        }
-    };
-    let policy = &snap.policies.routes[route_id];
-    let mut req = req;
-    let mut limited = None;
-    // Rate limit first (the cheapest rejection that needs the route), unless it is keyed
-    // by a claim: then authentication must run first to provide the claims.
-    if let Some(rl) = policy.rate_limit.as_ref().filter(|rl| !rl.after_auth) {
-        match rate_limit(&snap, rl, &req, conn, route_id, started).await {
-            Ok(d) => limited = Some(d),
-            Err(res) => return res,
-        }
-    }
-    // Authentication: nothing that fails it reaches the upstream.
-    if let Some(a) = &policy.auth {
-        match a.auth.authenticate(req.headers()).await {
-            Ok(claims) => {
-                a.auth.scrub(req.headers_mut());
-                a.auth.forward(&claims, req.headers_mut());
-                req.extensions_mut().insert(claims);
-            }
-            Err(reason) => {
-                a.failures.count(reason);
-                let mut res: Response<ResponseBody<ReqBody>> = reason.rejection(request_id(&req));
-                if let Some(d) = &limited {
-                    d.apply_headers(res.headers_mut());
-                }
-                snap.gateway.record_answered(route_id, req.method(), res.status().as_u16(), started);
-                return res;
-            }
-        }
-    }
-    if let Some(rl) = policy.rate_limit.as_ref().filter(|rl| rl.after_auth) {
-        match rate_limit(&snap, rl, &req, conn, route_id, started).await {
-            Ok(d) => limited = Some(d),
-            Err(res) => return res,
-        }
-    }
-    // Split choice and forward (with the route's timeout, breaker, retries).
-    let mut res = snap.gateway.forward(route_id, req, &conn.client, started).await;
-    if let Some(d) = limited {
-        // Room for the four RateLimit-* headers and X-Request-Id in one step.
-        res.headers_mut().reserve(5);
-        d.apply_headers(res.headers_mut());
-    }
-    res
+    // What the gateway's layers know of the client (rate-limit keys, X-Forwarded-*).
+    req.extensions_mut().insert(conn.client.clone());
+    // Limits, route, and the route's stack of Layers (nexus_proxy::stack).
+    snap.gateway.handle(req).await
 }
 
-/// Take one request from the route's limit; over it, the 429 answer (counted).
-async fn rate_limit(
-    snap: &Snapshot,
-    rl: &RouteLimit,
-    req: &Request<ReqBody>,
-    conn: &Conn,
-    route_id: usize,
-    started: Instant,
-) -> Result<Decision, Response<ResponseBody<ReqBody>>> {
-    let key = rl.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), conn.peer);
-    let mut check = rl.limiter.check(key);
-    let decision = match check.ready() {
-        Some(d) => d,
-        None => check.await,
-    };
-    if decision.allowed {
-        return Ok(decision);
-    }
-    rl.rejected.increment(1);
-    let res: Response<ResponseBody<ReqBody>> = decision.rejection(request_id(req));
-    snap.gateway.record_answered(route_id, req.method(), res.status().as_u16(), started);
-    Err(res)
-}
-
-fn request_id<B>(req: &Request<B>) -> &str {
-    req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-fn is_probe(snap: &Snapshot, req: &Request<ClientBody>) -> bool {
-    probe::probe_for(req.uri().path(), &snap.probe_prefix).is_some()
-}
-
-/// Probes and the cheap rejections, before any routing work.
+/// Probes and framing conflicts, before the gateway sees the request.
 fn precheck(
     snap: &Snapshot,
     gate: &ReadinessGate,
@@ -278,17 +182,12 @@ fn precheck(
             Probe::Readiness => probe::readiness(gate),
         });
     }
-    let headers = req.headers();
-    // The parser's buffer is larger than the limit; the exact limit is checked here.
-    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
-    if size > snap.max_header_bytes {
-        return Some(GatewayError::new(ErrorCode::HeadersTooLarge).into_response_for(headers));
-    }
     // The lean server path takes no head with `Transfer-Encoding` or a `Content-Length` other
     // than 0 (see `fast`): nothing below applies to its requests.
     if matches!(req.body(), ClientBody::Empty) {
         return None;
     }
+    let headers = req.headers();
     // Request smuggling guard: both framings present is refused and the connection closed.
     if framing_conflict
         || headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
@@ -296,15 +195,6 @@ fn precheck(
         let mut res: Response<ResponseBody<ReqBody>> = GatewayError::new(ErrorCode::BadRequest)
             .with_message("conflicting Content-Length and Transfer-Encoding")
             .into_response_for(headers);
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Some(res);
-    }
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > snap.max_body) {
-        let mut res: Response<ResponseBody<ReqBody>> =
-            GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
-        // The unread body would be parsed as the next request: close instead.
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Some(res);
     }

@@ -8,9 +8,11 @@
 //! | [`timeout`] | 504 `gateway_timeout` when the inner service takes too long |
 //! | [`retry`] | idempotent requests sent again on `retry_on` answers, with backoff, jitter and a budget |
 //! | [`jwt`] | JWT bearer authentication (HMAC, RSA, EC, EdDSA keys; JWKS file or URL with rotation), 401/403 |
+//! | [`from_config`] | the config file's `rate_limits` and `auth.jwt` entries as the Layers' settings |
 //! | [`rate_limit`] | 429 with `Retry-After` and `RateLimit-*` per client IP, header or claim; local or Redis |
 
 pub mod circuit_breaker;
+pub mod from_config;
 pub mod jwt;
 pub mod rate_limit;
 pub mod request_id;

@@ -13,11 +13,30 @@ use hyper::body::Incoming;
 use nexus_core::BoxError;
 use nexus_core::body::GatewayBody;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+/// A request body the gateway can forward: bytes, sendable, and an error any
+/// [`BoxError`] can hold. Every `http_body::Body` of that kind is one (hyper's
+/// `Incoming`, axum's `Body`, `http_body_util`'s bodies).
+pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
 /// What the gateway answers with: its own bytes, or an upstream's stream.
 /// `B` is the request body type of the upstream connections.
 pub type ResponseBody<B> = GatewayBody<UpstreamBody<B>>;
+
+/// The upstream a response is from or about (the `upstream` label of
+/// `http_requests_total`): the upstream that answered, or whose failure the
+/// gateway answered for (502, 503, 504); empty when the gateway answered before
+/// an upstream was chosen (404, 401, 429, ...).
+pub fn upstream_of<B>(body: &ResponseBody<B>) -> &str {
+    match body {
+        GatewayBody::Full { .. } => "",
+        GatewayBody::Stream { body } => &body.upstream,
+    }
+}
 
 /// An upstream response body. The request counts as in flight (for
 /// `max_concurrent_requests` and least-request balancing) until this body
@@ -25,6 +44,8 @@ pub type ResponseBody<B> = GatewayBody<UpstreamBody<B>>;
 #[derive(Debug)]
 pub struct UpstreamBody<B> {
     inner: Inner,
+    /// The upstream's name.
+    upstream: Arc<str>,
     /// The hyper connection the body comes from (raw bodies hold their own).
     conn: Option<PooledConn<SendBody<B>>>,
     guard: Option<InFlight<B>>,
@@ -36,6 +57,8 @@ pub struct UpstreamBody<B> {
 enum Inner {
     Hyper(Incoming),
     Raw(RawBody),
+    /// The gateway's own answer about this upstream (its JSON error); `None` once sent.
+    Answer(Option<Bytes>),
 }
 
 impl<B> UpstreamBody<B>
@@ -43,16 +66,31 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<SendBody<B>>>, guard: Option<InFlight<B>>) -> Self {
-        Self::start(Inner::Hyper(inner), conn, guard)
+    pub(crate) fn new(
+        inner: Incoming,
+        conn: Option<PooledConn<SendBody<B>>>,
+        guard: Option<InFlight<B>>,
+        upstream: Arc<str>,
+    ) -> Self {
+        Self::start(Inner::Hyper(inner), conn, guard, upstream)
     }
 
-    pub(crate) fn raw(inner: RawBody, guard: InFlight<B>) -> Self {
-        Self::start(Inner::Raw(inner), None, Some(guard))
+    pub(crate) fn raw(inner: RawBody, guard: InFlight<B>, upstream: Arc<str>) -> Self {
+        Self::start(Inner::Raw(inner), None, Some(guard), upstream)
     }
 
-    fn start(inner: Inner, conn: Option<PooledConn<SendBody<B>>>, guard: Option<InFlight<B>>) -> Self {
-        let mut body = Self { inner, conn, guard };
+    /// The gateway's answer (`data`) to a request that `upstream` was chosen for.
+    pub(crate) fn answer(data: Option<Bytes>, upstream: Arc<str>) -> Self {
+        Self { inner: Inner::Answer(data), upstream, conn: None, guard: None }
+    }
+
+    fn start(
+        inner: Inner,
+        conn: Option<PooledConn<SendBody<B>>>,
+        guard: Option<InFlight<B>>,
+        upstream: Arc<str>,
+    ) -> Self {
+        let mut body = Self { inner, upstream, conn, guard };
         if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
             body.finish();
@@ -101,6 +139,7 @@ where
                 Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
             }
             Inner::Raw(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+            Inner::Answer(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &res {
             Poll::Ready(None) => this.finish(),
@@ -115,6 +154,7 @@ where
         match &self.inner {
             Inner::Hyper(b) => b.is_end_stream(),
             Inner::Raw(b) => b.is_end_stream(),
+            Inner::Answer(d) => d.is_none(),
         }
     }
 
@@ -122,6 +162,7 @@ where
         match &self.inner {
             Inner::Hyper(b) => b.size_hint(),
             Inner::Raw(b) => b.size_hint(),
+            Inner::Answer(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

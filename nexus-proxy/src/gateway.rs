@@ -5,27 +5,37 @@
 //! one and swaps it, and requests in flight finish on the one they started with.
 
 use crate::balance::Rng;
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{RouteMetrics, UNMATCHED};
 use crate::replay::SendBody;
+use crate::stack::{Policies, RouteService};
 use crate::upstream::{ClientInfo, Upstream};
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
-use http_body::Body;
+use ipnet::IpNet;
 use nexus_core::body::GatewayBody;
+use nexus_core::body::LimitedBody;
 use nexus_core::claims::VerifiedClaims;
+use nexus_core::client::PeerAddr;
 use nexus_core::config::{Config, ConfigError, ConfigErrors};
+use nexus_core::config::{Env, ProcessEnv};
 use nexus_core::error::REQUEST_ID;
 use nexus_core::router::{Match, RequestInfo, RouteMatch, RouteTable};
-use nexus_core::{BoxError, ErrorCode, GatewayError};
+use nexus_core::{ErrorCode, GatewayError};
+use pin_project_lite::pin_project;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tower::ServiceExt;
+use tower::util::Oneshot;
 
-/// A request no route serves: its method (for metrics) and the 400/404/405 answer.
-pub type Unrouted<B> = (Method, Response<ResponseBody<B>>);
+/// What the gateway answers a request whose body is `B` with.
+pub type GatewayResponse<B> = Response<ResponseBody<LimitedBody<B>>>;
 
 /// How a route chooses the side of a split for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,15 +71,18 @@ impl StickyKey {
     }
 }
 
-/// Where one route sends its requests.
+/// Where one route sends its requests: the sides of its split (one for a plain
+/// `upstream`), the sticky key that picks a side, its mirror and its timeout.
 #[derive(Debug)]
 pub struct RouteTarget<B> {
-    metrics: RouteMetrics,
     sides: Box<[(Arc<Upstream<B>>, u64)]>,
     total: u64,
     sticky: Option<StickyKey>,
     timeout: Duration,
     mirror: Option<Mirror<B>>,
+    rng: Rng,
+    /// `server.trusted_proxies`, for a request that carries no [`ClientInfo`].
+    trusted: Arc<[IpNet]>,
 }
 
 /// Copies at most this many mirrored requests in flight per route; more are dropped.
@@ -125,7 +138,13 @@ impl<B> RouteTarget<B> {
         })
     }
 
-    fn choose<Req>(&self, req: &Request<Req>, rng: &Rng) -> &Arc<Upstream<B>> {
+    /// The route's timeout (`routes[].timeout`, else `server.limits.request_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn choose<Req>(&self, req: &Request<Req>) -> &Arc<Upstream<B>> {
+        let rng = &self.rng;
         if self.sides.len() == 1 {
             return &self.sides[0].0;
         }
@@ -150,8 +169,7 @@ async fn mirror<B>(
     timeout: Duration,
 ) -> Result<Request<SendBody<B>>, ProxyError>
 where
-    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     if crate::headers::is_upgrade(req.headers()) {
         m.outcomes.skipped.increment(1);
@@ -212,38 +230,139 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The gateway: a compiled route table and, per route, where it forwards.
+/// The innermost service of a route's stack: choose the side of the split,
+/// copy to the mirror, forward to the upstream (whose balancer, retries and
+/// breaker run per try), and answer a failed forward with the JSON of SPEC §4.
+/// Never fails. Its future is the one boxed call of a request.
+#[derive(Debug)]
+pub struct RouteForward<B> {
+    target: Arc<RouteTarget<B>>,
+}
+
+impl<B> Clone for RouteForward<B> {
+    fn clone(&self) -> Self {
+        Self { target: Arc::clone(&self.target) }
+    }
+}
+
+impl<B> RouteForward<B> {
+    /// Forward to `target`.
+    pub fn new(target: Arc<RouteTarget<B>>) -> Self {
+        Self { target }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<B> tower::Service<Request<B>> for RouteForward<B>
+where
+    B: RequestBody,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let target = Arc::clone(&self.target);
+        // The server's per-connection facts, or (an embedder's request) the peer address.
+        let client = req.extensions_mut().remove::<ClientInfo>().unwrap_or_else(|| {
+            let peer = req.extensions().get::<PeerAddr>().map_or(std::net::Ipv4Addr::LOCALHOST.into(), |p| p.0.ip());
+            ClientInfo::new(peer, &target.trusted)
+        });
+        Box::pin(async move { Ok(target.forward(req, &client).await) })
+    }
+}
+
+impl<B> RouteTarget<B>
+where
+    B: RequestBody,
+{
+    async fn forward(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody<B>> {
+        let upstream = self.choose(&req);
+        let rid = req.headers().get(REQUEST_ID).cloned();
+        let req = req.map(SendBody::Stream);
+        let sent = match &self.mirror {
+            Some(m) if self.rng.below(10_000) < m.per_10k => match mirror(m, req, client, self.timeout).await {
+                Ok(req) => upstream.forward_send(req, client, self.timeout).await,
+                Err(e) => Err(e),
+            },
+            _ => upstream.forward_send(req, client, self.timeout).await,
+        };
+        match sent {
+            Ok(res) => res.map(GatewayBody::stream),
+            Err(e) => {
+                tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
+                let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
+                if let Some(secs) = e.retry_after() {
+                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                // The answer is about this upstream (its `upstream` metric label).
+                res.map(|body| match body {
+                    GatewayBody::Full { data } => {
+                        GatewayBody::stream(crate::body::UpstreamBody::answer(data, Arc::clone(upstream.label())))
+                    }
+                    streamed => streamed,
+                })
+            }
+        }
+    }
+}
+
+/// The gateway built from a config: a compiled route table and, per route, a
+/// stack of the middleware Layers in front of [`RouteForward`] (see
+/// [`crate::stack`]). One `Gateway` is an immutable snapshot of one config
+/// version; [`reload`](Gateway::reload) builds the next one, carrying over the
+/// state that must outlive a reload. `B` is the client's request body.
 #[derive(Debug)]
 pub struct Gateway<B> {
     table: RouteTable,
-    targets: Box<[RouteTarget<B>]>,
-    upstreams: BTreeMap<String, Arc<Upstream<B>>>,
-    rng: Rng,
+    targets: Box<[Arc<RouteTarget<LimitedBody<B>>>]>,
+    stacks: Box<[RouteService<B>]>,
+    policies: Policies,
+    upstreams: BTreeMap<String, Arc<Upstream<LimitedBody<B>>>>,
     unmatched: RouteMetrics,
+    max_body: u64,
+    max_header_bytes: usize,
 }
 
 impl<B> Gateway<B>
 where
-    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
-    /// Build from a validated config.
+    /// Build from a validated config; secrets named by `*_env` keys come from the
+    /// process environment.
     pub fn from_config(config: &Config) -> Result<Self, ConfigErrors> {
-        Self::with_rng(config, Rng::from_entropy())
+        Self::build(config, Rng::from_entropy(), &ProcessEnv, None)
     }
 
     /// Build with a chosen random source, so splits are reproducible in tests.
     pub fn with_rng(config: &Config, rng: Rng) -> Result<Self, ConfigErrors> {
-        Self::build(config, rng, None)
+        Self::build(config, rng, &ProcessEnv, None)
+    }
+
+    /// Build reading `*_env` keys (JWT secrets, the Redis URL) from `env`.
+    pub fn with_env(config: &Config, rng: Rng, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        Self::build(config, rng, env, None)
     }
 
     /// Build the gateway for a new config version, carrying over what must
-    /// survive a reload (endpoint health from active checks).
+    /// survive a reload when its settings did not change: endpoint health,
+    /// breaker state, rate-limit buckets, JWT key sets.
     pub fn reload(&self, config: &Config) -> Result<Self, ConfigErrors> {
-        Self::build(config, Rng::from_entropy(), Some(self))
+        self.reload_with_env(config, &ProcessEnv)
     }
 
-    fn build(config: &Config, rng: Rng, previous: Option<&Self>) -> Result<Self, ConfigErrors> {
+    /// [`reload`](Self::reload), reading `*_env` keys from `env`.
+    pub fn reload_with_env(&self, config: &Config, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        Self::build(config, Rng::from_entropy(), env, Some(self))
+    }
+
+    fn build(config: &Config, rng: Rng, env: &dyn Env, previous: Option<&Self>) -> Result<Self, ConfigErrors> {
         let table = RouteTable::from_config(config)?;
         let mut errors = Vec::new();
         let mut upstreams = BTreeMap::new();
@@ -256,6 +375,8 @@ where
                 Err(e) => errors.push(ConfigError::new(format!("upstreams.{name}"), e)),
             }
         }
+        let policies = Policies::build(config, env, previous.map(|p| &p.policies), &mut errors);
+        let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let default_timeout = config.server.limits.request_timeout.as_std();
         let mut targets = Vec::with_capacity(table.len());
         for (i, route) in table.routes().iter().enumerate() {
@@ -298,19 +419,37 @@ where
                     outcomes: Arc::new(MirrorMetrics::new(route.name(), &m.upstream)),
                 })
             });
-            targets.push(RouteTarget {
+            targets.push(Arc::new(RouteTarget {
                 mirror,
-                metrics: RouteMetrics::new(route.name()),
                 sides: sides.into_boxed_slice(),
                 total: acc.max(1),
                 sticky: rc.sticky.as_deref().and_then(StickyKey::parse),
                 timeout: rc.timeout.map_or(default_timeout, nexus_core::config::Duration::as_std),
-            });
+                rng: Rng::seeded(rng.next_u64()),
+                trusted: Arc::clone(&trusted),
+            }));
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Self { table, targets: targets.into_boxed_slice(), upstreams, rng, unmatched: RouteMetrics::new(UNMATCHED) })
+        let stacks = table
+            .routes()
+            .iter()
+            .map(|route| {
+                crate::stack::route_service(route, RouteForward::new(Arc::clone(&targets[route.id()])), &policies)
+            })
+            .collect();
+        let limits = &config.server.limits;
+        Ok(Self {
+            table,
+            targets: targets.into_boxed_slice(),
+            stacks,
+            policies,
+            upstreams,
+            unmatched: RouteMetrics::new(UNMATCHED),
+            max_body: limits.max_request_body.bytes(),
+            max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
+        })
     }
 
     /// The route table.
@@ -319,130 +458,158 @@ where
     }
 
     /// Upstreams by name.
-    pub fn upstreams(&self) -> &BTreeMap<String, Arc<Upstream<B>>> {
+    pub fn upstreams(&self) -> &BTreeMap<String, Arc<Upstream<LimitedBody<B>>>> {
         &self.upstreams
     }
 
     /// Per route (by [`Route::id`](nexus_core::router::Route::id)), where it forwards.
-    pub fn target(&self, route_id: usize) -> &RouteTarget<B> {
+    pub fn target(&self, route_id: usize) -> &RouteTarget<LimitedBody<B>> {
         &self.targets[route_id]
     }
 
-    /// Route and forward one request. Never fails: errors become the JSON body
-    /// of SPEC §4 carrying the request's `X-Request-Id`.
-    pub async fn handle(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody<B>> {
-        let started = Instant::now();
-        match self.route(req) {
-            Ok((req, route_id)) => self.forward(route_id, req, client, started).await,
-            Err((method, res)) => {
-                self.unmatched.record(&method, res.status().as_u16(), "", started.elapsed());
-                res
+    /// Serve one request: header and body limits (431, 413), path normalisation
+    /// and route match (400, 404, 405), then the route's stack (rate limit, JWT,
+    /// forward). Never fails: every answer the gateway makes is the JSON of
+    /// SPEC §4 with the request's `X-Request-Id`. The client's address comes from
+    /// a [`ClientInfo`] (or else a [`PeerAddr`]) in the request's extensions.
+    pub fn handle(&self, req: Request<B>) -> GatewayFuture<B> {
+        let answered = |res| GatewayFuture { state: State::Answered { res: Some(res) } };
+        if let Some(res) = self.check_limits(&req) {
+            self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
+            return answered(res);
+        }
+        // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
+        let req = req.map(|b| LimitedBody::new(b, self.max_body));
+        let method = req.method().clone();
+        match route_in(&self.table, req) {
+            Ok((req, id)) => GatewayFuture { state: State::Routed { fut: self.stacks[id].clone().oneshot(req) } },
+            Err(res) => {
+                self.unmatched.record(&method, res.status().as_u16(), "", Duration::ZERO);
+                answered(res)
             }
         }
     }
 
-    /// Forward a request already matched to `route_id` (by [`Gateway::route`]):
-    /// split choice, upstream, metrics. `started` is when the request arrived.
-    pub async fn forward(
-        &self,
-        route_id: usize,
-        req: Request<B>,
-        client: &ClientInfo,
-        started: Instant,
-    ) -> Response<ResponseBody<B>> {
-        let method = req.method().clone();
-        let target = &self.targets[route_id];
-        let upstream = target.choose(&req, &self.rng);
-        let rid = req.headers().get(REQUEST_ID).cloned();
-        let req = req.map(SendBody::Stream);
-        let sent = match &target.mirror {
-            Some(m) if self.rng.below(10_000) < m.per_10k => match mirror(m, req, client, target.timeout).await {
-                Ok(req) => upstream.forward_send(req, client, target.timeout).await,
-                Err(e) => Err(e),
-            },
-            _ => upstream.forward_send(req, client, target.timeout).await,
-        };
-        let res = match sent {
-            Ok(res) => res.map(GatewayBody::stream),
-            Err(e) => {
-                tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
-                let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
-                if let Some(secs) = e.retry_after() {
-                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                }
-                res
-            }
-        };
-        target.metrics.record(&method, res.status().as_u16(), upstream.name(), started.elapsed());
-        res
-    }
-
-    /// Count a request that a layer in front of the upstream answered itself
-    /// (429, 401, 403) under its route.
-    pub fn record_answered(&self, route_id: usize, method: &Method, status: u16, started: Instant) {
-        self.targets[route_id].metrics.record(method, status, "", started.elapsed());
-    }
-
-    /// Count a request the server answered before routing (413, 431, 400), as `_unmatched`.
-    pub fn record_unmatched(&self, method: &Method, status: u16, elapsed: std::time::Duration) {
+    /// Count a request the server answered before the gateway saw it (a framing
+    /// error), as `_unmatched`.
+    pub fn record_unmatched(&self, method: &Method, status: u16, elapsed: Duration) {
         self.unmatched.record(method, status, "", elapsed);
     }
 
-    /// Normalise and match. On success, the request (its path now what the upstream
-    /// must see) and the route's id; otherwise the method and the 400/404/405 answer.
-    #[allow(clippy::result_large_err)]
-    pub fn route(&self, req: Request<B>) -> Result<(Request<B>, usize), Unrouted<B>> {
-        let method = req.method().clone();
-        self.route_inner(req).map_err(|res| (method, res))
-    }
-
-    #[allow(clippy::result_large_err)]
-    fn route_inner(&self, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody<B>>> {
-        let uri_path = req.uri().path();
-        let path = match nexus_core::path::normalize(uri_path) {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(GatewayError::new(ErrorCode::BadRequest)
-                    .with_message(format!("invalid path: {e}"))
-                    .into_response_for(req.headers()));
-            }
-        };
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
-        let info = RequestInfo::new(req.method(), host, &path).with_headers(req.headers());
-        let found: RouteMatch<'_> = match self.table.match_request(&info) {
-            Match::Found(m) => m,
-            Match::NotFound => {
-                return Err(GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers()));
-            }
-            Match::MethodNotAllowed { allow } => {
-                let mut res: Response<ResponseBody<B>> =
-                    GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
-                let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-                if let Ok(v) = HeaderValue::from_str(&allow) {
-                    res.headers_mut().insert(header::ALLOW, v);
-                }
-                return Err(res);
-            }
-        };
-        let id = found.route().id();
-        let upstream_path = found.upstream_path(&path);
-        if upstream_path != uri_path {
-            let pq = match req.uri().query() {
-                Some(q) => format!("{upstream_path}?{q}"),
-                None => upstream_path.into_owned(),
-            };
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.path_and_query = pq.parse().ok();
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
+    /// The header-size and declared-body-size rejections, before any routing work.
+    fn check_limits(&self, req: &Request<B>) -> Option<GatewayResponse<B>> {
+        let headers = req.headers();
+        // The parser's buffer is larger than the limit; the exact limit is checked here.
+        let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        if size > self.max_header_bytes {
+            return Some(GatewayError::new(ErrorCode::HeadersTooLarge).into_response_for(headers));
         }
-        Ok((req, id))
+        // A declared Content-Length is the body's size hint (no header lookup).
+        if req.body().size_hint().lower() > self.max_body {
+            let mut res: GatewayResponse<B> = GatewayError::new(ErrorCode::PayloadTooLarge).into_response_for(headers);
+            // The unread body would be parsed as the next request: close instead.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Some(res);
+        }
+        None
+    }
+}
+
+/// Normalise and match. On success, the request (its path now what the upstream
+/// must see) and the route's id; otherwise the 400/404/405 answer.
+#[allow(clippy::result_large_err)]
+fn route_in<B>(table: &RouteTable, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody<B>>> {
+    let uri_path = req.uri().path();
+    let path = match nexus_core::path::normalize(uri_path) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(GatewayError::new(ErrorCode::BadRequest)
+                .with_message(format!("invalid path: {e}"))
+                .into_response_for(req.headers()));
+        }
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
+    let info = RequestInfo::new(req.method(), host, &path).with_headers(req.headers());
+    let found: RouteMatch<'_> = match table.match_request(&info) {
+        Match::Found(m) => m,
+        Match::NotFound => {
+            return Err(GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers()));
+        }
+        Match::MethodNotAllowed { allow } => {
+            let mut res: Response<ResponseBody<B>> =
+                GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
+            let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+            return Err(res);
+        }
+    };
+    let id = found.route().id();
+    let upstream_path = found.upstream_path(&path);
+    if upstream_path != uri_path {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{upstream_path}?{q}"),
+            None => upstream_path.into_owned(),
+        };
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.path_and_query = pq.parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    Ok((req, id))
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<B>
+    where
+        B: RequestBody,
+    {
+        Answered { res: Option<GatewayResponse<B>> },
+        Routed { #[pin] fut: Oneshot<RouteService<B>, Request<LimitedBody<B>>> },
+    }
+}
+
+pin_project! {
+    /// The answer to one request: [`Gateway::handle`]'s future.
+    pub struct GatewayFuture<B>
+    where
+        B: RequestBody,
+    {
+        #[pin]
+        state: State<B>,
+    }
+}
+
+impl<B> std::fmt::Debug for GatewayFuture<B>
+where
+    B: RequestBody,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayFuture")
+    }
+}
+
+impl<B> Future for GatewayFuture<B>
+where
+    B: RequestBody,
+{
+    type Output = GatewayResponse<B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<GatewayResponse<B>> {
+        match self.project().state.project() {
+            StateProj::Answered { res } => Poll::Ready(res.take().expect("polled after completion")),
+            StateProj::Routed { fut } => fut.poll(cx).map(|r| match r {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }),
+        }
     }
 }
 

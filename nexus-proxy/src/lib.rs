@@ -32,10 +32,11 @@ pub mod metrics;
 mod pool;
 mod replay;
 pub mod service;
+pub mod stack;
 pub mod upstream;
 
-pub use body::{ResponseBody, UpstreamBody};
+pub use body::{RequestBody, ResponseBody, UpstreamBody, upstream_of};
 pub use error::{ErrorKind, ProxyError};
-pub use gateway::{Gateway, RouteTarget, StickyKey};
+pub use gateway::{Gateway, GatewayFuture, GatewayResponse, RouteForward, RouteTarget, StickyKey};
 pub use service::{GatewayService, ProxyService};
 pub use upstream::{ClientInfo, Endpoint, InFlight, Upstream};

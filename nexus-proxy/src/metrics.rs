@@ -5,11 +5,17 @@
 //! copy-on-write list, so the hot path is a short scan and two atomic adds,
 //! not a registry lookup with freshly allocated label strings.
 
+use crate::body::{ResponseBody, upstream_of};
 use arc_swap::ArcSwap;
-use http::Method;
+use http::{Method, Request, Response};
 use metrics::{Counter, Histogram, Label, SharedString};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// `http_requests_total{route,method,status,upstream}`.
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
@@ -136,5 +142,88 @@ impl EndpointMetrics {
                 "endpoint" => endpoint.to_string(), "outcome" => outcome)
         };
         Self { success: c("success"), error: c("error"), timeout: c("timeout") }
+    }
+}
+
+/// Counts every response of a route in `http_requests_total` and
+/// `http_request_duration_seconds`, whoever made it (the upstream, or a layer
+/// below that answered itself: 401, 429, 503, ...); the `upstream` label comes
+/// from the response body ([`upstream_of`]). The outermost layer of a route's
+/// stack, so its time covers every layer.
+#[derive(Debug, Clone)]
+pub struct RouteMetricsLayer {
+    metrics: Arc<RouteMetrics>,
+}
+
+impl RouteMetricsLayer {
+    /// Record under the route named `route`.
+    pub fn new(route: &str) -> Self {
+        Self { metrics: Arc::new(RouteMetrics::new(route)) }
+    }
+}
+
+impl<S> tower::Layer<S> for RouteMetricsLayer {
+    type Service = Recorded<S>;
+    fn layer(&self, inner: S) -> Recorded<S> {
+        Recorded { inner, metrics: Arc::clone(&self.metrics) }
+    }
+}
+
+/// The service of [`RouteMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct Recorded<S> {
+    inner: S,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl<S, ReqB, B> tower::Service<Request<ReqB>> for Recorded<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResponseBody<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RecordedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let method = req.method().clone();
+        RecordedFuture {
+            fut: self.inner.call(req),
+            started: Instant::now(),
+            method,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Recorded`].
+    #[derive(Debug)]
+    pub struct RecordedFuture<F> {
+        #[pin]
+        fut: F,
+        started: Instant,
+        method: Method,
+        metrics: Arc<RouteMetrics>,
+    }
+}
+
+impl<F, B, E> Future for RecordedFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody<B>>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = ready!(this.fut.poll(cx));
+        if let Ok(res) = &out {
+            let upstream = upstream_of(res.body());
+            this.metrics.record(this.method, res.status().as_u16(), upstream, this.started.elapsed());
+        }
+        Poll::Ready(out)
     }
 }

@@ -20,21 +20,22 @@
 //! # }
 //! ```
 
-use crate::body::ResponseBody;
-use crate::gateway::Gateway;
+use crate::body::{RequestBody, ResponseBody};
+use crate::gateway::{Gateway, GatewayFuture, GatewayResponse};
 use crate::upstream::{ClientInfo, Upstream};
-use http::{Request, Response};
-use http_body::Body;
+use http::{HeaderValue, Request, Response};
 use ipnet::IpNet;
-use nexus_core::BoxError;
 use nexus_core::body::GatewayBody;
 use nexus_core::client::PeerAddr;
+use nexus_core::config::{Config, ConfigErrors};
+use nexus_core::error::REQUEST_ID;
+use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -74,8 +75,7 @@ impl<B> ProxyService<B> {
 
 impl<B> tower::Service<Request<B>> for ProxyService<B>
 where
-    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     type Response = Response<ResponseBody<B>>;
     type Error = Infallible;
@@ -98,45 +98,116 @@ where
     }
 }
 
-/// Routes and forwards with a whole [`Gateway`] (404, 405 and upstream errors as JSON).
+/// The whole gateway as one tower `Service`: what the `nexus` binary serves,
+/// for an axum app (`Router::fallback_service`) or any hyper server. It
+/// enforces everything the config says — routes, splits, auth, rate limits,
+/// breakers, retries, timeouts, body and header limits, metrics — and keeps a
+/// client's valid `X-Request-Id` or makes one, on the request and the answer.
+/// Listeners, probes and the shutdown sequence stay with the server around it.
+///
+/// The client address comes from a [`ClientInfo`](crate::ClientInfo) or a
+/// [`PeerAddr`](nexus_core::client::PeerAddr) in the request's extensions (per-IP
+/// rate limits need one of them: without, every client shares one bucket).
+///
+/// ```
+/// use nexus_proxy::GatewayService;
+/// use tower::ServiceExt;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let config = nexus_core::config::Config::from_json(serde_json::json!({
+///     "auth": { "jwt": { "main": { "jwks_url": "https://issuer.example.com/jwks.json" } } },
+///     "upstreams": { "api": { "endpoints": [{ "url": "http://127.0.0.1:9" }] } },
+///     "routes": [{ "name": "api", "paths": [{ "path": "/" }], "upstream": "api", "auth": "main" }],
+/// })).unwrap();
+/// let svc = GatewayService::<http_body_util::Empty<bytes::Bytes>>::from_config(&config).unwrap();
+/// let res = svc.oneshot(http::Request::new(http_body_util::Empty::new())).await.unwrap();
+/// assert_eq!(res.status(), 401, "auth: main holds without a token");
+/// assert!(res.headers().contains_key("x-request-id"));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct GatewayService<B> {
     gateway: Arc<Gateway<B>>,
-    trusted: Arc<[IpNet]>,
 }
 
 impl<B> Clone for GatewayService<B> {
     fn clone(&self) -> Self {
-        Self { gateway: Arc::clone(&self.gateway), trusted: Arc::clone(&self.trusted) }
+        Self { gateway: Arc::clone(&self.gateway) }
     }
 }
 
-impl<B> GatewayService<B> {
-    /// Serve with this gateway; `trusted` as in `server.trusted_proxies`.
-    pub fn new(gateway: Arc<Gateway<B>>, trusted: impl Into<Arc<[IpNet]>>) -> Self {
-        Self { gateway, trusted: trusted.into() }
+impl<B> GatewayService<B>
+where
+    B: RequestBody,
+{
+    /// Serve with this gateway.
+    pub fn new(gateway: Arc<Gateway<B>>) -> Self {
+        Self { gateway }
+    }
+
+    /// Build the gateway from a validated config (`*_env` keys read from the
+    /// process environment) and serve it.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigErrors> {
+        Ok(Self::new(Arc::new(Gateway::from_config(config)?)))
+    }
+
+    /// The gateway served.
+    pub fn gateway(&self) -> &Arc<Gateway<B>> {
+        &self.gateway
     }
 }
 
 impl<B> tower::Service<Request<B>> for GatewayService<B>
 where
-    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
-    type Response = Response<ResponseBody<B>>;
+    type Response = GatewayResponse<B>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+    type Future = GatewayServiceFuture<B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let client = client_of(&req, &this.trusted);
-            Ok(this.gateway.handle(req, &client).await)
-        })
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = nexus_middleware::request_id::ensure(req.headers_mut());
+        GatewayServiceFuture { fut: self.gateway.handle(req), id: Some(id) }
+    }
+}
+
+pin_project! {
+    /// Response future of [`GatewayService`].
+    pub struct GatewayServiceFuture<B>
+    where
+        B: RequestBody,
+    {
+        #[pin]
+        fut: GatewayFuture<B>,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<B> std::fmt::Debug for GatewayServiceFuture<B>
+where
+    B: RequestBody,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayServiceFuture")
+    }
+}
+
+impl<B> Future for GatewayServiceFuture<B>
+where
+    B: RequestBody,
+{
+    type Output = Result<GatewayResponse<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.fut.poll(cx));
+        if let Some(id) = this.id.take() {
+            res.headers_mut().insert(REQUEST_ID, id);
+        }
+        Poll::Ready(Ok(res))
     }
 }
 
@@ -156,18 +227,15 @@ mod tests {
         Arc::new(Gateway::from_config(&config).unwrap())
     }
 
-    async fn json(res: Response<ResponseBody<Empty<bytes::Bytes>>>) -> serde_json::Value {
+    async fn json(res: GatewayResponse<Empty<bytes::Bytes>>) -> serde_json::Value {
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
     }
 
     #[tokio::test]
     async fn gateway_service_answers_404_405_and_502_as_json() {
-        let svc = GatewayService::new(
-            gateway(
-                serde_json::json!([{ "name": "r", "paths": [{ "path": "/api" }], "methods": ["GET"], "upstream": "dead" }]),
-            ),
-            Vec::new(),
-        );
+        let svc = GatewayService::new(gateway(
+            serde_json::json!([{ "name": "r", "paths": [{ "path": "/api" }], "methods": ["GET"], "upstream": "dead" }]),
+        ));
         let req = |m: &str, p: &str| {
             Request::builder().method(m).uri(p).header("x-request-id", "t-1").body(Empty::new()).unwrap()
         };
@@ -180,5 +248,75 @@ mod tests {
         let res = svc.oneshot(req("GET", "/api/x")).await.unwrap();
         assert_eq!(res.status(), 502);
         assert_eq!(json(res).await["error"]["code"], "bad_gateway");
+    }
+
+    fn config(extra: serde_json::Value) -> nexus_core::config::Config {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut doc = serde_json::json!({
+            "upstreams": { "dead": { "endpoints": [{ "url": format!("http://127.0.0.1:{port}") }] } },
+        });
+        doc.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        nexus_core::config::Config::from_json(doc).unwrap()
+    }
+
+    fn from(ip: [u8; 4], path: &str) -> Request<Empty<bytes::Bytes>> {
+        let mut req = Request::get(path).body(Empty::new()).unwrap();
+        req.extensions_mut().insert(PeerAddr(std::net::SocketAddr::from((ip, 40000))));
+        req
+    }
+
+    #[tokio::test]
+    async fn a_config_built_service_enforces_auth_and_per_peer_limits() {
+        let limits = serde_json::json!({
+            "rate_limits": { "two": { "requests": 2, "per": "1m" } },
+            "auth": { "jwt": { "main": { "algorithms": ["HS256"], "secret_env": "NEXUS_TEST_UNSET_SECRET" } } },
+            "routes": [
+                { "name": "limited", "paths": [{ "path": "/l" }], "upstream": "dead", "rate_limit": "two" },
+                { "name": "private", "paths": [{ "path": "/p" }], "upstream": "dead", "auth": "main" },
+            ],
+        });
+        let env = std::collections::HashMap::from([(
+            "NEXUS_TEST_UNSET_SECRET".to_string(),
+            "a secret of thirty-two bytes or more".to_string(),
+        )]);
+        let c = config(limits);
+        let gw = Gateway::with_env(&c, crate::balance::Rng::seeded(1), &env).unwrap();
+        let svc = GatewayService::new(Arc::new(gw));
+        let res = svc.clone().oneshot(from([192, 0, 2, 1], "/p")).await.unwrap();
+        assert_eq!(res.status(), 401, "auth is not ignored");
+        for ip in [[192, 0, 2, 1], [192, 0, 2, 2]] {
+            for _ in 0..2 {
+                let res = svc.clone().oneshot(from(ip, "/l")).await.unwrap();
+                assert_eq!(res.status(), 502, "under the limit: forwarded (nothing listens)");
+            }
+            let res = svc.clone().oneshot(from(ip, "/l")).await.unwrap();
+            assert_eq!(res.status(), 429, "{ip:?} has a bucket of its own");
+        }
+        // The secret comes from the environment: without it, building fails with the field path.
+        let errors = Gateway::<Empty<bytes::Bytes>>::with_env(
+            &c,
+            crate::balance::Rng::seeded(1),
+            &std::collections::HashMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["auth.jwt.main.secret_env"]);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_buckets_of_an_unchanged_limit_and_resets_a_changed_one() {
+        let doc = |requests: u64| {
+            serde_json::json!({
+                "rate_limits": { "one": { "requests": requests, "per": "1m" } },
+                "routes": [{ "name": "r", "paths": [{ "path": "/" }], "upstream": "dead", "rate_limit": "one" }],
+            })
+        };
+        let first = Gateway::from_config(&config(doc(1))).unwrap();
+        let svc = GatewayService::new(Arc::new(first));
+        assert_eq!(svc.clone().oneshot(from([192, 0, 2, 1], "/")).await.unwrap().status(), 502);
+        assert_eq!(svc.clone().oneshot(from([192, 0, 2, 1], "/")).await.unwrap().status(), 429);
+        let same = GatewayService::new(Arc::new(svc.gateway().reload(&config(doc(1))).unwrap()));
+        assert_eq!(same.oneshot(from([192, 0, 2, 1], "/")).await.unwrap().status(), 429, "the bucket carried over");
+        let changed = GatewayService::new(Arc::new(svc.gateway().reload(&config(doc(5))).unwrap()));
+        assert_eq!(changed.oneshot(from([192, 0, 2, 1], "/")).await.unwrap().status(), 502, "a new limit, new buckets");
     }
 }

@@ -84,7 +84,7 @@ where
 
 #[derive(Debug)]
 struct Shared<B> {
-    name: String,
+    name: Arc<str>,
     /// `nexus_upstream_requests_total{outcome="rejected"}`: no endpoint was tried.
     rejected: metrics::Counter,
     endpoints: Box<[Endpoint<B>]>,
@@ -121,6 +121,8 @@ pub struct ClientInfo {
     pub trusted: bool,
     /// Where upgraded (WebSocket) connections are counted, so shutdown waits for them.
     pub tracker: Option<Tracker>,
+    /// The TCP peer's address (the client IP of rate-limit keys).
+    pub peer: std::net::IpAddr,
 }
 
 impl ClientInfo {
@@ -134,6 +136,7 @@ impl ClientInfo {
             ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             trusted: nexus_core::client::is_trusted(peer, trusted),
             tracker: None,
+            peer,
         }
     }
 
@@ -299,7 +302,7 @@ where
             shared: Arc::new(Shared {
                 rejected: metrics::counter!(crate::metrics::UPSTREAM_REQUESTS_TOTAL, "upstream" => name.to_string(),
                     "endpoint" => "_none", "outcome" => "rejected"),
-                name: name.to_string(),
+                name: Arc::from(name),
                 endpoints: endpoints.into_boxed_slice(),
                 in_flight: AtomicUsize::new(0),
                 max_concurrent: config.max_concurrent_requests,
@@ -324,6 +327,11 @@ where
 
     /// The upstream's name.
     pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The upstream's name, shared (response bodies carry it as their metric label).
+    pub(crate) fn label(&self) -> &Arc<str> {
         &self.shared.name
     }
 
@@ -545,7 +553,7 @@ where
         let pool = self.shared.endpoints[guard.endpoint].pool();
         let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
         let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
-        Ok(res.map(|body| UpstreamBody::raw(body, guard)))
+        Ok(res.map(|body| UpstreamBody::raw(body, guard, Arc::clone(&self.shared.name))))
     }
 
     async fn send(
@@ -603,11 +611,17 @@ where
                     }
                 });
                 let (parts, body) = res.into_parts();
-                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, None)));
+                return Ok(Response::from_parts(
+                    parts,
+                    UpstreamBody::new(body, None, None, Arc::clone(&self.shared.name)),
+                ));
             }
             headers::remove_hop_by_hop(res.headers_mut(), false);
             let (parts, body) = res.into_parts();
-            return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, Some(guard))));
+            return Ok(Response::from_parts(
+                parts,
+                UpstreamBody::new(body, None, Some(guard), Arc::clone(&self.shared.name)),
+            ));
         }
         let (mut res, conn) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
             Ok(r) => r?,
@@ -615,7 +629,7 @@ where
         };
         headers::remove_hop_by_hop(res.headers_mut(), false);
         let (parts, body) = res.into_parts();
-        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard))))
+        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard), Arc::clone(&self.shared.name))))
     }
 }
 

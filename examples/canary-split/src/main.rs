@@ -50,7 +50,7 @@ fn gateway(v1: &str, v2: &str, canary_percent: u32, seed: u64) -> Gateway<Body> 
 
 /// The app: every request goes through the gateway.
 fn app(gateway: Gateway<Body>) -> Router {
-    Router::new().fallback_service(GatewayService::new(Arc::new(gateway), Vec::new()))
+    Router::new().fallback_service(GatewayService::new(Arc::new(gateway)))
 }
 
 /// A demo version of the service: answers its name.

@@ -3,24 +3,57 @@
 use super::{Check, Decision, RateLimiter};
 use bytes::Bytes;
 use http::{Request, Response};
+use nexus_core::claims::VerifiedClaims;
+use nexus_core::client::PeerAddr;
 use nexus_core::error::REQUEST_ID;
 use pin_project_lite::pin_project;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
+
+/// Where a service finds the TCP peer's address among a request's extensions.
+pub type PeerFn = fn(&http::Extensions) -> Option<IpAddr>;
+
+/// The default [`PeerFn`]: a [`PeerAddr`] in the extensions.
+fn peer_addr(ext: &http::Extensions) -> Option<IpAddr> {
+    ext.get::<PeerAddr>().map(|p| p.0.ip())
+}
 
 /// Adds a [`RateLimit`] to a service; every clone shares the limiter's buckets.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     limiter: RateLimiter,
     rejected: Option<metrics::Counter>,
+    peer: PeerFn,
 }
 
 impl RateLimitLayer {
-    /// Limit with `limiter`.
+    /// Limit with `limiter`. The client IP (for [`RateLimitKey::ClientIp`](super::RateLimitKey)
+    /// and as the fallback of the other keys) comes from a [`PeerAddr`] in the request's
+    /// extensions; see [`with_peer`](Self::with_peer) for servers that keep it elsewhere.
     pub fn new(limiter: RateLimiter) -> Self {
-        Self { limiter, rejected: None }
+        Self { limiter, rejected: None, peer: peer_addr }
+    }
+
+    /// Find the peer address with `peer` instead of looking for a [`PeerAddr`] (a server
+    /// that already puts its own connection type into the extensions need not add a second
+    /// one). A request whose peer is not found counts as the unspecified address.
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
+    /// #[derive(Clone)]
+    /// struct Conn { peer: IpAddr }
+    /// let limiter = RateLimiter::local(RateLimitConfig::default()).unwrap();
+    /// let layer = RateLimitLayer::new(limiter).with_peer(|ext| ext.get::<Conn>().map(|c| c.peer));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_peer(mut self, peer: PeerFn) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Count rejections in `nexus_rate_limited_total{route,limit}` under this route name.
@@ -42,7 +75,7 @@ impl RateLimitLayer {
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone() }
+        RateLimit { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone(), peer: self.peer }
     }
 }
 
@@ -52,6 +85,7 @@ pub struct RateLimit<S> {
     inner: S,
     limiter: RateLimiter,
     rejected: Option<metrics::Counter>,
+    peer: PeerFn,
 }
 
 impl<S> RateLimit<S> {
@@ -85,7 +119,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut check = self.limiter.check_request(&req);
+        let peer = (self.peer)(req.extensions()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let key = self.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), peer);
+        let mut check = self.limiter.check(key);
         let state = match check.ready() {
             Some(d) => decided(&mut self.inner, req, d, self.rejected.as_ref()),
             None => {
