@@ -153,7 +153,7 @@ pub(crate) async fn handle(
     res
 }
 
-async fn serve(shared: &Shared, conn: &Conn, mut req: Request<ClientBody>) -> Response<ResponseBody<ReqBody>> {
+async fn serve(shared: &Shared, conn: &Conn, req: Request<ClientBody>) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
     // Probes and framing conflicts: the listener's business, before the gateway's.
     if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict.load(Ordering::Relaxed)) {
@@ -162,10 +162,9 @@ async fn serve(shared: &Shared, conn: &Conn, mut req: Request<ClientBody>) -> Re
         }
         return res;
     }
-    // What the gateway's layers know of the client (rate-limit keys, X-Forwarded-*).
-    req.extensions_mut().insert(conn.client.clone());
-    // Limits, route, and the route's stack of Layers (nexus_proxy::stack).
-    snap.gateway.handle(req).await
+    // Limits, route, and the route's stack of Layers (nexus_proxy::stack), for this
+    // connection's client (rate-limit keys, X-Forwarded-*).
+    snap.gateway.serve(req, &conn.client).await
 }
 
 /// Probes and framing conflicts, before the gateway sees the request.

@@ -1,16 +1,14 @@
 //! The Prometheus recorder behind `/metrics`, and the process-level metrics of SPEC §5.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use nexus_proxy::metrics::{DURATION_BUCKETS, HTTP_REQUEST_DURATION_SECONDS};
+use nexus_core::metric_names::{
+    BUILD_INFO, CONFIG_VERSION_INFO as VERSION_INFO, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
+    UPSTREAM_ENDPOINT_HEALTHY, UPSTREAM_REQUESTS_TOTAL,
+};
+pub(crate) use nexus_core::metric_names::{CONFIG_RELOADS_TOTAL as RELOADS, INFLIGHT_REQUESTS as INFLIGHT};
+use nexus_proxy::metrics::DURATION_BUCKETS;
 use std::sync::OnceLock;
 use std::time::Duration;
-
-/// `nexus_inflight_requests`.
-pub(crate) const INFLIGHT: &str = "nexus_inflight_requests";
-/// `nexus_config_reloads_total{result}`.
-pub(crate) const RELOADS: &str = "nexus_config_reloads_total";
-/// `nexus_config_version_info{version}`.
-pub(crate) const VERSION_INFO: &str = "nexus_config_version_info";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -24,7 +22,7 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
             match built {
                 Ok(handle) => {
                     describe();
-                    metrics::gauge!("nexus_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
                     metrics::gauge!(INFLIGHT).set(0.0);
                     for result in ["ok", "error"] {
                         metrics::counter!(RELOADS, "result" => result).absolute(0);
@@ -60,18 +58,18 @@ fn upkeep_loop(handle: &PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("http_requests_total", "Requests answered, by route, method, status and upstream.");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "Requests answered, by route, method, status and upstream.");
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "Time to response headers, by route, method and status."
     );
-    describe_counter!("nexus_upstream_requests_total", "Requests sent to upstream endpoints, by outcome.");
-    describe_gauge!("nexus_upstream_endpoint_healthy", "1 when the endpoint may receive traffic.");
+    describe_counter!(UPSTREAM_REQUESTS_TOTAL, "Requests sent to upstream endpoints, by outcome.");
+    describe_gauge!(UPSTREAM_ENDPOINT_HEALTHY, "1 when the endpoint may receive traffic.");
     describe_counter!(RELOADS, "Config reloads, by result.");
     describe_gauge!(VERSION_INFO, "1 for the running config version.");
     describe_gauge!(INFLIGHT, "Requests being served.");
-    describe_gauge!("nexus_build_info", "Build information.");
+    describe_gauge!(BUILD_INFO, "Build information.");
 }
 
 /// Mark `version` as the running config (and `previous`, if any, as not).

@@ -33,6 +33,7 @@ pub mod cookie;
 pub mod error;
 pub mod explain;
 pub mod field_names;
+pub mod metric_names;
 pub mod path;
 pub mod retry;
 pub mod rng;

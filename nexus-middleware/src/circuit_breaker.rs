@@ -79,7 +79,7 @@ impl SharedBreaker {
 
     /// Export the state as `nexus_circuit_breaker_state{upstream}` (0 closed, 1 half-open, 2 open).
     pub fn with_metric(mut self, upstream: &str) -> Self {
-        let g = metrics::gauge!("nexus_circuit_breaker_state", "upstream" => upstream.to_string());
+        let g = metrics::gauge!(nexus_core::metric_names::CIRCUIT_BREAKER_STATE, "upstream" => upstream.to_string());
         g.set(0.0);
         self.gauge = Some(g);
         self

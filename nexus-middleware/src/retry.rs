@@ -92,7 +92,9 @@ impl RetryLayer {
     /// Count retries in `nexus_upstream_retries_total{upstream}` under this name.
     pub fn with_metric(self, upstream: &str) -> Self {
         let s = &self.shared;
-        let retries = Some(metrics::counter!("nexus_upstream_retries_total", "upstream" => upstream.to_string()));
+        let retries = Some(
+            metrics::counter!(nexus_core::metric_names::UPSTREAM_RETRIES_TOTAL, "upstream" => upstream.to_string()),
+        );
         let budget = RetryBudget::new(s.policy.budget_ratio, s.policy.budget_min_per_second);
         let rng = Rng::seeded(s.rng.next_u64());
         Self { shared: Arc::new(Shared { policy: s.policy.clone(), budget, rng, epoch: s.epoch, retries }) }

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use nexus_core::BoxError;
 use nexus_core::body::GatewayBody;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A request body the gateway can forward: bytes, sendable, and an error any
@@ -34,7 +33,7 @@ pub type ResponseBody<B> = GatewayBody<UpstreamBody<B>>;
 pub fn upstream_of<B>(body: &ResponseBody<B>) -> &str {
     match body {
         GatewayBody::Full { .. } => "",
-        GatewayBody::Stream { body } => &body.upstream,
+        GatewayBody::Stream { body } => body.guard.upstream(),
     }
 }
 
@@ -44,11 +43,10 @@ pub fn upstream_of<B>(body: &ResponseBody<B>) -> &str {
 #[derive(Debug)]
 pub struct UpstreamBody<B> {
     inner: Inner,
-    /// The upstream's name.
-    upstream: Arc<str>,
     /// The hyper connection the body comes from (raw bodies hold their own).
     conn: Option<PooledConn<SendBody<B>>>,
-    guard: Option<InFlight<B>>,
+    /// The request's in-flight slot (held until the body is finished), and the upstream's name.
+    guard: InFlight<B>,
 }
 
 /// Where the bytes come from: hyper's client connection (requests that had a body,
@@ -66,31 +64,21 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn new(
-        inner: Incoming,
-        conn: Option<PooledConn<SendBody<B>>>,
-        guard: Option<InFlight<B>>,
-        upstream: Arc<str>,
-    ) -> Self {
-        Self::start(Inner::Hyper(inner), conn, guard, upstream)
+    pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<SendBody<B>>>, guard: InFlight<B>) -> Self {
+        Self::start(Inner::Hyper(inner), conn, guard)
     }
 
-    pub(crate) fn raw(inner: RawBody, guard: InFlight<B>, upstream: Arc<str>) -> Self {
-        Self::start(Inner::Raw(inner), None, Some(guard), upstream)
+    pub(crate) fn raw(inner: RawBody, guard: InFlight<B>) -> Self {
+        Self::start(Inner::Raw(inner), None, guard)
     }
 
-    /// The gateway's answer (`data`) to a request that `upstream` was chosen for.
-    pub(crate) fn answer(data: Option<Bytes>, upstream: Arc<str>) -> Self {
-        Self { inner: Inner::Answer(data), upstream, conn: None, guard: None }
+    /// The gateway's answer (`data`) about the upstream `tag` names ([`InFlight::detached`]).
+    pub(crate) fn answer(data: Option<Bytes>, tag: InFlight<B>) -> Self {
+        Self { inner: Inner::Answer(data), conn: None, guard: tag }
     }
 
-    fn start(
-        inner: Inner,
-        conn: Option<PooledConn<SendBody<B>>>,
-        guard: Option<InFlight<B>>,
-        upstream: Arc<str>,
-    ) -> Self {
-        let mut body = Self { inner, upstream, conn, guard };
+    fn start(inner: Inner, conn: Option<PooledConn<SendBody<B>>>, guard: InFlight<B>) -> Self {
+        let mut body = Self { inner, conn, guard };
         if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
             body.finish();
@@ -100,8 +88,8 @@ where
 
     /// The response is complete: give the connection back to its pool and free the slot.
     fn finish(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            let pool = guard.endpoint().pool();
+        if self.guard.is_held() {
+            let pool = self.guard.endpoint().pool();
             if let Some(conn) = self.conn.take() {
                 pool.checkin(conn);
             }
@@ -110,13 +98,14 @@ where
             {
                 pool.checkin_raw(conn);
             }
+            self.guard.release();
         }
     }
 
     /// A broken exchange: the connection is dropped (closed), never pooled.
     fn abort(&mut self) {
         self.conn = None;
-        self.guard = None;
+        self.guard.release();
     }
 }
 

@@ -9,8 +9,10 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{RouteMetrics, UNMATCHED};
 use crate::replay::SendBody;
-use crate::stack::{Policies, RouteService};
+use crate::stack::{Policies, RouteStack};
 use crate::upstream::{ClientInfo, Upstream};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use ipnet::IpNet;
 use nexus_core::body::GatewayBody;
@@ -22,17 +24,11 @@ use nexus_core::config::{Env, ProcessEnv};
 use nexus_core::error::REQUEST_ID;
 use nexus_core::router::{Match, RequestInfo, RouteMatch, RouteTable};
 use nexus_core::{ErrorCode, GatewayError};
-use pin_project_lite::pin_project;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
-use tower::util::Oneshot;
 
 /// What the gateway answers a request whose body is `B` with.
 pub type GatewayResponse<B> = Response<ResponseBody<LimitedBody<B>>>;
@@ -81,8 +77,6 @@ pub struct RouteTarget<B> {
     timeout: Duration,
     mirror: Option<Mirror<B>>,
     rng: Rng,
-    /// `server.trusted_proxies`, for a request that carries no [`ClientInfo`].
-    trusted: Arc<[IpNet]>,
 }
 
 /// Copies at most this many mirrored requests in flight per route; more are dropped.
@@ -114,7 +108,7 @@ struct MirrorMetrics {
 impl MirrorMetrics {
     fn new(route: &str, upstream: &str) -> Self {
         let c = |outcome: &'static str| {
-            metrics::counter!("nexus_mirror_requests_total", "route" => route.to_string(),
+            metrics::counter!(nexus_core::metric_names::MIRROR_REQUESTS_TOTAL, "route" => route.to_string(),
                 "upstream" => upstream.to_string(), "outcome" => outcome)
         };
         Self {
@@ -230,102 +224,89 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The innermost service of a route's stack: choose the side of the split,
-/// copy to the mirror, forward to the upstream (whose balancer, retries and
-/// breaker run per try), and answer a failed forward with the JSON of SPEC §4.
-/// Never fails. Its future is the one boxed call of a request.
-#[derive(Debug)]
-pub struct RouteForward<B> {
-    target: Arc<RouteTarget<B>>,
-}
-
-impl<B> Clone for RouteForward<B> {
-    fn clone(&self) -> Self {
-        Self { target: Arc::clone(&self.target) }
-    }
-}
-
-impl<B> RouteForward<B> {
-    /// Forward to `target`.
-    pub fn new(target: Arc<RouteTarget<B>>) -> Self {
-        Self { target }
-    }
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<B> tower::Service<Request<B>> for RouteForward<B>
-where
-    B: RequestBody,
-{
-    type Response = Response<ResponseBody<B>>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let target = Arc::clone(&self.target);
-        // The server's per-connection facts, or (an embedder's request) the peer address.
-        let client = req.extensions_mut().remove::<ClientInfo>().unwrap_or_else(|| {
-            let peer = req.extensions().get::<PeerAddr>().map_or(std::net::Ipv4Addr::LOCALHOST.into(), |p| p.0.ip());
-            ClientInfo::new(peer, &target.trusted)
-        });
-        Box::pin(async move { Ok(target.forward(req, &client).await) })
-    }
-}
-
 impl<B> RouteTarget<B>
 where
     B: RequestBody,
 {
-    async fn forward(&self, req: Request<B>, client: &ClientInfo) -> Response<ResponseBody<B>> {
+    /// Forward one request: the side of the split, a copy to the mirror, then the
+    /// upstream (balancer, retries, breaker, per try). A failed forward is answered
+    /// with the JSON of SPEC §4 (502, 503 with `Retry-After`, 504); never fails.
+    pub fn forward<'a>(
+        &'a self,
+        req: Request<B>,
+        client: &'a ClientInfo,
+    ) -> impl Future<Output = Response<ResponseBody<B>>> + Send + 'a {
         let upstream = self.choose(&req);
         let rid = req.headers().get(REQUEST_ID).cloned();
         let req = req.map(SendBody::Stream);
+        // Chosen before the first poll, so the request is held once (see `Upstream::forward_send`).
         let sent = match &self.mirror {
-            Some(m) if self.rng.below(10_000) < m.per_10k => match mirror(m, req, client, self.timeout).await {
-                Ok(req) => upstream.forward_send(req, client, self.timeout).await,
-                Err(e) => Err(e),
-            },
-            _ => upstream.forward_send(req, client, self.timeout).await,
-        };
-        match sent {
-            Ok(res) => res.map(GatewayBody::stream),
-            Err(e) => {
-                tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
-                let id = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
-                if let Some(secs) = e.retry_after() {
-                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                }
-                // The answer is about this upstream (its `upstream` metric label).
-                res.map(|body| match body {
-                    GatewayBody::Full { data } => {
-                        GatewayBody::stream(crate::body::UpstreamBody::answer(data, Arc::clone(upstream.label())))
-                    }
-                    streamed => streamed,
-                })
+            // Rare, and a task of its own anyway: boxed, so the common future stays small.
+            Some(m) if self.rng.below(10_000) < m.per_10k => {
+                Either::Left(Box::pin(mirror_then_send(m, upstream, req, client, self.timeout)))
             }
+            _ => Either::Right(upstream.forward_send(req, client, self.timeout)),
+        };
+        sent.map(move |sent| answer(sent, upstream, rid.as_ref()))
+    }
+}
+
+/// Copy to the mirror, then send to `upstream`.
+async fn mirror_then_send<B>(
+    m: &Mirror<B>,
+    upstream: &Upstream<B>,
+    req: Request<SendBody<B>>,
+    client: &ClientInfo,
+    timeout: Duration,
+) -> Result<Response<crate::body::UpstreamBody<B>>, ProxyError>
+where
+    B: RequestBody,
+{
+    let req = mirror(m, req, client, timeout).await?;
+    upstream.forward_send(req, client, timeout).await
+}
+
+/// The client's answer to a forward: the upstream's response, or the JSON of SPEC §4
+/// for a failed one (502, 503 with `Retry-After`, 504), labelled with the upstream.
+fn answer<B: RequestBody>(
+    sent: Result<Response<crate::body::UpstreamBody<B>>, ProxyError>,
+    upstream: &Upstream<B>,
+    rid: Option<&HeaderValue>,
+) -> Response<ResponseBody<B>> {
+    match sent {
+        Ok(res) => res.map(GatewayBody::stream),
+        Err(e) => {
+            tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
+            let id = rid.and_then(|v| v.to_str().ok()).unwrap_or("");
+            let mut res: Response<ResponseBody<B>> = e.to_gateway_error().into_response(id);
+            if let Some(secs) = e.retry_after() {
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            // The answer is about this upstream (its `upstream` metric label).
+            res.map(|body| match body {
+                GatewayBody::Full { data } => {
+                    GatewayBody::stream(crate::body::UpstreamBody::answer(data, upstream.detached()))
+                }
+                streamed => streamed,
+            })
         }
     }
 }
 
 /// The gateway built from a config: a compiled route table and, per route, a
-/// stack of the middleware Layers in front of [`RouteForward`] (see
+/// stack of the middleware Layers in front of its [`RouteTarget`] (see
 /// [`crate::stack`]). One `Gateway` is an immutable snapshot of one config
 /// version; [`reload`](Gateway::reload) builds the next one, carrying over the
 /// state that must outlive a reload. `B` is the client's request body.
 #[derive(Debug)]
 pub struct Gateway<B> {
     table: RouteTable,
-    targets: Box<[Arc<RouteTarget<LimitedBody<B>>>]>,
-    stacks: Box<[RouteService<B>]>,
+    routes: Box<[RouteStack<B>]>,
     policies: Policies,
     upstreams: BTreeMap<String, Arc<Upstream<LimitedBody<B>>>>,
     unmatched: RouteMetrics,
+    /// `server.trusted_proxies`.
+    trusted: Arc<[IpNet]>,
     max_body: u64,
     max_header_bytes: usize,
 }
@@ -419,34 +400,32 @@ where
                     outcomes: Arc::new(MirrorMetrics::new(route.name(), &m.upstream)),
                 })
             });
-            targets.push(Arc::new(RouteTarget {
+            targets.push(RouteTarget {
                 mirror,
                 sides: sides.into_boxed_slice(),
                 total: acc.max(1),
                 sticky: rc.sticky.as_deref().and_then(StickyKey::parse),
                 timeout: rc.timeout.map_or(default_timeout, nexus_core::config::Duration::as_std),
                 rng: Rng::seeded(rng.next_u64()),
-                trusted: Arc::clone(&trusted),
-            }));
+            });
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let stacks = table
+        let routes = table
             .routes()
             .iter()
-            .map(|route| {
-                crate::stack::route_service(route, RouteForward::new(Arc::clone(&targets[route.id()])), &policies)
-            })
+            .zip(targets)
+            .map(|(route, target)| RouteStack::build(route, target, &policies))
             .collect();
         let limits = &config.server.limits;
         Ok(Self {
             table,
-            targets: targets.into_boxed_slice(),
-            stacks,
+            routes,
             policies,
             upstreams,
             unmatched: RouteMetrics::new(UNMATCHED),
+            trusted,
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
         })
@@ -464,28 +443,44 @@ where
 
     /// Per route (by [`Route::id`](nexus_core::router::Route::id)), where it forwards.
     pub fn target(&self, route_id: usize) -> &RouteTarget<LimitedBody<B>> {
-        &self.targets[route_id]
+        &self.routes[route_id].target
     }
 
     /// Serve one request: header and body limits (431, 413), path normalisation
     /// and route match (400, 404, 405), then the route's stack (rate limit, JWT,
     /// forward). Never fails: every answer the gateway makes is the JSON of
-    /// SPEC §4 with the request's `X-Request-Id`. The client's address comes from
-    /// a [`ClientInfo`] (or else a [`PeerAddr`]) in the request's extensions.
-    pub fn handle(&self, req: Request<B>) -> GatewayFuture<B> {
-        let answered = |res| GatewayFuture { state: State::Answered { res: Some(res) } };
+    /// SPEC §4 with the request's `X-Request-Id`. The client is the
+    /// [`ClientInfo`] in the request's extensions, or else one made from its
+    /// [`PeerAddr`] (with `server.trusted_proxies`), or else 127.0.0.1.
+    pub async fn handle(&self, req: Request<B>) -> GatewayResponse<B> {
+        let ext = req.extensions();
+        let client = ext.get::<ClientInfo>().cloned().unwrap_or_else(|| {
+            let peer = ext.get::<PeerAddr>().map_or(std::net::Ipv4Addr::LOCALHOST.into(), |p| p.0.ip());
+            ClientInfo::new(peer, &self.trusted)
+        });
+        self.serve(req, &client).await
+    }
+
+    /// [`handle`](Self::handle) for a server that knows the client (its connection's
+    /// [`ClientInfo`]): nothing is looked up or allocated for it per request. Limits
+    /// and route are decided before the first poll.
+    pub fn serve<'a>(
+        &'a self,
+        req: Request<B>,
+        client: &'a ClientInfo,
+    ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         if let Some(res) = self.check_limits(&req) {
             self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
-            return answered(res);
+            return Either::Left(std::future::ready(res));
         }
         // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
         let req = req.map(|b| LimitedBody::new(b, self.max_body));
         let method = req.method().clone();
         match route_in(&self.table, req) {
-            Ok((req, id)) => GatewayFuture { state: State::Routed { fut: self.stacks[id].clone().oneshot(req) } },
+            Ok((req, id)) => Either::Right(self.routes[id].serve(req, client)),
             Err(res) => {
                 self.unmatched.record(&method, res.status().as_u16(), "", Duration::ZERO);
-                answered(res)
+                Either::Left(std::future::ready(res))
             }
         }
     }
@@ -563,54 +558,6 @@ fn route_in<B>(table: &RouteTable, mut req: Request<B>) -> Result<(Request<B>, u
         }
     }
     Ok((req, id))
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<B>
-    where
-        B: RequestBody,
-    {
-        Answered { res: Option<GatewayResponse<B>> },
-        Routed { #[pin] fut: Oneshot<RouteService<B>, Request<LimitedBody<B>>> },
-    }
-}
-
-pin_project! {
-    /// The answer to one request: [`Gateway::handle`]'s future.
-    pub struct GatewayFuture<B>
-    where
-        B: RequestBody,
-    {
-        #[pin]
-        state: State<B>,
-    }
-}
-
-impl<B> std::fmt::Debug for GatewayFuture<B>
-where
-    B: RequestBody,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GatewayFuture")
-    }
-}
-
-impl<B> Future for GatewayFuture<B>
-where
-    B: RequestBody,
-{
-    type Output = GatewayResponse<B>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<GatewayResponse<B>> {
-        match self.project().state.project() {
-            StateProj::Answered { res } => Poll::Ready(res.take().expect("polled after completion")),
-            StateProj::Routed { fut } => fut.poll(cx).map(|r| match r {
-                Ok(res) => res,
-                Err(never) => match never {},
-            }),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,6 @@ pub mod upstream;
 
 pub use body::{RequestBody, ResponseBody, UpstreamBody, upstream_of};
 pub use error::{ErrorKind, ProxyError};
-pub use gateway::{Gateway, GatewayFuture, GatewayResponse, RouteForward, RouteTarget, StickyKey};
+pub use gateway::{Gateway, GatewayResponse, RouteTarget, StickyKey};
 pub use service::{GatewayService, ProxyService};
 pub use upstream::{ClientInfo, Endpoint, InFlight, Upstream};

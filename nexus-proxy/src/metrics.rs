@@ -17,14 +17,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// `http_requests_total{route,method,status,upstream}`.
-pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
-/// `http_request_duration_seconds{route,method,status}`.
-pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
-/// `nexus_upstream_requests_total{upstream,endpoint,outcome}`.
-pub const UPSTREAM_REQUESTS_TOTAL: &str = "nexus_upstream_requests_total";
-/// `nexus_upstream_endpoint_healthy{upstream,endpoint}`.
-pub const UPSTREAM_ENDPOINT_HEALTHY: &str = "nexus_upstream_endpoint_healthy";
+pub use nexus_core::metric_names::{
+    HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL, UPSTREAM_ENDPOINT_HEALTHY, UPSTREAM_REQUESTS_TOTAL,
+};
 /// The route label of requests no route matched.
 pub const UNMATCHED: &str = "_unmatched";
 /// Duration buckets in seconds (SPEC §8).

@@ -21,21 +21,20 @@
 //! ```
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::gateway::{Gateway, GatewayFuture, GatewayResponse};
+use crate::gateway::{Gateway, GatewayResponse};
 use crate::upstream::{ClientInfo, Upstream};
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use ipnet::IpNet;
 use nexus_core::body::GatewayBody;
 use nexus_core::client::PeerAddr;
 use nexus_core::config::{Config, ConfigErrors};
 use nexus_core::error::REQUEST_ID;
-use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -162,7 +161,9 @@ where
 {
     type Response = GatewayResponse<B>;
     type Error = Infallible;
-    type Future = GatewayServiceFuture<B>;
+    /// Boxed: the gateway's own future is awaited in place by the `nexus` binary, but a
+    /// `Service` must name its future (the one boxed call of an embedder's request).
+    type Future = BoxFuture<Result<GatewayResponse<B>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -170,44 +171,12 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = nexus_middleware::request_id::ensure(req.headers_mut());
-        GatewayServiceFuture { fut: self.gateway.handle(req), id: Some(id) }
-    }
-}
-
-pin_project! {
-    /// Response future of [`GatewayService`].
-    pub struct GatewayServiceFuture<B>
-    where
-        B: RequestBody,
-    {
-        #[pin]
-        fut: GatewayFuture<B>,
-        id: Option<HeaderValue>,
-    }
-}
-
-impl<B> std::fmt::Debug for GatewayServiceFuture<B>
-where
-    B: RequestBody,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GatewayServiceFuture")
-    }
-}
-
-impl<B> Future for GatewayServiceFuture<B>
-where
-    B: RequestBody,
-{
-    type Output = Result<GatewayResponse<B>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut res = ready!(this.fut.poll(cx));
-        if let Some(id) = this.id.take() {
+        let gateway = Arc::clone(&self.gateway);
+        Box::pin(async move {
+            let mut res = gateway.handle(req).await;
             res.headers_mut().insert(REQUEST_ID, id);
-        }
-        Poll::Ready(Ok(res))
+            Ok(res)
+        })
     }
 }
 

@@ -3,78 +3,123 @@
 //!
 //! | layer | why it sits there |
 //! | --- | --- |
-//! | [`RouteMetricsLayer`] | counts every answer of the route, its own rejections included, and times all of it |
-//! | [`RateLimitLayer`] (`client_ip` / `header:` keys) | the cheapest rejection that needs the route: before any signature is checked |
-//! | [`JwtAuthLayer`] | nothing that fails authentication reaches the upstream; provides the claims |
-//! | [`RateLimitLayer`] (`claim:` keys) | keyed by a verified claim, so it runs after authentication |
-//! | [`RouteForward`] | split side, mirror, then the upstream: balancer, retries, breaker, per try |
+//! | [`RouteMetricsLayer`](crate::metrics::RouteMetricsLayer) | counts every answer of the route, its own rejections included, and times all of it |
+//! | [`RateLimitLayer`](nexus_middleware::RateLimitLayer) (`client_ip` / `header:` keys) | the cheapest rejection that needs the route: before any signature is checked |
+//! | [`JwtAuthLayer`](nexus_middleware::JwtAuthLayer) | nothing that fails authentication reaches the upstream; provides the claims |
+//! | [`RateLimitLayer`](nexus_middleware::RateLimitLayer) (`claim:` keys) | keyed by a verified claim, so it runs after authentication |
+//! | forward ([`RouteTarget`](crate::RouteTarget)) | split side, mirror, then the upstream: balancer, retries, breaker, per try |
 //!
 //! Above the route, [`Gateway::handle`](crate::Gateway::handle) checks the
 //! header and body limits and matches the route; around the gateway, the
 //! server (the `nexus` binary, or an embedder's axum app) owns request ids,
 //! probes, panics and the shutdown sequence.
 //!
-//! Each layer is optional (`option_layer`): a route without `auth` has no JWT
-//! layer at all, not one that does nothing. The stack's type is static (no
-//! boxing between layers); only [`RouteForward`]'s future is boxed.
+//! Each layer is optional: a route without `auth` has no JWT layer at all, not
+//! one that does nothing. The stack's type is static and the server awaits its
+//! future in place: the binary's request path boxes nothing (an embedder's
+//! [`GatewayService`](crate::GatewayService) boxes once, for a nameable future).
 //!
 //! State that outlives a reload lives in [`Policies`]: a limit whose settings
 //! did not change keeps its buckets, an auth policy its key set (and JWKS
 //! refresher); every route that names a limit shares its one bucket set.
 
-use crate::gateway::RouteForward;
-use crate::metrics::{Recorded, RouteMetricsLayer};
+use crate::body::RequestBody;
+use crate::gateway::{GatewayResponse, RouteTarget};
+use crate::metrics::RouteMetricsLayer;
+use crate::upstream::ClientInfo;
+use futures_util::FutureExt;
+use http::Request;
 use nexus_core::body::LimitedBody;
-use nexus_core::client::PeerAddr;
 use nexus_core::config::{Config, ConfigError, Env};
 use nexus_core::router::Route;
 use nexus_middleware::from_config::{AuthSpec, LimitSpec};
-use nexus_middleware::jwt::{JwtAuth, JwtAuthLayer, JwtAuthService};
-use nexus_middleware::rate_limit::{RateLimit, RateLimitKey, RateLimitLayer, RateLimiter};
+use nexus_middleware::jwt::{JwtAuth, JwtAuthLayer};
+use nexus_middleware::rate_limit::{RateLimitKey, RateLimitLayer, RateLimiter};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
-use tower::ServiceBuilder;
+use std::convert::Infallible;
+use std::future::Future;
+use std::task::{Context, Waker};
 use tower::util::Either;
+use tower::{Layer, Service};
 
-type Forward<B> = RouteForward<LimitedBody<B>>;
-type AfterAuth<B> = Either<RateLimit<Forward<B>>, Forward<B>>;
-type Authed<B> = Either<JwtAuthService<AfterAuth<B>>, AfterAuth<B>>;
-type BeforeAuth<B> = Either<RateLimit<Authed<B>>, Authed<B>>;
-
-/// One route's service: the stack in the table above, for a client request
-/// body `B` (limited to `max_request_body` by the gateway).
-pub type RouteService<B> = Recorded<BeforeAuth<B>>;
-
-/// Build one route's stack over `forward`.
-pub(crate) fn route_service<B>(route: &Route, forward: Forward<B>, policies: &Policies) -> RouteService<B> {
-    let rc = route.config();
-    let limit = rc
-        .rate_limit
-        .as_deref()
-        .and_then(|name| policies.limits.get(name))
-        .map(|(_, limiter)| RateLimitLayer::new(limiter.clone()).with_metric(route.name()).with_peer(client_peer));
-    // A claim-keyed limit needs the verified claims: after authentication; any other key before.
-    let (before, after) = match limit {
-        Some(l) if matches!(l.limiter().config().key, RateLimitKey::Claim(_)) => (None, Some(l)),
-        other => (other, None),
-    };
-    let auth = rc
-        .auth
-        .as_deref()
-        .and_then(|name| policies.auths.get(name))
-        .map(|(_, auth)| JwtAuthLayer::new(auth.clone()).with_metric(route.name()));
-    ServiceBuilder::new()
-        .layer(RouteMetricsLayer::new(route.name()))
-        .option_layer(before)
-        .option_layer(auth)
-        .option_layer(after)
-        .service(forward)
+/// One route's Layers, built once per config snapshot (their state shared by
+/// every request and every clone), and where the route forwards.
+#[derive(Debug)]
+pub(crate) struct RouteStack<B> {
+    metrics: RouteMetricsLayer,
+    /// `client_ip` / `header:` keyed limit: before authentication.
+    before_auth: Option<RateLimitLayer>,
+    auth: Option<JwtAuthLayer>,
+    /// `claim:` keyed limit: needs the verified claims.
+    after_auth: Option<RateLimitLayer>,
+    pub(crate) target: RouteTarget<LimitedBody<B>>,
 }
 
-/// The client's address for rate-limit keys: the server's [`ClientInfo`](crate::ClientInfo),
-/// or an embedder's [`PeerAddr`].
-fn client_peer(ext: &http::Extensions) -> Option<IpAddr> {
-    ext.get::<crate::ClientInfo>().map(|c| c.peer).or_else(|| ext.get::<PeerAddr>().map(|p| p.0.ip()))
+impl<B> RouteStack<B> {
+    /// The Layers of `route`, with the named policies of this snapshot.
+    pub(crate) fn build(route: &Route, target: RouteTarget<LimitedBody<B>>, policies: &Policies) -> Self {
+        let rc = route.config();
+        let limit = rc
+            .rate_limit
+            .as_deref()
+            .and_then(|name| policies.limits.get(name))
+            .map(|(_, limiter)| RateLimitLayer::new(limiter.clone()).with_metric(route.name()));
+        // A claim-keyed limit needs the verified claims: after authentication; any other key before.
+        let (before_auth, after_auth) = match limit {
+            Some(l) if matches!(l.limiter().config().key, RateLimitKey::Claim(_)) => (None, Some(l)),
+            other => (other, None),
+        };
+        let auth = rc
+            .auth
+            .as_deref()
+            .and_then(|name| policies.auths.get(name))
+            .map(|(_, auth)| JwtAuthLayer::new(auth.clone()).with_metric(route.name()));
+        Self { metrics: RouteMetricsLayer::new(route.name()), before_auth, auth, after_auth, target }
+    }
+}
+
+impl<B: RequestBody> RouteStack<B> {
+    /// Serve one request of `client` through the route's Layers, outermost first.
+    ///
+    /// The Layers wrap a forward that borrows this snapshot's target and the client, so
+    /// the stack is applied per request (`Layer::layer`: a few reference-count increments,
+    /// what cloning a built stack costs too) and its future is one static type the server
+    /// awaits in place: no boxing, no allocation for the stack. Everything is decided
+    /// before the first poll, so the request is held once (see `Upstream::forward_send`).
+    pub(crate) fn serve<'a>(
+        &'a self,
+        req: Request<LimitedBody<B>>,
+        client: &'a ClientInfo,
+    ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
+        let target = &self.target;
+        // Innermost: split side, mirror, then the upstream (balancer, retries, breaker per try).
+        let svc = tower::service_fn(move |req| Box::pin(target.forward(req, client).map(Ok::<_, Infallible>)));
+        // A claim-keyed limit: after authentication, which provides the claims.
+        let svc = match &self.after_auth {
+            Some(l) => Either::Left(l.layer_with_peer(svc, client.peer)),
+            None => Either::Right(svc),
+        };
+        // Authentication: nothing that fails it reaches the upstream.
+        let svc = match &self.auth {
+            Some(l) => Either::Left(l.layer(svc)),
+            None => Either::Right(svc),
+        };
+        // Any other limit first: the cheapest rejection that needs the route, before a signature check.
+        let svc = match &self.before_auth {
+            Some(l) => Either::Left(l.layer_with_peer(svc, client.peer)),
+            None => Either::Right(svc),
+        };
+        // Outermost: every answer of the route is counted and timed, its own rejections too.
+        let mut svc = self.metrics.layer(svc);
+        // Readiness is the forward's, which is always ready: an upstream over its
+        // `max_concurrent_requests` answers 503 at once instead of waiting.
+        let ready = svc.poll_ready(&mut Context::from_waker(Waker::noop()));
+        debug_assert!(ready.is_ready(), "a route's stack is always ready");
+        svc.call(req).map(|res: Result<_, Infallible>| match res {
+            Ok(res) => res,
+            Err(never) => match never {},
+        })
+    }
 }
 
 /// The named rate limits and auth policies of one config version, each with

@@ -8,6 +8,8 @@ use crate::headers::{self, HeadScan};
 use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
 use crate::replay::SendBody;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
@@ -18,6 +20,7 @@ use nexus_core::retry::{RetryBudget, RetryPolicy, is_idempotent};
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
 use nexus_health::shutdown::Tracker;
 use nexus_health::upstream::{CheckConfig, Checks, EndpointHealth, Probe, Thresholds};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -84,7 +87,7 @@ where
 
 #[derive(Debug)]
 struct Shared<B> {
-    name: Arc<str>,
+    name: String,
     /// `nexus_upstream_requests_total{outcome="rejected"}`: no endpoint was tried.
     rejected: metrics::Counter,
     endpoints: Box<[Endpoint<B>]>,
@@ -92,23 +95,45 @@ struct Shared<B> {
     max_concurrent: usize,
 }
 
-/// A request's slot in the upstream's and the endpoint's in-flight counts; freed on drop.
+/// A request's slot in the upstream's and the endpoint's in-flight counts; freed on
+/// [`release`](InFlight::release) or drop. It also names the upstream (the metric label of
+/// a response body), so a body keeps it after the slot is freed.
 #[derive(Debug)]
 pub struct InFlight<B> {
     shared: Arc<Shared<B>>,
     endpoint: usize,
+    /// The counts were given back (or never taken: [`InFlight::detached`]).
+    released: bool,
 }
 
 impl<B> InFlight<B> {
     pub(crate) fn endpoint(&self) -> &Endpoint<B> {
         &self.shared.endpoints[self.endpoint]
     }
+
+    /// The upstream's name.
+    pub(crate) fn upstream(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the slot is still held.
+    pub(crate) fn is_held(&self) -> bool {
+        !self.released
+    }
+
+    /// Give the slot back (once; later calls do nothing).
+    pub(crate) fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.shared.endpoints[self.endpoint].in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<B> Drop for InFlight<B> {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.shared.endpoints[self.endpoint].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.release();
     }
 }
 
@@ -291,7 +316,7 @@ where
                     let b = Arc::new(UpstreamBreaker {
                         breaker: Breaker::new(settings),
                         clock: Epoch::start(),
-                        gauge: metrics::gauge!("nexus_circuit_breaker_state", "upstream" => name.to_string()),
+                        gauge: metrics::gauge!(nexus_core::metric_names::CIRCUIT_BREAKER_STATE, "upstream" => name.to_string()),
                     });
                     b.publish();
                     b
@@ -302,7 +327,7 @@ where
             shared: Arc::new(Shared {
                 rejected: metrics::counter!(crate::metrics::UPSTREAM_REQUESTS_TOTAL, "upstream" => name.to_string(),
                     "endpoint" => "_none", "outcome" => "rejected"),
-                name: Arc::from(name),
+                name: name.to_string(),
                 endpoints: endpoints.into_boxed_slice(),
                 in_flight: AtomicUsize::new(0),
                 max_concurrent: config.max_concurrent_requests,
@@ -318,7 +343,7 @@ where
                     budget: RetryBudget::new(policy.budget_ratio, policy.budget_min_per_second),
                     policy,
                     clock: Epoch::start(),
-                    retries: metrics::counter!("nexus_upstream_retries_total", "upstream" => name.to_string()),
+                    retries: metrics::counter!(nexus_core::metric_names::UPSTREAM_RETRIES_TOTAL, "upstream" => name.to_string()),
                 }
             }),
             timeout: config.timeout.map(nexus_core::config::Duration::as_std),
@@ -330,9 +355,10 @@ where
         &self.shared.name
     }
 
-    /// The upstream's name, shared (response bodies carry it as their metric label).
-    pub(crate) fn label(&self) -> &Arc<str> {
-        &self.shared.name
+    /// A name tag for a body about this upstream that holds no in-flight slot (an
+    /// upgraded response, the gateway's own answer after a failed forward).
+    pub(crate) fn detached(&self) -> InFlight<B> {
+        InFlight { shared: Arc::clone(&self.shared), endpoint: 0, released: true }
     }
 
     /// The endpoints and their live state.
@@ -367,7 +393,7 @@ where
             return Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, None));
         };
         eps[i].in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(InFlight { shared: Arc::clone(shared), endpoint: i })
+        Ok(InFlight { shared: Arc::clone(shared), endpoint: i, released: false })
     }
 
     /// Forward a request to one endpoint and return its response, streamed.
@@ -388,18 +414,25 @@ where
 
     /// [`forward`](Self::forward) for a body that may already have been read ahead
     /// (the gateway does so to mirror a request).
-    pub(crate) async fn forward_send(
-        &self,
+    ///
+    /// Not an `async fn`: the choice is made before the first poll and the chosen
+    /// future is returned as it is, so the request is not held twice (an `async fn`
+    /// keeps its arguments besides its callee's future), which keeps the request's
+    /// future small where every layer above moves it.
+    pub(crate) fn forward_send<'a>(
+        &'a self,
         req: Request<SendBody<B>>,
-        client: &ClientInfo,
+        client: &'a ClientInfo,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
         let scan = HeadScan::of(req.headers());
         match &self.retry {
             Some(retry) if is_idempotent(req.method()) && !scan.upgrade => {
-                self.forward_with_retries(req, scan, client, timeout, retry).await
+                Either::Left(self.forward_with_retries(req, scan, client, timeout, retry))
             }
-            _ => self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0).await.0,
+            _ => Either::Right(
+                self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0).map(|(result, _)| result),
+            ),
         }
     }
 
@@ -478,14 +511,15 @@ where
 
     /// One try: breaker, in-flight slot, endpoint (avoiding the `avoid` bitmask of
     /// endpoint indices when another is healthy), send, outcome metrics. Also
-    /// returns the endpoint tried.
-    async fn attempt(
-        &self,
-        req: Outgoing<'_, B>,
-        client: &ClientInfo,
+    /// returns the endpoint tried. The breaker and the slot are taken before the
+    /// first poll (see [`forward_send`](Self::forward_send) on why this is no `async fn`).
+    fn attempt<'a>(
+        &'a self,
+        req: Outgoing<'a, B>,
+        client: &'a ClientInfo,
         deadline: tokio::time::Instant,
         avoid: u64,
-    ) -> (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>) {
+    ) -> impl Future<Output = (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>)> + 'a {
         // The breaker first: while open, nothing is reserved or sent.
         let mut permit = match &self.breaker {
             Some(b) => match b.breaker.try_acquire_with(|| b.now()) {
@@ -493,7 +527,7 @@ where
                 Err(r) => {
                     self.shared.rejected.increment(1);
                     b.publish();
-                    return (Err(ProxyError::circuit_open(r.retry_after_secs)), None);
+                    return Either::Left(std::future::ready((Err(ProxyError::circuit_open(r.retry_after_secs)), None)));
                 }
             },
             None => None,
@@ -503,36 +537,39 @@ where
             Err(e) => {
                 // (The permit guard gives the breaker slot back.)
                 self.shared.rejected.increment(1);
-                return (Err(e), None);
+                return Either::Left(std::future::ready((Err(e), None)));
             }
         };
         let index = guard.endpoint;
-        let result = self.send(guard, req, client, deadline).await;
-        let m = &self.shared.endpoints[index].metrics;
-        // Failures for the breaker: 5xx from the upstream, connect errors, timeouts
-        // (not the client's own body errors).
-        let failed = match &result {
-            Ok(res) if res.status().is_server_error() => {
-                m.error.increment(1);
-                true
+        let send = self.send(guard, req, client, deadline);
+        Either::Right(async move {
+            let result = send.await;
+            let m = &self.shared.endpoints[index].metrics;
+            // Failures for the breaker: 5xx from the upstream, connect errors, timeouts
+            // (not the client's own body errors).
+            let failed = match &result {
+                Ok(res) if res.status().is_server_error() => {
+                    m.error.increment(1);
+                    true
+                }
+                Ok(_) => {
+                    m.success.increment(1);
+                    false
+                }
+                Err(e) if e.is_timeout() => {
+                    m.timeout.increment(1);
+                    true
+                }
+                Err(e) => {
+                    m.error.increment(1);
+                    !e.is_client()
+                }
+            };
+            if let Some(g) = permit.as_mut() {
+                g.record(!failed);
             }
-            Ok(_) => {
-                m.success.increment(1);
-                false
-            }
-            Err(e) if e.is_timeout() => {
-                m.timeout.increment(1);
-                true
-            }
-            Err(e) => {
-                m.error.increment(1);
-                !e.is_client()
-            }
-        };
-        if let Some(g) = permit.as_mut() {
-            g.record(!failed);
-        }
-        (result, Some(index))
+            (result, Some(index))
+        })
     }
 
     /// `deadline`, or sooner when the upstream's own `timeout` ends first.
@@ -553,21 +590,22 @@ where
         let pool = self.shared.endpoints[guard.endpoint].pool();
         let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
         let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
-        Ok(res.map(|body| UpstreamBody::raw(body, guard, Arc::clone(&self.shared.name))))
+        Ok(res.map(|body| UpstreamBody::raw(body, guard)))
     }
 
-    async fn send(
-        &self,
+    /// Send on the endpoint `guard` holds: the lean exchange for a head without a body,
+    /// hyper's client for the rest. The way is chosen before the first poll.
+    fn send<'a>(
+        &'a self,
         guard: InFlight<B>,
-        req: Outgoing<'_, B>,
-        client: &ClientInfo,
+        req: Outgoing<'a, B>,
+        client: &'a ClientInfo,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
         let (req, scan) = match req {
-            Outgoing::Lean(parts) => return self.send_lean(guard, parts, client, deadline).await,
+            Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, client, deadline)),
             Outgoing::Owned(req, scan) => (req, scan),
         };
-        let endpoint = &self.shared.endpoints[guard.endpoint];
         let (mut parts, body) = req.into_parts();
         let upgrade = scan.upgrade;
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
@@ -576,10 +614,32 @@ where
             if scan.names_others {
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
-            return self.send_lean(guard, &parts, client, deadline).await;
+            return Either::Right(Either::Left(async move { self.send_lean(guard, &parts, client, deadline).await }));
         }
+        // Bodies and upgrades go through hyper's client: a future several times the lean one's
+        // size, boxed so that every request's future (moved at each await) stays small.
+        Either::Right(Either::Right(Box::pin(self.send_hyper(
+            guard,
+            parts,
+            body,
+            (upgrade, client_upgrade),
+            client,
+            deadline,
+        ))))
+    }
+
+    /// A request with a body, or an upgrade, through hyper's client connection.
+    async fn send_hyper(
+        &self,
+        guard: InFlight<B>,
+        mut parts: http::request::Parts,
+        body: SendBody<B>,
+        (upgrade, client_upgrade): (bool, Option<hyper::upgrade::OnUpgrade>),
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let deadline = self.capped(deadline);
-        let pool = endpoint.pool();
+        let pool = self.shared.endpoints[guard.endpoint].pool();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
         parts.headers.reserve(3);
@@ -611,17 +671,11 @@ where
                     }
                 });
                 let (parts, body) = res.into_parts();
-                return Ok(Response::from_parts(
-                    parts,
-                    UpstreamBody::new(body, None, None, Arc::clone(&self.shared.name)),
-                ));
+                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, self.detached())));
             }
             headers::remove_hop_by_hop(res.headers_mut(), false);
             let (parts, body) = res.into_parts();
-            return Ok(Response::from_parts(
-                parts,
-                UpstreamBody::new(body, None, Some(guard), Arc::clone(&self.shared.name)),
-            ));
+            return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, guard)));
         }
         let (mut res, conn) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
             Ok(r) => r?,
@@ -629,7 +683,7 @@ where
         };
         headers::remove_hop_by_hop(res.headers_mut(), false);
         let (parts, body) = res.into_parts();
-        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), Some(guard), Arc::clone(&self.shared.name))))
+        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), guard)))
     }
 }
 

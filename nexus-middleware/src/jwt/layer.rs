@@ -28,7 +28,7 @@ impl Failures {
         Self(
             Reason::ALL
                 .iter()
-                .map(|r| metrics::counter!("nexus_auth_failures_total", "route" => route.to_string(), "reason" => r.as_str()))
+                .map(|r| metrics::counter!(nexus_core::metric_names::AUTH_FAILURES_TOTAL, "route" => route.to_string(), "reason" => r.as_str()))
                 .collect(),
         )
     }

@@ -13,53 +13,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
-/// Where a service finds the TCP peer's address among a request's extensions.
-pub type PeerFn = fn(&http::Extensions) -> Option<IpAddr>;
-
-/// The default [`PeerFn`]: a [`PeerAddr`] in the extensions.
-fn peer_addr(ext: &http::Extensions) -> Option<IpAddr> {
-    ext.get::<PeerAddr>().map(|p| p.0.ip())
-}
-
 /// Adds a [`RateLimit`] to a service; every clone shares the limiter's buckets.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     limiter: RateLimiter,
     rejected: Option<metrics::Counter>,
-    peer: PeerFn,
 }
 
 impl RateLimitLayer {
     /// Limit with `limiter`. The client IP (for [`RateLimitKey::ClientIp`](super::RateLimitKey)
     /// and as the fallback of the other keys) comes from a [`PeerAddr`] in the request's
-    /// extensions; see [`with_peer`](Self::with_peer) for servers that keep it elsewhere.
+    /// extensions; see [`layer_with_peer`](Self::layer_with_peer) for a server that knows it.
     pub fn new(limiter: RateLimiter) -> Self {
-        Self { limiter, rejected: None, peer: peer_addr }
-    }
-
-    /// Find the peer address with `peer` instead of looking for a [`PeerAddr`] (a server
-    /// that already puts its own connection type into the extensions need not add a second
-    /// one). A request whose peer is not found counts as the unspecified address.
-    ///
-    /// ```
-    /// use std::net::IpAddr;
-    /// use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
-    /// #[derive(Clone)]
-    /// struct Conn { peer: IpAddr }
-    /// let limiter = RateLimiter::local(RateLimitConfig::default()).unwrap();
-    /// let layer = RateLimitLayer::new(limiter).with_peer(|ext| ext.get::<Conn>().map(|c| c.peer));
-    /// # let _ = layer;
-    /// ```
-    #[must_use]
-    pub fn with_peer(mut self, peer: PeerFn) -> Self {
-        self.peer = peer;
-        self
+        Self { limiter, rejected: None }
     }
 
     /// Count rejections in `nexus_rate_limited_total{route,limit}` under this route name.
     pub fn with_metric(mut self, route: &str) -> Self {
         self.rejected = Some(metrics::counter!(
-            "nexus_rate_limited_total",
+            nexus_core::metric_names::RATE_LIMITED_TOTAL,
             "route" => route.to_string(),
             "limit" => self.limiter.config().name.clone()
         ));
@@ -75,8 +47,26 @@ impl RateLimitLayer {
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone(), peer: self.peer }
+        RateLimit { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone(), peer: Peer::Extensions }
     }
+}
+
+impl RateLimitLayer {
+    /// Wrap `inner` for requests whose client is known to come from `peer` (a server that
+    /// builds the service for each request or connection, as the Nexus gateway does, and
+    /// so needs no extension to carry the address).
+    pub fn layer_with_peer<S>(&self, inner: S, peer: IpAddr) -> RateLimit<S> {
+        RateLimit { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone(), peer: Peer::Known(peer) }
+    }
+}
+
+/// Where a [`RateLimit`] gets the peer address of a request.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// A [`PeerAddr`] in the request's extensions.
+    Extensions,
+    /// Given when the service was made.
+    Known(IpAddr),
 }
 
 /// The rate-limiting service: 429 without calling `inner` when over the limit.
@@ -85,7 +75,7 @@ pub struct RateLimit<S> {
     inner: S,
     limiter: RateLimiter,
     rejected: Option<metrics::Counter>,
-    peer: PeerFn,
+    peer: Peer,
 }
 
 impl<S> RateLimit<S> {
@@ -119,7 +109,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let peer = (self.peer)(req.extensions()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let peer = match self.peer {
+            Peer::Extensions => {
+                req.extensions().get::<PeerAddr>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip())
+            }
+            Peer::Known(ip) => ip,
+        };
         let key = self.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), peer);
         let mut check = self.limiter.check(key);
         let state = match check.ready() {

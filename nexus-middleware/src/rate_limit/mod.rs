@@ -42,7 +42,7 @@ mod local;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use layer::{PeerFn, RateLimit, RateLimitLayer, ResponseFuture};
+pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};
 #[cfg(feature = "redis")]
 pub use redis::RedisOptions;
 
