@@ -473,13 +473,15 @@ where
             self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
             return Either::Left(std::future::ready(res));
         }
-        // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
-        let req = req.map(|b| LimitedBody::new(b, self.max_body));
-        let method = req.method().clone();
-        match route_in(&self.table, req) {
-            Ok((req, id)) => Either::Right(self.routes[id].serve(req, client)),
+        let mut req = req;
+        match route_in(&self.table, &mut req) {
+            Ok(id) => {
+                // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
+                let req = req.map(|b| LimitedBody::new(b, self.max_body));
+                Either::Right(self.routes[id].serve(req, client))
+            }
             Err(res) => {
-                self.unmatched.record(&method, res.status().as_u16(), "", Duration::ZERO);
+                self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
                 Either::Left(std::future::ready(res))
             }
         }
@@ -510,10 +512,10 @@ where
     }
 }
 
-/// Normalise and match. On success, the request (its path now what the upstream
-/// must see) and the route's id; otherwise the 400/404/405 answer.
+/// Normalise and match. On success, the route's id (the request's path is now what
+/// the upstream must see); otherwise the 400/404/405 answer.
 #[allow(clippy::result_large_err)]
-fn route_in<B>(table: &RouteTable, mut req: Request<B>) -> Result<(Request<B>, usize), Response<ResponseBody<B>>> {
+fn route_in<B, R: From<bytes::Bytes>>(table: &RouteTable, req: &mut Request<B>) -> Result<usize, Response<R>> {
     let uri_path = req.uri().path();
     let path = match nexus_core::path::normalize(uri_path) {
         Ok(p) => p,
@@ -535,8 +537,7 @@ fn route_in<B>(table: &RouteTable, mut req: Request<B>) -> Result<(Request<B>, u
             return Err(GatewayError::new(ErrorCode::RouteNotFound).into_response_for(req.headers()));
         }
         Match::MethodNotAllowed { allow } => {
-            let mut res: Response<ResponseBody<B>> =
-                GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
+            let mut res: Response<R> = GatewayError::new(ErrorCode::MethodNotAllowed).into_response_for(req.headers());
             let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 res.headers_mut().insert(header::ALLOW, v);
@@ -557,7 +558,7 @@ fn route_in<B>(table: &RouteTable, mut req: Request<B>) -> Result<(Request<B>, u
             *req.uri_mut() = uri;
         }
     }
-    Ok((req, id))
+    Ok(id)
 }
 
 #[cfg(test)]

@@ -441,21 +441,43 @@ where
     /// upstream's `Retry-After`, when not longer than `max_delay`), go to an
     /// endpoint not tried yet when there is one, stay within the request's
     /// `timeout`, and only while the upstream's retry budget allows.
-    async fn forward_with_retries(
-        &self,
+    fn forward_with_retries<'a>(
+        &'a self,
         req: Request<SendBody<B>>,
         scan: HeadScan,
-        client: &ClientInfo,
+        client: &'a ClientInfo,
         timeout: Duration,
-        retry: &UpstreamRetry,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        retry: &'a UpstreamRetry,
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
         // One clock read for the request: its deadline, and the budget's deposit.
         let start = tokio::time::Instant::now();
         let deadline = deadline_from(start, timeout);
         retry.budget.deposit(retry.clock.at(start));
-        let (parts, body) = req.into_parts();
-        let read = body.replayable().await?;
-        let replay = match read {
+        let (mut parts, body) = req.into_parts();
+        if scan.framed || !body.is_end_stream() {
+            // A body to read ahead first: boxed, so a GET's future stays small.
+            return Either::Left(Box::pin(self.retries_with_body(parts, body, scan, client, deadline, retry)));
+        }
+        // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
+        // and every try borrows it, instead of a copy of the head per try.
+        to_origin_form(&mut parts, scan.host);
+        if scan.names_others {
+            headers::remove_hop_by_hop(&mut parts.headers, false);
+        }
+        Either::Right(async move { self.retry_loop(&parts, None, scan, client, deadline, retry).await })
+    }
+
+    /// [`forward_with_retries`](Self::forward_with_retries) for a request with a body.
+    async fn retries_with_body(
+        &self,
+        mut parts: http::request::Parts,
+        body: SendBody<B>,
+        scan: HeadScan,
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+        retry: &UpstreamRetry,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let replay = match body.replayable().await? {
             Ok(replay) => replay,
             // Too large to keep: sent once, never retried.
             Err(once) => {
@@ -463,9 +485,7 @@ where
                 return self.attempt(Outgoing::Owned(once, scan), client, deadline, 0).await.0;
             }
         };
-        // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
-        // and every try borrows it, instead of a copy of the head per try.
-        let mut parts = parts;
+        // An empty body after all (chunked with no data): the head alone, borrowed per try.
         let lean = !scan.framed && replay.body::<B>().is_end_stream();
         if lean {
             to_origin_form(&mut parts, scan.host);
@@ -473,11 +493,28 @@ where
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }
         }
+        self.retry_loop(&parts, (!lean).then_some(&replay), scan, client, deadline, retry).await
+    }
+
+    /// Try, and try again while the policy, the deadline and the budget allow. `replay`:
+    /// the body to send with each try; without it `parts` is a head ready for the wire.
+    async fn retry_loop(
+        &self,
+        parts: &http::request::Parts,
+        replay: Option<&crate::replay::Replay>,
+        scan: HeadScan,
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+        retry: &UpstreamRetry,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let policy = &retry.policy;
         let mut avoid = 0u64;
         let mut retries = 0;
         loop {
-            let out = if lean { Outgoing::Lean(&parts) } else { Outgoing::Owned(rebuild(&parts, replay.body()), scan) };
+            let out = match replay {
+                None => Outgoing::Lean(parts),
+                Some(replay) => Outgoing::Owned(rebuild(parts, replay.body()), scan),
+            };
             let (result, endpoint) = self.attempt(out, client, deadline, avoid).await;
             if let Some(i) = endpoint.filter(|i| *i < 64) {
                 avoid |= 1 << i;

@@ -106,7 +106,10 @@ where
                 let store = std::sync::Arc::clone(self.auth.store());
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                State::Refetching { fut: Box::pin(async move { store.refetch().await }), inner: Some((inner, req)) }
+                State::Refetching {
+                    fut: Box::pin(async move { store.refetch().await }),
+                    inner: Some(Box::new((inner, req))),
+                }
             }
             outcome => decide(&mut self.inner, &self.auth, self.failures.as_ref(), req, outcome),
         };
@@ -145,7 +148,8 @@ where
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<B>>, B> {
-        Refetching { fut: Refetch, inner: Option<(S, Request<B>)> },
+        // Boxed: only an unknown key waits here, and it keeps every request's future small.
+        Refetching { fut: Refetch, inner: Option<Box<(S, Request<B>)>> },
         Called { #[pin] fut: S::Future },
         Rejected { res: Option<S::Response> },
     }
@@ -180,7 +184,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Refetching { fut, inner } => {
                     ready!(fut.as_mut().poll(cx));
-                    let (mut svc, req) = inner.take().expect("polled after completion");
+                    let (mut svc, req) = *inner.take().expect("polled after completion");
                     let outcome = this.auth.verify(req.headers());
                     let next = decide(&mut svc, this.auth, this.failures.as_ref(), req, outcome);
                     this.state.set(next);

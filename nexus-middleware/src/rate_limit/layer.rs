@@ -123,7 +123,7 @@ where
                 // A remote check: the service readied by poll_ready goes with the request.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                State::Checking { check, inner: Some((inner, req)), rejected: self.rejected.clone() }
+                State::Checking { check, inner: Some(Box::new((inner, req))), rejected: self.rejected.clone() }
             }
         };
         ResponseFuture { state }
@@ -154,7 +154,8 @@ where
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<R>, R> {
-        Checking { #[pin] check: Check, inner: Option<(S, R)>, rejected: Option<metrics::Counter> },
+        // Boxed: only a remote (Redis) check waits here, and it keeps every request's future small.
+        Checking { #[pin] check: Check, inner: Option<Box<(S, R)>>, rejected: Option<metrics::Counter> },
         Called { #[pin] fut: S::Future, decision: Option<Decision> },
         Rejected { res: Option<S::Response> },
     }
@@ -187,7 +188,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Checking { check, inner, rejected } => {
                     let d = ready!(check.poll(cx));
-                    let (mut svc, req) = inner.take().expect("polled after completion");
+                    let (mut svc, req) = *inner.take().expect("polled after completion");
                     let rejected = rejected.take();
                     let next = decided(&mut svc, req, d, rejected.as_ref());
                     this.state.set(next);

@@ -196,7 +196,8 @@ impl Decision {
         if self.backend_error {
             return;
         }
-        headers.reserve(4);
+        // The four fields, and the `X-Request-Id` a server adds to every answer, in one growth.
+        headers.reserve(5);
         let limit =
             if self.limit == self.fixed.burst { self.fixed.limit.clone() } else { number(u64::from(self.limit)) };
         headers.insert(RATELIMIT_LIMIT, limit);
