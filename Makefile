@@ -47,10 +47,10 @@ bench-router:
 bench-p99:
 	$(CARGO) bench -p nexus-benches --bench p99 -- $(if $(BUDGET_MS),--budget-p99-ms $(BUDGET_MS))
 
-## Nexus beside nginx on this machine (needs nginx, wrk; see ../shared/bench/README.md).
+## Nexus beside nginx on this machine (needs nginx, wrk; settings at the top of the script).
+## NEXUS_B=<another build> pairs two builds per round; CONFIG=benches/peer-bench-full.yaml for the full chain.
 peer-bench: release
-	PROXY_CMD="$(CURDIR)/target/release/nexus --config $(CURDIR)/benches/peer-bench.yaml" \
-	  PROXY_PORT=18085 PROXY_NAME=nexus ../shared/bench/peer-bench.sh
+	./scripts/peer-bench.sh
 
 fuzz:
 	cd fuzz && $(CARGO) +nightly fuzz run path_normalize -- -max_total_time=60

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Nexus beside nginx on this machine, and optionally two Nexus builds beside each other
+# (a change measured before/after in the same run).
+#
+#   scripts/peer-bench.sh                                   # target/release/nexus vs nginx
+#   NEXUS_B=/tmp/nexus-before scripts/peer-bench.sh         # plus a second build, paired per round
+#   CONFIG=benches/peer-bench-full.yaml scripts/peer-bench.sh   # the full chain
+#
+# Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
+# [benches/peer-bench.yaml], ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
+# WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), PIN [1].
+#
+# It starts a static nginx upstream on 127.0.0.1:18080 (benches/nginx/upstream.conf), nginx as
+# the peer proxy on :18081 (benches/nginx/proxy.conf), Nexus A on :18085 and B on :18086, one
+# worker each. With PIN=1 and two or more CPUs, wrk runs on CPU 0 and the proxies and the
+# upstream share CPU 1, so every proxy competes for the same core. Each round runs every target
+# once per connection count, in an order that rotates between rounds; the table shows medians,
+# and ratios are medians of per-round ratios (the machine drifts; compare within a round).
+# CPU per request is the proxy's utime+stime during its run divided by the requests it served.
+# Needs nginx, wrk, taskset and python3; everything listens on 127.0.0.1 and stops at exit.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+NEXUS_A=${NEXUS_A:-target/release/nexus}
+NEXUS_B=${NEXUS_B:-}
+CONFIG=${CONFIG:-benches/peer-bench.yaml}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-50 1000}
+WRK_HEADER=${WRK_HEADER:-}
+PIN=${PIN:-1}
+
+die() { echo "peer-bench: $*" >&2; exit 1; }
+for tool in nginx wrk taskset python3 curl pgrep; do
+  command -v "$tool" >/dev/null || die "missing $tool (apt-get install nginx wrk util-linux python3 curl procps)"
+done
+[[ -x $NEXUS_A ]] || die "no Nexus binary at $NEXUS_A (cargo build --release -p nexus-bin)"
+[[ -z $NEXUS_B || -x $NEXUS_B ]] || die "no Nexus binary at $NEXUS_B"
+
+load=() server=()
+if [[ $PIN == 1 && $(nproc) -ge 2 ]]; then
+  load=(taskset -c 0) server=(taskset -c 1)
+fi
+
+work=$(mktemp -d /tmp/nexus-peer-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+start() { # name, then the command
+  local name=$1
+  shift
+  "${server[@]}" "$@" >"$work/$name.log" 2>&1 &
+  pids+=("$!")
+  eval "pid_$name=$!"
+}
+
+for n in upstream proxy; do mkdir -p "$work/$n/tmp"; done
+start upstream nginx -p "$work/upstream/" -c "$PWD/benches/nginx/upstream.conf" -e "$work/upstream/error.log"
+start nginx nginx -p "$work/proxy/" -c "$PWD/benches/nginx/proxy.conf" -e "$work/proxy/error.log"
+start nexus_a env NEXUS_WORKERS=1 "$NEXUS_A" --config "$CONFIG" \
+  --listen 127.0.0.1:18085 --admin-listen 127.0.0.1:19085 --log-level warn
+targets=(nginx nexus_a)
+declare -A port=([nginx]=18081 [nexus_a]=18085 [nexus_b]=18086)
+if [[ -n $NEXUS_B ]]; then
+  start nexus_b env NEXUS_WORKERS=1 "$NEXUS_B" --config "$CONFIG" \
+    --listen 127.0.0.1:18086 --admin-listen 127.0.0.1:19086 --log-level warn
+  targets+=(nexus_b)
+fi
+
+header=()
+[[ -n $WRK_HEADER ]] && header=(-H "$WRK_HEADER")
+curl_header=()
+[[ -n $WRK_HEADER ]] && curl_header=(-H "$WRK_HEADER")
+for t in "${targets[@]}"; do
+  ok=0
+  for _ in $(seq 100); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "${curl_header[@]}" "http://127.0.0.1:${port[$t]}/") == 200 ]]; then
+      ok=1
+      break
+    fi
+    sleep 0.1
+  done
+  [[ $ok == 1 ]] || die "$t on :${port[$t]} does not answer 200 (see $work/$t.log)"
+done
+
+ticks() { # utime+stime of a process and its children (nginx's worker), in clock ticks
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+samples=$work/samples.tsv
+echo "round	conns	target	rps	p99_ms	cpu_us_per_req" >"$samples"
+echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG targets=${targets[*]} pin=$PIN" >&2
+for ((r = 1; r <= ROUNDS; r++)); do
+  for c in $CONNS; do
+    # Rotate the order each round, so no target always runs first (or after the same one).
+    order=("${targets[@]:$((r % ${#targets[@]}))}" "${targets[@]:0:$((r % ${#targets[@]}))}")
+    for t in "${order[@]}"; do
+      pid_var=pid_$t
+      pid=${!pid_var}
+      "${load[@]}" wrk -t1 -c"$c" -d1s "${header[@]}" "http://127.0.0.1:${port[$t]}/" >/dev/null # warm-up
+      before=$(ticks "$pid")
+      out=$("${load[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${header[@]}" "http://127.0.0.1:${port[$t]}/")
+      after=$(ticks "$pid")
+      python3 - "$r" "$c" "$t" "$before" "$after" "$(getconf CLK_TCK)" "$out" >>"$samples" <<'PY'
+import re, sys
+r, c, t, before, after, hz, out = sys.argv[1:]
+reqs = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+v, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()
+p99 = float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+if errors:
+    print(f"peer-bench: {t} -c{c}: {errors.group(1)} non-2xx answers", file=sys.stderr)
+cpu = (int(after) - int(before)) / int(hz) * 1e6 / max(reqs, 1)
+print(f"{r}\t{c}\t{t}\t{rps:.0f}\t{p99:.2f}\t{cpu:.1f}")
+PY
+      echo "  round $r -c$c $t: $(tail -1 "$samples" | cut -f4) RPS" >&2
+    done
+  done
+done
+
+python3 - "$samples" "${targets[@]}" <<'PY'
+import csv, statistics, sys
+path, *targets = sys.argv[1:]
+rows = list(csv.DictReader(open(path), delimiter="\t"))
+at = {(r["round"], r["conns"], r["target"]): r for r in rows}
+rounds = sorted({r["round"] for r in rows})
+names = {"nginx": "nginx", "nexus_a": "nexus (A)", "nexus_b": "nexus (B)"}
+print("| conns | target | RPS median | P99 ms median | CPU µs/req | × nginx | B/A RPS |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+for c in sorted({r["conns"] for r in rows}, key=int):
+    for t in targets:
+        mine = [at[(k, c, t)] for k in rounds]
+        med = lambda f: statistics.median(float(x[f]) for x in mine)
+        ratio = statistics.median(float(at[(k, c, t)]["rps"]) / float(at[(k, c, "nginx")]["rps"]) for k in rounds)
+        pair = ""
+        if t == "nexus_b":
+            pair = f"{statistics.median(float(at[(k, c, 'nexus_b')]['rps']) / float(at[(k, c, 'nexus_a')]['rps']) for k in rounds):.3f}"
+        print(f"| {c} | {names[t]} | {med('rps'):.0f} | {med('p99_ms'):.2f} | {med('cpu_us_per_req'):.1f} | {ratio:.2f} | {pair} |")
+print(f"\nMedians over {len(rounds)} rounds; × nginx and B/A are medians of per-round ratios. Samples: {path}")
+PY
+# Keep the samples; the processes stop on exit.
+trap - EXIT
+cleanup
