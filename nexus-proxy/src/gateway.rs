@@ -132,11 +132,6 @@ impl<B> RouteTarget<B> {
         })
     }
 
-    /// The route's timeout (`routes[].timeout`, else `server.limits.request_timeout`).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     fn choose<Req>(&self, req: &Request<Req>) -> &Arc<Upstream<B>> {
         let rng = &self.rng;
         if self.sides.len() == 1 {
