@@ -52,8 +52,14 @@ bench-p99:
 peer-bench: release
 	./scripts/peer-bench.sh
 
+# Every fuzz target briefly (FUZZ_SECONDS each); installs cargo-fuzz when missing.
+FUZZ_SECONDS ?= 30
 fuzz:
-	cd fuzz && $(CARGO) +nightly fuzz run path_normalize -- -max_total_time=60
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $$($(CARGO) +nightly fuzz list); do \
+		mkdir -p corpus/$$t; seeds=; [ -d seeds/$$t ] && seeds=seeds/$$t; \
+		$(CARGO) +nightly fuzz run -O $$t corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 docker-build:
 	docker build -t nexus:dev .

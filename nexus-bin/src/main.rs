@@ -11,11 +11,9 @@ mod admin;
 mod cli;
 mod config_file;
 mod demo;
-mod fast;
 mod logging;
 mod reload;
 mod server;
-mod sniff;
 mod stack;
 mod telemetry;
 

@@ -1,24 +1,16 @@
 //! Listeners, connections and the shutdown sequence.
 
 use crate::config_file::LoadedConfig;
-use crate::fast;
 use crate::reload::{self, Reloader};
-use crate::sniff::HeadSniffer;
-use crate::stack::{self, ClientBody, Shared};
-use http::Request;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use crate::stack::{self, Shared};
 use nexus_core::config::{Config, Overrides};
 use nexus_health::ReadinessGate;
 use nexus_health::shutdown::{Phase, Shutdown};
 use nexus_proxy::ClientInfo;
-use std::convert::Infallible;
+use nexus_proxy::http1::Server;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -76,8 +68,8 @@ fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// start is logged and skipped: the others still serve.
 fn spawn_workers(listener: &std::net::TcpListener, workers: usize, shared: &Arc<Shared>, config: &Config) {
     for i in 1..workers {
-        let (listener, shared, builder) = match listener.try_clone() {
-            Ok(l) => (l, Arc::clone(shared), builder(config)),
+        let (listener, shared, server) = match listener.try_clone() {
+            Ok(l) => (l, Arc::clone(shared), server(config)),
             Err(e) => {
                 tracing::error!(worker = i, error = %e, "cannot share the listener with a worker");
                 continue;
@@ -90,7 +82,7 @@ fn spawn_workers(listener: &std::net::TcpListener, workers: usize, shared: &Arc<
             };
             rt.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, shared, builder).await,
+                    Ok(l) => accept_loop(l, shared, server).await,
                     Err(e) => return tracing::error!(worker = i, error = %e, "cannot register the listener"),
                 }
                 // Listeners closed: keep driving this worker's open connections until
@@ -167,7 +159,7 @@ pub(crate) async fn serve(
     };
 
     let shutdown = shared.shutdown.clone();
-    let main_task = tokio::spawn(accept_loop(main, Arc::clone(&shared), builder(config)));
+    let main_task = tokio::spawn(accept_loop(main, Arc::clone(&shared), server(config)));
     let token = std::env::var(&config.admin.token_env).ok();
     let reloader = Arc::new(Reloader::new(Arc::clone(&shared), loaded.clone(), overrides));
     let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token, metrics);
@@ -278,25 +270,15 @@ impl Signals {
     }
 }
 
-fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// The connection server for `config`'s limits (a reload changes neither: they are the
+/// listener's, taken when it starts).
+fn server(config: &Config) -> Server {
     let limits = &config.server.limits;
-    let max_headers = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(1 << 20);
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.as_std())
-        // hyper's default buffer (~400 KiB) or twice the header limit, whichever is larger:
-        // the exact limit is enforced in stack::precheck with the JSON 431.
-        .max_buf_size((2 * max_headers + 16 * 1024).max(8192 + 4096 * 100))
-        .keep_alive(true);
-    b.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
-    b
+    Server::new(limits.header_read_timeout.as_std(), limits.max_header_bytes.bytes())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::Builder<TokioExecutor>) {
-    // The config's value at start, as hyper's builder (a reload does not change either).
-    let header_read_timeout = shared.snapshot.load().header_read_timeout;
-    let builder = Arc::new(builder);
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server) {
+    let server = Arc::new(server);
     let mut phase = shared.shutdown.subscribe();
     loop {
         let (stream, peer) = tokio::select! {
@@ -320,54 +302,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, builder: auto::
         let tracked = shared.shutdown.tracker().track();
         let client =
             ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted).with_tracker(shared.shutdown.tracker().clone());
-        let conn_info = Arc::new(stack::Conn {
-            client,
-            framing_conflict: Arc::new(AtomicBool::new(false)),
-            h2: AtomicBool::new(false),
-        });
-        let svc_shared = Arc::clone(&shared);
-        let builder = Arc::clone(&builder);
-        let mut phase = shared.shutdown.subscribe();
+        let handler = stack::Listener { shared: Arc::clone(&shared), client };
+        let server = Arc::clone(&server);
+        let phase = shared.shutdown.subscribe();
         tokio::spawn(async move {
             // Counted until closed, so the process waits for it (within the grace period).
             let _tracked = tracked;
-            // The lean path first; hyper takes over for what it does not handle.
-            let (prefix, stream) =
-                match fast::serve(stream, &svc_shared, &conn_info, header_read_timeout, phase.clone()).await {
-                    fast::Outcome::Closed => return,
-                    fast::Outcome::Handoff(prefix, stream) => (prefix, stream),
-                };
-            // Let the loop below look at the current phase once, whatever it saw before.
-            phase.mark_changed();
-            let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&conn_info.framing_conflict)));
-            let svc_conn = Arc::clone(&conn_info);
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let shared = Arc::clone(&svc_shared);
-                let conn = Arc::clone(&svc_conn);
-                async move { Ok::<_, Infallible>(stack::handle(&shared, &conn, req.map(ClientBody::Hyper)).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            tokio::pin!(conn);
-            let mut goaway_sent = false;
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(e) = res {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    changed = phase.changed(), if !goaway_sent => {
-                        let now = if changed.is_err() { Phase::Stopping } else { *phase.borrow() };
-                        // Draining: HTTP/2 gets GOAWAY now (HTTP/1 gets Connection: close per response);
-                        // stopping: every connection finishes what it has and closes.
-                        if now == Phase::Stopping || conn_info.h2.load(Ordering::Relaxed) {
-                            conn.as_mut().graceful_shutdown();
-                            goaway_sent = true;
-                        }
-                    }
-                }
-            }
+            server.serve_connection(stream, handler, phase).await;
         });
     }
     drop(listener);

@@ -7,7 +7,6 @@
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, Version, header};
-use hyper::body::Incoming;
 use ipnet::IpNet;
 use nexus_core::body::LimitedBody;
 use nexus_core::config::Config;
@@ -17,58 +16,20 @@ use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
+use nexus_proxy::http1::{ClientBody, Connection, Handler};
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The request body type the gateway forwards: the client's, size-limited.
 pub(crate) type ReqBody = LimitedBody<ClientBody>;
-
-/// A client's request body: hyper's stream, or none (a request the lean path of
-/// [`crate::fast`] took, which only takes requests without a body).
-#[derive(Debug)]
-pub(crate) enum ClientBody {
-    Hyper(Incoming),
-    Empty,
-}
-
-impl http_body::Body for ClientBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Self::Empty => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper(b) => b.is_end_stream(),
-            Self::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::Hyper(b) => b.size_hint(),
-            Self::Empty => http_body::SizeHint::with_exact(0),
-        }
-    }
-}
 
 /// Everything a request needs from one config version; swapped whole on reload.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     /// Limits, routes and every route's stack of Layers.
     pub(crate) gateway: Gateway<ClientBody>,
-    /// `server.limits.header_read_timeout` (the listeners take it when they start).
-    pub(crate) header_read_timeout: std::time::Duration,
     pub(crate) probe_prefix: String,
     pub(crate) trusted: Vec<IpNet>,
 }
@@ -77,14 +38,12 @@ impl Snapshot {
     /// Build for `config`; with the `previous` snapshot, state that must survive a
     /// reload (endpoint health, breakers, buckets, key sets) carries over.
     pub(crate) fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Self, ConfigErrors> {
-        let limits = &config.server.limits;
         let gateway = match previous {
             Some(p) => p.gateway.reload(config)?,
             None => Gateway::from_config(config)?,
         };
         Ok(Self {
             gateway,
-            header_read_timeout: limits.header_read_timeout.as_std(),
             probe_prefix: config.server.probe_prefix.clone(),
             trusted: config.server.trusted_proxies.clone(),
         })
@@ -102,21 +61,26 @@ pub(crate) struct Shared {
     pub(crate) shutdown: Shutdown,
 }
 
-/// What one connection knows of itself.
+/// The main listener's handler for one connection: the shared state and who the client is.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub(crate) struct Listener {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) client: ClientInfo,
-    /// Set by [`crate::sniff::HeadSniffer`] when the first request head had both
-    /// `Content-Length` and `Transfer-Encoding` (hyper hides this).
-    pub(crate) framing_conflict: Arc<AtomicBool>,
-    /// The client speaks HTTP/2 (learned from its first request): draining sends GOAWAY.
-    pub(crate) h2: AtomicBool,
+}
+
+impl Handler for Listener {
+    type Body = ResponseBody<ReqBody>;
+
+    fn call(&self, conn: &Connection, req: Request<ClientBody>) -> impl Future<Output = Response<Self::Body>> + Send {
+        handle(&self.shared, &self.client, conn, req)
+    }
 }
 
 /// Serve one request on the main listener.
 pub(crate) async fn handle(
     shared: &Shared,
-    conn: &Conn,
+    client: &ClientInfo,
+    conn: &Connection,
     mut req: Request<ClientBody>,
 ) -> Response<ResponseBody<ReqBody>> {
     // hyper sizes the map to what the client sent; make room once for what the gateway adds
@@ -125,9 +89,6 @@ pub(crate) async fn handle(
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
-    if !http1 {
-        conn.h2.store(true, Ordering::Relaxed);
-    }
     let phase = shared.shutdown.phase();
     if phase == Phase::Stopping {
         // Listeners are closed: a new request on a connection still open is refused.
@@ -139,7 +100,7 @@ pub(crate) async fn handle(
     let inflight = &shared.inflight;
     inflight.increment(1.0);
     // Catch panics: a bug answers 500 for this request instead of resetting the connection.
-    let served = AssertUnwindSafe(serve(shared, conn, req)).catch_unwind().await;
+    let served = AssertUnwindSafe(serve(shared, client, conn, req)).catch_unwind().await;
     let mut res = served.unwrap_or_else(|_| {
         tracing::error!(request_id = ?id, "panic while serving a request");
         GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
@@ -153,10 +114,15 @@ pub(crate) async fn handle(
     res
 }
 
-async fn serve(shared: &Shared, conn: &Conn, req: Request<ClientBody>) -> Response<ResponseBody<ReqBody>> {
+async fn serve(
+    shared: &Shared,
+    client: &ClientInfo,
+    conn: &Connection,
+    req: Request<ClientBody>,
+) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
     // Probes and framing conflicts: the listener's business, before the gateway's.
-    if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict.load(Ordering::Relaxed)) {
+    if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict()) {
         if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
             snap.gateway.record_unmatched(req.method(), res.status().as_u16(), std::time::Duration::ZERO);
         }
@@ -164,7 +130,7 @@ async fn serve(shared: &Shared, conn: &Conn, req: Request<ClientBody>) -> Respon
     }
     // Limits, route, and the route's stack of Layers (nexus_proxy::stack), for this
     // connection's client (rate-limit keys, X-Forwarded-*).
-    snap.gateway.serve(req, &conn.client).await
+    snap.gateway.serve(req, client).await
 }
 
 /// Probes and framing conflicts, before the gateway sees the request.
@@ -182,7 +148,7 @@ fn precheck(
         });
     }
     // The lean server path takes no head with `Transfer-Encoding` or a `Content-Length` other
-    // than 0 (see `fast`): nothing below applies to its requests.
+    // than 0 (`nexus_proxy::http1`): nothing below applies to its requests.
     if matches!(req.body(), ClientBody::Empty) {
         return None;
     }

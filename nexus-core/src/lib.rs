@@ -32,7 +32,6 @@ pub mod config;
 pub mod cookie;
 pub mod error;
 pub mod explain;
-pub mod field_names;
 pub mod metric_names;
 pub mod path;
 pub mod retry;

@@ -3,7 +3,7 @@
 //! connection to the pool when the response is complete, and holds the
 //! request's in-flight slot until then.
 
-use crate::h1::RawBody;
+use crate::http1::RawBody;
 use crate::pool::PooledConn;
 use crate::replay::SendBody;
 use crate::upstream::InFlight;
@@ -50,7 +50,7 @@ pub struct UpstreamBody<B> {
 }
 
 /// Where the bytes come from: hyper's client connection (requests that had a body,
-/// upgrades) or the lean exchange of [`crate::h1`].
+/// upgrades) or the lean exchange of [`crate::http1`].
 #[derive(Debug)]
 enum Inner {
     Hyper(Incoming),

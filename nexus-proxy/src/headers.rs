@@ -47,11 +47,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
-/// What a request head says about how it can be sent upstream, from one pass over its
-/// fields (cheaper than a lookup per question: a request has a handful of fields).
+/// What a request head says about how it can be sent and served, from one pass over its
+/// fields (cheaper than a lookup per question: a request has a handful of fields). This is
+/// the one place that says which requests the lean HTTP/1.1 paths take
+/// ([`lean_upstream`](Self::lean_upstream), [`lean_server`](Self::lean_server)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct HeadScan {
-    /// An upgrade is asked for (as [`is_upgrade`]).
+    /// An upgrade is asked for (as [`is_upgrade`]: an `Upgrade` field and `upgrade` in
+    /// `Connection`).
     pub(crate) upgrade: bool,
     /// A `Connection` value names other headers (see [`names_other_headers`]).
     pub(crate) names_others: bool,
@@ -59,28 +62,60 @@ pub(crate) struct HeadScan {
     pub(crate) framed: bool,
     /// A `Host` field is present.
     pub(crate) host: bool,
+    /// `Connection: close` is asked for.
+    pub(crate) close: bool,
+    /// An `Expect` field (`100-continue`).
+    pub(crate) expect: bool,
+    upgrade_field: bool,
+    upgrade_token: bool,
 }
 
 impl HeadScan {
+    /// Scan a map's fields.
     pub(crate) fn of(headers: &HeaderMap) -> Self {
-        let (mut scan, mut upgrade_field, mut connection_upgrade) = (Self::default(), false, false);
+        let mut scan = Self::default();
         for (name, value) in headers {
-            if name == header::HOST {
-                scan.host = true;
-            } else if name == header::CONTENT_LENGTH {
-                scan.framed |= value.as_bytes() != b"0";
-            } else if name == header::TRANSFER_ENCODING {
-                scan.framed = true;
-            } else if name == header::UPGRADE {
-                upgrade_field = true;
-            } else if name == header::CONNECTION {
-                scan.names_others |= names_other_headers(value.as_bytes());
-                connection_upgrade |=
-                    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+            scan.field(name, value.as_bytes());
+        }
+        scan
+    }
+
+    /// Take one more field into account.
+    #[inline]
+    pub(crate) fn field(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::HOST {
+            self.host = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.framed |= value != b"0";
+        } else if name == header::TRANSFER_ENCODING {
+            self.framed = true;
+        } else if name == header::UPGRADE {
+            self.upgrade_field = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        } else if name == header::CONNECTION {
+            self.names_others |= names_other_headers(value);
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    self.upgrade_token = true;
+                }
             }
         }
-        scan.upgrade = upgrade_field && connection_upgrade;
-        scan
+        self.upgrade = self.upgrade_field && self.upgrade_token;
+    }
+
+    /// Sent upstream by the lean exchange (`http1::client`) when its body is empty too:
+    /// no body framed, no upgrade.
+    pub(crate) fn lean_upstream(&self) -> bool {
+        !self.framed && !self.upgrade
+    }
+
+    /// Served by the lean server loop (`http1::server`): no body framed, nothing said of an
+    /// upgrade (either half goes to hyper, which knows the rules), no `Expect`.
+    pub(crate) fn lean_server(&self) -> bool {
+        !self.framed && !self.upgrade_field && !self.upgrade_token && !self.expect
     }
 }
 

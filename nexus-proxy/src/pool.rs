@@ -11,10 +11,10 @@
 //! is noticed at checkout, and a request that was never written is sent again on a fresh one.
 //!
 //! Requests without a body skip hyper altogether: they go over connections of their own
-//! ([`RawConn`], kept in a second set of idle queues) with the lean exchange of [`crate::h1`].
+//! ([`RawConn`], kept in a second set of idle queues) with the lean exchange of [`crate::http1`].
 
 use crate::error::{ErrorKind, ProxyError};
-use crate::h1::{Client, ExchangeError, RawBody, RawConn};
+use crate::http1::{Client, ExchangeError, RawBody, RawConn};
 use http::{Request, Response, request};
 use http_body::Body;
 use hyper::body::Incoming;

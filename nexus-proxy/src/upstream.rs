@@ -647,7 +647,7 @@ where
         let upgrade = scan.upgrade;
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
         to_origin_form(&mut parts, scan.host);
-        if !upgrade && !scan.framed && body.is_end_stream() {
+        if scan.lean_upstream() && body.is_end_stream() {
             if scan.names_others {
                 headers::remove_hop_by_hop(&mut parts.headers, false);
             }

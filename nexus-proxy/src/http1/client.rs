@@ -16,13 +16,11 @@
 //! goes back to its pool when the body is complete, the upstream allows keep-alive and no
 //! stray bytes are left.
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header, request};
-use http_body::{Body, Frame, SizeHint};
-use nexus_core::field_names::FieldNames;
+use super::head::{ResponseHead, Scratch, parse_response};
+use bytes::BytesMut;
+use http::{HeaderValue, Method, header, request};
 use std::future::{Future, poll_fn};
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -30,13 +28,6 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Most header fields taken in a response head (hyper's default too).
-const MAX_HEADERS: usize = 100;
-/// Largest response head (status line and fields); a longer one is a 502.
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Longest chunk-size line (with extensions) and trailer section accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// The read buffer grows in steps of this much at first ...
 const READ_BUF: usize = 8 * 1024;
 /// ... doubling (up to this) while reads fill it, as in a large download.
@@ -49,7 +40,7 @@ const MIN_READ_ROOM: usize = 1024;
 pub(crate) struct RawConn {
     io: TcpStream,
     /// Bytes read and not consumed yet.
-    buf: BytesMut,
+    pub(super) buf: BytesMut,
     /// The encoded request head (kept: no allocation per request).
     wbuf: Vec<u8>,
     /// What parsing a response head needs besides the bytes (kept, as `wbuf`).
@@ -115,7 +106,7 @@ impl RawConn {
         parts: &request::Parts,
         client: Client<'_>,
         deadline: Instant,
-    ) -> Result<Head, ExchangeError> {
+    ) -> Result<ResponseHead, ExchangeError> {
         self.wbuf.clear();
         encode_head(parts, &client, &mut self.wbuf);
         let head_request = parts.method == Method::HEAD;
@@ -162,11 +153,11 @@ impl RawConn {
         cx: &mut Context<'_>,
         head_request: bool,
         received: &mut bool,
-    ) -> Poll<Result<Head, ExchangeError>> {
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
         loop {
             if !self.buf.is_empty() {
                 *received = true;
-                match parse_head(&mut self.buf, &mut self.scratch, head_request) {
+                match parse_response(&mut self.buf, &mut self.scratch, head_request) {
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(ExchangeError::Failed(e))),
@@ -183,7 +174,7 @@ impl RawConn {
     }
 
     /// Read more into the buffer; `Ok(0)` is the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
             self.buf.reserve(self.read_size);
         }
@@ -202,10 +193,6 @@ fn eof(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, format!("upstream closed the connection before the end of the {what}"))
 }
 
-fn invalid(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
 fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
 }
@@ -213,7 +200,7 @@ fn is_reset(e: &io::Error) -> bool {
 /// `METHOD /path?query HTTP/1.1`, the fields as [`crate::headers::write_upstream_fields`]
 /// writes them (lower-case names, as hyper sends them; hop-by-hop left out, `X-Forwarded-*`
 /// set for `client`), and `content-length: 0` for a body-less POST/PUT/PATCH without one.
-fn encode_head(parts: &request::Parts, client: &Client<'_>, out: &mut Vec<u8>) {
+pub(crate) fn encode_head(parts: &request::Parts, client: &Client<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
@@ -235,325 +222,12 @@ pub(crate) struct Client<'a> {
     pub(crate) trusted: bool,
 }
 
-/// A parsed response head and how its body is framed.
-#[derive(Debug)]
-pub(crate) struct Head {
-    pub(crate) response: Response<()>,
-    framing: Framing,
-    keep_alive: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body (HEAD, 204, 304, `Content-Length: 0`).
-    Empty,
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes (no length, or a transfer coding other than chunked last).
-    Close,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
-
-/// Parse a response head at the start of `buf`: `Ok(None)` when more bytes are needed.
-/// Interim 1xx responses (100 Continue, 103 Early Hints) are skipped.
-/// What parsing a response head needs besides its bytes, kept per connection.
-#[derive(Debug, Default)]
-struct Scratch {
-    /// Field names and value spans of the head being parsed.
-    fields: Vec<(HeaderName, usize, usize)>,
-    /// The previous head's field names (name parsing is skipped where they repeat).
-    names: FieldNames,
-}
-
-fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch, head_request: bool) -> io::Result<Option<Head>> {
-    let Scratch { fields, names } = scratch;
-    loop {
-        fields.clear();
-        // Uninitialised slots: a 100-field array of empty headers costs a 3 KiB copy per response.
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        let len =
-            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                    return Err(invalid("upstream response head is too large"));
-                }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(invalid("upstream response has too many header fields"));
-                }
-                Err(_) => return Err(invalid("upstream response is not valid HTTP/1")),
-            };
-        let code = parsed.code.unwrap_or_default();
-        let status = StatusCode::from_u16(code).map_err(|_| invalid("upstream response has an invalid status code"))?;
-        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(invalid("upstream switched protocols on a request that asked for no upgrade"));
-            }
-            buf.advance(len);
-            continue;
-        }
-        let base = buf.as_ptr() as usize;
-        let mut length: Option<u64> = None;
-        let mut chunked = None;
-        let mut close = version == Version::HTTP_10;
-        // A `Connection` value naming other headers: those are hop-by-hop too, and the
-        // general remover runs on the map; otherwise hop-by-hop fields are never inserted.
-        let mut named_other = false;
-        for (i, h) in parsed.headers.iter().enumerate() {
-            let name = names.name(i, h.name.as_bytes()).map_err(|_| invalid("upstream sent an invalid header name"))?;
-            let start = h.value.as_ptr() as usize - base;
-            if name == header::CONTENT_LENGTH {
-                let n = parse_length(h.value).ok_or_else(|| invalid("upstream sent an invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(invalid("upstream sent conflicting Content-Length values"));
-                }
-                length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding matters: chunked last frames the body.
-                chunked = Some(last_token(h.value).eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONNECTION {
-                named_other |= crate::headers::names_other_headers(h.value);
-                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                        close = false;
-                    }
-                }
-            }
-            fields.push((name, start, start + h.value.len()));
-        }
-        let head = buf.split_to(len).freeze();
-        // Room for what the gateway adds to a response (X-Request-Id, four RateLimit-*
-        // fields): a map sized to the upstream's fields grows (and rehashes) on the first.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 5);
-        for (name, start, end) in fields.drain(..) {
-            if chunked.is_some() && name == header::CONTENT_LENGTH {
-                // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
-                continue;
-            }
-            if !named_other && crate::headers::is_hop_by_hop(&name) {
-                continue;
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| invalid("upstream sent an invalid header value"))?;
-            headers.append(name, value);
-        }
-        if named_other {
-            crate::headers::remove_hop_by_hop(&mut headers, false);
-        }
-        let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Empty
-        } else {
-            match (chunked, length) {
-                (Some(true), _) => Framing::Chunked(Chunk::Size),
-                (Some(false), _) | (None, None) => Framing::Close,
-                (None, Some(0)) => Framing::Empty,
-                (None, Some(n)) => Framing::Length(n),
-            }
-        };
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.headers_mut() = headers;
-        let keep_alive = !close && framing != Framing::Close;
-        return Ok(Some(Head { response, framing, keep_alive }));
-    }
-}
-
-/// `Content-Length`: decimal digits only (a list of equal values, as some servers send, too).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let mut result = None;
-    for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        if result.is_some_and(|r| r != n) {
-            return None;
-        }
-        result = Some(n);
-    }
-    result
-}
-
-fn last_token(value: &[u8]) -> &[u8] {
-    value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii()
-}
-
-/// A response body read straight off the connection.
-#[derive(Debug)]
-pub(crate) struct RawBody {
-    /// Boxed (as the pool keeps it): the response, and the futures that carry it up
-    /// through the stack, stay small to move.
-    conn: Option<Box<RawConn>>,
-    framing: Option<Framing>,
-    keep_alive: bool,
-}
-
-impl RawBody {
-    /// The body of `head`, read from `conn`.
-    pub(crate) fn new(conn: Box<RawConn>, head: &Head) -> Self {
-        let framing = (head.framing != Framing::Empty).then_some(head.framing);
-        Self { conn: Some(conn), framing, keep_alive: head.keep_alive }
-    }
-
-    /// Once the body is complete: the connection, if it can take another request.
-    pub(crate) fn take_reusable(&mut self) -> Option<Box<RawConn>> {
-        if self.framing.is_some() || !self.keep_alive {
-            return None;
-        }
-        self.conn.take().filter(|c| c.buf.is_empty())
-    }
-
-    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.conn = None;
-        self.framing = None;
-        self.keep_alive = false;
-        Poll::Ready(Some(Err(e)))
-    }
-}
-
-impl Body for RawBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        loop {
-            let (Some(framing), Some(conn)) = (this.framing.as_mut(), this.conn.as_mut()) else {
-                return Poll::Ready(None);
-            };
-            let buf = &mut conn.buf;
-            match framing {
-                Framing::Empty => this.framing = None,
-                Framing::Length(remaining) | Framing::Chunked(Chunk::Data(remaining)) if !buf.is_empty() => {
-                    let n = (*remaining).min(buf.len() as u64);
-                    // `n` fits: it is at most `buf.len()`.
-                    let data = buf.split_to(n as usize).freeze();
-                    *remaining -= n;
-                    if *remaining == 0 {
-                        match framing {
-                            Framing::Chunked(c) => *c = Chunk::DataEnd,
-                            _ => this.framing = None,
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Close if !buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
-                }
-                Framing::Chunked(Chunk::Size) if !buf.is_empty() => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        *framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                        continue;
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {}
-                    _ => return this.fail(invalid("upstream sent an invalid chunk size")),
-                },
-                Framing::Chunked(Chunk::DataEnd) if !buf.is_empty() => {
-                    let used = if buf.starts_with(b"\r\n") {
-                        2
-                    } else if buf[0] == b'\n' {
-                        1
-                    } else if buf[..] == *b"\r" {
-                        0 // half of the CRLF: wait for the rest
-                    } else {
-                        return this.fail(invalid("upstream chunk is longer than its size"));
-                    };
-                    if used > 0 {
-                        buf.advance(used);
-                        *framing = Framing::Chunked(Chunk::Size);
-                        continue;
-                    }
-                }
-                Framing::Chunked(Chunk::Trailers) if !buf.is_empty() => match parse_trailers(buf) {
-                    Ok(Some(trailers)) => {
-                        this.framing = None;
-                        if let Some(t) = trailers {
-                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                        }
-                        return Poll::Ready(None);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return this.fail(e),
-                },
-                _ => {}
-            }
-            if this.framing.is_none() {
-                return Poll::Ready(None);
-            }
-            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if this.framing == Some(Framing::Close) => {
-                    this.framing = None;
-                    this.keep_alive = false;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(eof("response body")),
-                Ok(_) => {}
-                Err(e) => return this.fail(e),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.framing.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            None => SizeHint::with_exact(0),
-            Some(Framing::Length(n)) => SizeHint::with_exact(n),
-            Some(_) => SizeHint::default(),
-        }
-    }
-}
-
-/// The trailer section after the last chunk: `Ok(Some(None))` for none, `Ok(None)` when
-/// more bytes are needed.
-fn parse_trailers(buf: &mut BytesMut) -> io::Result<Option<Option<HeaderMap>>> {
-    if buf.starts_with(b"\r\n") {
-        buf.advance(2);
-        return Ok(Some(None));
-    }
-    if buf.starts_with(b"\n") {
-        buf.advance(1);
-        return Ok(Some(None));
-    }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete((used, fields))) => {
-            let mut map = HeaderMap::with_capacity(fields.len());
-            for f in fields {
-                let (Ok(name), Ok(value)) =
-                    (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
-                else {
-                    return Err(invalid("upstream sent an invalid trailer field"));
-                };
-                map.append(name, value);
-            }
-            buf.advance(used);
-            Ok(Some(Some(map)))
-        }
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => Ok(None),
-        _ => Err(invalid("upstream sent invalid trailers")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::RawBody;
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderName, Response, StatusCode};
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -764,51 +438,6 @@ mod tests {
     }
 
     #[test]
-    fn field_names_carried_from_the_previous_head_are_only_reused_where_they_match() {
-        let mut scratch = Scratch::default();
-        let mut parse = |head: &[u8]| {
-            let mut buf = BytesMut::from(head);
-            parse_head(&mut buf, &mut scratch, false).unwrap().unwrap().response.headers().clone()
-        };
-        let first = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nServer: s\r\n\r\n");
-        assert_eq!((first["x-a"].as_bytes(), first["server"].as_bytes()), (&b"1"[..], &b"s"[..]));
-        // Same names in another case, a different name in the second place, one more field.
-        let second = parse(b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 2\r\nX-B: 2\r\nSERVER: t\r\nX-C: 3\r\n\r\n");
-        let names: Vec<&str> = second.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["content-length", "x-b", "server", "x-c"]);
-        assert_eq!(second["server"], "t");
-        assert!(!second.contains_key("x-a"));
-        // Fewer fields than before.
-        let third = parse(b"HTTP/1.1 204 No Content\r\nX-A: 9\r\n\r\n");
-        assert_eq!(third.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-a"]);
-    }
-
-    /// Mutated and truncated response heads: parsed, refused or waited for, never a panic,
-    /// and a head that parses keeps its framing consistent with its status.
-    #[test]
-    fn arbitrary_response_heads_never_panic() {
-        let seeds: [&[u8]; 4] = [
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n\r\nhello",
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No Content\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7, 7\r\nProxy-X: y\r\n\r\n",
-            b"HTTP/1.1 502 Bad\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
-        ];
-        let rng = nexus_core::rng::Rng::seeded(7);
-        let mut scratch = Scratch::default();
-        for i in 0..20_000 {
-            let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n:, 0z\x80\0", 3);
-            let mut buf = BytesMut::from(&bytes[..]);
-            if let Ok(Some(head)) = parse_head(&mut buf, &mut scratch, i % 5 == 0) {
-                let status = head.response.status();
-                if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-                    assert_eq!(head.framing, Framing::Empty);
-                }
-                assert!(!status.is_informational());
-            }
-        }
-    }
-
-    #[test]
     fn body_less_requests_get_a_zero_length_only_where_a_body_is_expected() {
         let ip = HeaderValue::from_static("1.2.3.4");
         let client = Client { ip: &ip, trusted: true };
@@ -827,10 +456,5 @@ mod tests {
         delete.method = Method::DELETE;
         encode_head(&delete, &client, &mut out);
         assert!(!String::from_utf8_lossy(&out).contains("content-length"));
-        assert_eq!(parse_length(b"12"), Some(12));
-        assert_eq!(parse_length(b"7, 7"), Some(7));
-        assert_eq!(parse_length(b"7, 8"), None);
-        assert_eq!(parse_length(b"-1"), None);
-        assert_eq!(parse_length(b""), None);
     }
 }

@@ -8,28 +8,15 @@
 use http::header::{HeaderName, InvalidHeaderName};
 
 /// The field names of the previous head on a connection, as sent and as parsed.
-///
-/// ```
-/// use nexus_core::field_names::FieldNames;
-///
-/// let mut names = FieldNames::default();
-/// // First head: parsed.
-/// assert_eq!(names.name(0, b"Content-Type").unwrap(), "content-type");
-/// // Next head, same place, same spelling: reused.
-/// assert_eq!(names.name(0, b"Content-Type").unwrap(), "content-type");
-/// // Another name at that place: parsed (and kept for the next head).
-/// assert_eq!(names.name(0, b"X-Trace").unwrap(), "x-trace");
-/// assert!(names.name(1, b"bad name").is_err());
-/// ```
 #[derive(Debug, Default)]
-pub struct FieldNames {
+pub(crate) struct FieldNames {
     names: Vec<(Box<[u8]>, HeaderName)>,
 }
 
 impl FieldNames {
     /// The name of the field at place `i` of a head, spelled `raw`. Within a head, call it
     /// for places 0, 1, 2… in order.
-    pub fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+    pub(crate) fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
         if let Some((seen, name)) = self.names.get(i)
             && **seen == *raw
         {

@@ -6,15 +6,16 @@
 //! are left to hyper (it already closes such connections, so nothing is
 //! smuggled either way). After the first head it costs one branch per read.
 //!
-//! It also replays the bytes the lean path ([`crate::fast`]) read before it handed the
+//! It also replays the bytes the lean path ([`super::server`]) read before it handed the
 //! connection to hyper (they are scanned like any other).
 
+use super::server::Connection;
 use bytes::Bytes;
 use pin_project_lite::pin_project;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -55,24 +56,25 @@ impl Scan {
 pin_project! {
     /// Wraps a connection's IO; see the module docs.
     #[derive(Debug)]
-    pub(crate) struct HeadSniffer<T> {
+    pub(crate) struct HeadSniffer<T, C> {
         // Bytes read before the hand-off, delivered first.
         prefix: Bytes,
         #[pin]
         io: T,
         scan: Option<Box<Scan>>,
-        conflict: Arc<AtomicBool>,
+        conn: Arc<C>,
     }
 }
 
-impl<T> HeadSniffer<T> {
-    /// Scan `io`, after replaying `prefix` (bytes already read from it).
-    pub(crate) fn new(prefix: Bytes, io: T, conflict: Arc<AtomicBool>) -> Self {
-        Self { prefix, io, scan: Some(Box::new(Scan { first_line: true, ..Scan::default() })), conflict }
+impl<T, C: AsRef<Connection>> HeadSniffer<T, C> {
+    /// Scan `io`, after replaying `prefix` (bytes already read from it); a conflict is
+    /// marked on `conn`.
+    pub(crate) fn new(prefix: Bytes, io: T, conn: Arc<C>) -> Self {
+        Self { prefix, io, scan: Some(Box::new(Scan { first_line: true, ..Scan::default() })), conn }
     }
 }
 
-impl<T: AsyncRead> AsyncRead for HeadSniffer<T> {
+impl<T: AsyncRead, C: AsRef<Connection>> AsyncRead for HeadSniffer<T, C> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
@@ -87,7 +89,7 @@ impl<T: AsyncRead> AsyncRead for HeadSniffer<T> {
             && let Some(conflict) = scan.feed(&buf.filled()[before..])
         {
             if conflict {
-                this.conflict.store(true, Ordering::Relaxed);
+                (**this.conn).as_ref().framing_conflict.store(true, Ordering::Relaxed);
             }
             *this.scan = None;
         }
@@ -95,7 +97,7 @@ impl<T: AsyncRead> AsyncRead for HeadSniffer<T> {
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for HeadSniffer<T> {
+impl<T: AsyncWrite, C> AsyncWrite for HeadSniffer<T, C> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }

@@ -1,0 +1,415 @@
+//! Heads on the wire: request heads the server reads, response heads the client reads, and
+//! how a body is framed, in one model. Field values are zero-copy slices of the read
+//! buffer; field names that repeat the previous head's are not parsed again
+//! ([`FieldNames`]).
+
+use super::names::FieldNames;
+use crate::headers::{self, HeadScan};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use std::io;
+use std::mem::MaybeUninit;
+
+/// Largest request head the lean server takes; a larger one goes to hyper (its buffer is
+/// larger, and the gateway answers the JSON 431 over `max_header_bytes`).
+pub(crate) const MAX_LEAN_HEAD: usize = 16 * 1024;
+/// Most request fields the lean server takes (hyper takes 100).
+pub(crate) const MAX_REQUEST_FIELDS: usize = 64;
+/// Most fields taken in a response head (hyper's default too).
+pub(crate) const MAX_RESPONSE_FIELDS: usize = 100;
+/// Largest response head (status line and fields); a longer one is a 502.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Largest trailer section accepted after a chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// How a message body is framed on the wire, read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body bytes (HEAD, 1xx, 204, 304, `Content-Length: 0`).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunks, then a trailer section.
+    Chunked,
+    /// Until the sender closes (a response without a length, or whose last transfer coding
+    /// is not chunked). Read only: this server never writes it.
+    Close,
+}
+
+/// What parsing a head needs besides its bytes, kept per connection (nothing allocated per
+/// head once warm).
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// Field names and value spans of the head being parsed.
+    fields: Vec<(HeaderName, usize, usize)>,
+    /// The previous head's field names.
+    names: FieldNames,
+}
+
+impl Scratch {
+    /// The map of the fields collected, values sliced out of `head`, with room for `extra`
+    /// more; `keep` says which go in.
+    fn map(&mut self, head: &Bytes, extra: usize, keep: impl Fn(&HeaderName) -> bool) -> Option<HeaderMap> {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + extra);
+        for (name, start, end) in self.fields.drain(..) {
+            if keep(&name) {
+                map.append(name, HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?);
+            }
+        }
+        Some(map)
+    }
+}
+
+/// What the server made of the bytes at the start of its read buffer.
+// The large variant is the common one; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// More bytes needed.
+    Partial,
+    /// Not for the lean path: hyper takes the connection from here (nothing consumed).
+    Handoff,
+    /// Not an HTTP/1 request head, or one whose target or field values are invalid: the
+    /// JSON 400 with this message, then close.
+    BadRequest(&'static str),
+    /// A request without a body; `close`: the client asked to close after this exchange.
+    Ready { request: Request<()>, close: bool },
+}
+
+/// Parse a request head at the start of `buf` (consumed when [`Parsed::Ready`]). Taken: an
+/// HTTP/1.1 request with an origin-form target that [`HeadScan::lean_server`] allows, of at
+/// most [`MAX_REQUEST_FIELDS`] fields.
+pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
+    scratch.fields.clear();
+    // Uninitialised slots: an array of empty headers costs a 2 KiB copy per request.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Too many fields: hyper takes up to 100, and the gateway answers 431 over the limit.
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Handoff,
+        // Malformed (SPEC §4): hyper would close with a bare 400; the JSON answer instead.
+        Err(_) => return Parsed::BadRequest("malformed request head"),
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Handoff };
+    if method == Method::CONNECT || !path.starts_with('/') {
+        return Parsed::Handoff;
+    }
+    let base = buf.as_ptr() as usize;
+    let mut scan = HeadScan::default();
+    for (i, h) in req.headers.iter().enumerate() {
+        let Ok(name) = scratch.names.name(i, h.name.as_bytes()) else { return Parsed::Handoff };
+        scan.field(&name, h.value);
+        let start = h.value.as_ptr() as usize - base;
+        scratch.fields.push((name, start, start + h.value.len()));
+    }
+    if !scan.lean_server() {
+        return Parsed::Handoff;
+    }
+    let path_start = path.as_ptr() as usize - base;
+    let path_end = path_start + path.len();
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
+        return Parsed::BadRequest("invalid request target");
+    };
+    // Room for what the gateway adds (X-Request-Id, X-Forwarded-For/-Proto/-Host).
+    let Some(headers) = scratch.map(&head, 4, |_| true) else {
+        return Parsed::BadRequest("invalid header value");
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Parsed::Ready { request, close: scan.close }
+}
+
+/// A parsed response head and how its body is framed.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) response: Response<()>,
+    pub(crate) framing: Framing,
+    /// The connection can take another request once the body is read.
+    pub(crate) keep_alive: bool,
+}
+
+pub(crate) fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Parse a response head at the start of `buf`: `Ok(None)` when more bytes are needed.
+/// Interim 1xx responses (100 Continue, 103 Early Hints) are skipped. Hop-by-hop fields are
+/// left out as the head is parsed (no second pass over the map).
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    scratch: &mut Scratch,
+    head_request: bool,
+) -> io::Result<Option<ResponseHead>> {
+    loop {
+        scratch.fields.clear();
+        // Uninitialised slots: a 100-field array of empty headers costs a 3 KiB copy per response.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(invalid("upstream response head is too large"));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(invalid("upstream response has too many header fields"));
+                }
+                Err(_) => return Err(invalid("upstream response is not valid HTTP/1")),
+            };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(|_| invalid("upstream response has an invalid status code"))?;
+        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(invalid("upstream switched protocols on a request that asked for no upgrade"));
+            }
+            buf.advance(len);
+            continue;
+        }
+        let base = buf.as_ptr() as usize;
+        let mut length: Option<u64> = None;
+        let mut chunked = None;
+        let mut close = version == Version::HTTP_10;
+        // A `Connection` value naming other headers: those are hop-by-hop too, and the
+        // general remover runs on the map; otherwise hop-by-hop fields are never inserted.
+        let mut named_other = false;
+        for (i, h) in parsed.headers.iter().enumerate() {
+            let name = scratch
+                .names
+                .name(i, h.name.as_bytes())
+                .map_err(|_| invalid("upstream sent an invalid header name"))?;
+            let start = h.value.as_ptr() as usize - base;
+            if name == header::CONTENT_LENGTH {
+                let n = parse_length(h.value).ok_or_else(|| invalid("upstream sent an invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid("upstream sent conflicting Content-Length values"));
+                }
+                length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                // Only the last coding matters: chunked last frames the body.
+                chunked = Some(last_token(h.value).eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                named_other |= headers::names_other_headers(h.value);
+                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        close = false;
+                    }
+                }
+            }
+            scratch.fields.push((name, start, start + h.value.len()));
+        }
+        let head = buf.split_to(len).freeze();
+        // Room for what the gateway adds to a response (X-Request-Id, four RateLimit-*
+        // fields): a map sized to the upstream's fields grows (and rehashes) on the first.
+        let keep = |name: &HeaderName| {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+            !(chunked.is_some() && name == header::CONTENT_LENGTH) && (named_other || !headers::is_hop_by_hop(name))
+        };
+        let mut fields = scratch.map(&head, 5, keep).ok_or_else(|| invalid("upstream sent an invalid header value"))?;
+        if named_other {
+            headers::remove_hop_by_hop(&mut fields, false);
+        }
+        let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else {
+            match (chunked, length) {
+                (Some(true), _) => Framing::Chunked,
+                (Some(false), _) | (None, None) => Framing::Close,
+                (None, Some(0)) => Framing::Empty,
+                (None, Some(n)) => Framing::Length(n),
+            }
+        };
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = fields;
+        let keep_alive = !close && framing != Framing::Close;
+        return Ok(Some(ResponseHead { response, framing, keep_alive }));
+    }
+}
+
+/// `Content-Length`: decimal digits only (a list of equal values, as some servers send, too).
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut result = None;
+    for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if result.is_some_and(|r| r != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
+fn last_token(value: &[u8]) -> &[u8] {
+    value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii()
+}
+
+/// The trailer section after the last chunk: `Ok(Some(None))` for none, `Ok(None)` when
+/// more bytes are needed.
+pub(crate) fn parse_trailers(buf: &mut BytesMut) -> io::Result<Option<Option<HeaderMap>>> {
+    if buf.starts_with(b"\r\n") {
+        buf.advance(2);
+        return Ok(Some(None));
+    }
+    if buf.starts_with(b"\n") {
+        buf.advance(1);
+        return Ok(Some(None));
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((used, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let (Ok(name), Ok(value)) =
+                    (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
+                else {
+                    return Err(invalid("upstream sent an invalid trailer field"));
+                };
+                map.append(name, value);
+            }
+            buf.advance(used);
+            Ok(Some(Some(map)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => Ok(None),
+        _ => Err(invalid("upstream sent invalid trailers")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_one(raw: &[u8]) -> Parsed {
+        parse_request(&mut BytesMut::from(raw), &mut Scratch::default())
+    }
+
+    #[test]
+    fn plain_requests_are_taken_and_the_rest_goes_to_hyper() {
+        let Parsed::Ready { request, close } =
+            parse_one(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        else {
+            panic!("a plain GET is taken")
+        };
+        assert_eq!(request.uri(), "/a?b=1");
+        assert_eq!(request.headers()["host"], "x");
+        assert!(close);
+        assert!(matches!(parse_one(b"GET /a HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
+        assert!(matches!(parse_one(b"DELETE /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Parsed::Ready { .. }));
+        for handoff in [
+            &b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /a HTTP/1.0\r\n\r\n",
+            b"GET http://example.com/a HTTP/1.1\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        ] {
+            assert!(matches!(parse_one(handoff), Parsed::Handoff), "{}", String::from_utf8_lossy(handoff));
+        }
+        // More fields than taken here: hyper's limit is higher (and the gateway's 431 applies).
+        let many = format!("GET /a HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(MAX_REQUEST_FIELDS + 1));
+        assert!(matches!(parse_one(many.as_bytes()), Parsed::Handoff));
+        for malformed in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"NOT HTTP AT ALL\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET /a HTTP/9.9\r\n\r\n",
+            b"GET /a<b HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(parse_one(malformed), Parsed::BadRequest(_)), "{}", String::from_utf8_lossy(malformed));
+        }
+    }
+
+    /// Mutated and truncated request heads: taken, handed to hyper, refused or waited for,
+    /// never a panic; a head that is taken has a method, an origin-form target and no body.
+    #[test]
+    fn arbitrary_request_heads_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: abc\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\nAccept: */*\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+        ];
+        let rng = nexus_core::rng::Rng::seeded(11);
+        let mut scratch = Scratch::default();
+        for i in 0..20_000 {
+            let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n: /%#\x800", 3);
+            if let Parsed::Ready { request, .. } = parse_request(&mut BytesMut::from(&bytes[..]), &mut scratch) {
+                assert!(request.uri().path().starts_with('/'));
+                assert!(request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0"));
+                assert!(!request.headers().contains_key(header::TRANSFER_ENCODING));
+            }
+        }
+    }
+
+    #[test]
+    fn field_names_carried_from_the_previous_head_are_only_reused_where_they_match() {
+        let mut scratch = Scratch::default();
+        let mut parse = |head: &[u8]| {
+            let mut buf = BytesMut::from(head);
+            parse_response(&mut buf, &mut scratch, false).unwrap().unwrap().response.headers().clone()
+        };
+        let first = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nServer: s\r\n\r\n");
+        assert_eq!((first["x-a"].as_bytes(), first["server"].as_bytes()), (&b"1"[..], &b"s"[..]));
+        // Same names in another case, a different name in the second place, one more field.
+        let second = parse(b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 2\r\nX-B: 2\r\nSERVER: t\r\nX-C: 3\r\n\r\n");
+        let names: Vec<&str> = second.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-length", "x-b", "server", "x-c"]);
+        assert_eq!(second["server"], "t");
+        assert!(!second.contains_key("x-a"));
+        // Fewer fields than before.
+        let third = parse(b"HTTP/1.1 204 No Content\r\nX-A: 9\r\n\r\n");
+        assert_eq!(third.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-a"]);
+    }
+
+    /// Mutated and truncated response heads: parsed, refused or waited for, never a panic,
+    /// and a head that parses keeps its framing consistent with its status.
+    #[test]
+    fn arbitrary_response_heads_never_panic() {
+        let seeds: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No Content\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7, 7\r\nProxy-X: y\r\n\r\n",
+            b"HTTP/1.1 502 Bad\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        ];
+        let rng = nexus_core::rng::Rng::seeded(7);
+        let mut scratch = Scratch::default();
+        for i in 0..20_000 {
+            let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n:, 0z\x80\0", 3);
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Ok(Some(head)) = parse_response(&mut buf, &mut scratch, i % 5 == 0) {
+                let status = head.response.status();
+                if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                    assert_eq!(head.framing, Framing::Empty);
+                }
+                assert!(!status.is_informational());
+            }
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_or_a_list_of_one_value() {
+        assert_eq!(parse_length(b"12"), Some(12));
+        assert_eq!(parse_length(b"7, 7"), Some(7));
+        assert_eq!(parse_length(b"7, 8"), None);
+        assert_eq!(parse_length(b"-1"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+    }
+}
