@@ -94,7 +94,30 @@ impl SharedBreaker {
         self.breaker.state(self.now())
     }
 
-    /// May a request go now? `Err(seconds)` for `Retry-After`.
+    /// The settings it was built with (a reload keeps a breaker whose settings are unchanged).
+    pub fn config(&self) -> &BreakerConfig {
+        self.breaker.config()
+    }
+
+    /// May a request go now? The permit records the outcome, or gives the slot back when it
+    /// is dropped unrecorded (a cancelled request); `Err(seconds)` for `Retry-After`.
+    ///
+    /// ```
+    /// use nexus_core::breaker::BreakerConfig;
+    /// use nexus_middleware::circuit_breaker::SharedBreaker;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let breaker = SharedBreaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() });
+    /// breaker.acquire().unwrap().record(false);
+    /// assert!(breaker.acquire().is_err(), "open after one failure");
+    /// # }
+    /// ```
+    pub fn acquire(&self) -> Result<BreakerPermit<&Self>, u64> {
+        self.try_acquire().map(|permit| BreakerPermit { breaker: self, permit: Some(permit) })
+    }
+
+    /// May a request go now? `Err(seconds)` for `Retry-After`. The permit must be given to
+    /// [`record`](Self::record) or [`release`](Self::release); [`acquire`](Self::acquire)
+    /// does that by itself.
     pub fn try_acquire(&self) -> Result<Permit, u64> {
         // The clock is read, and the state gauge written, only off the closed state's path.
         let r = self.breaker.try_acquire_with(|| self.now()).map_err(|r| r.retry_after_secs);
@@ -214,7 +237,7 @@ where
         match self.breaker.try_acquire() {
             Ok(permit) => ResponseFuture {
                 state: Inner::Called { fut: self.inner.call(req) },
-                guard: Some(PermitGuard { breaker: self.breaker.clone(), permit: Some(permit) }),
+                guard: Some(BreakerPermit { breaker: self.breaker.clone(), permit: Some(permit) }),
                 classify: self.classify.clone(),
             },
             Err(retry_after) => {
@@ -229,17 +252,28 @@ where
     }
 }
 
-/// Gives an unrecorded permit back when the request is dropped.
+/// A request's place in a breaker ([`SharedBreaker::acquire`]): [`record`](Self::record) its
+/// outcome, or drop it unrecorded to give the place back. `S` is the breaker, borrowed or
+/// owned (a clone).
 #[derive(Debug)]
-struct PermitGuard {
-    breaker: SharedBreaker,
+pub struct BreakerPermit<S: std::borrow::Borrow<SharedBreaker>> {
+    breaker: S,
     permit: Option<Permit>,
 }
 
-impl Drop for PermitGuard {
+impl<S: std::borrow::Borrow<SharedBreaker>> BreakerPermit<S> {
+    /// Record the outcome (a success while closed reads no clock and writes no gauge).
+    pub fn record(mut self, success: bool) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.borrow().record(p, success);
+        }
+    }
+}
+
+impl<S: std::borrow::Borrow<SharedBreaker>> Drop for BreakerPermit<S> {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
-            self.breaker.release(p);
+            self.breaker.borrow().release(p);
         }
     }
 }
@@ -259,7 +293,7 @@ pin_project! {
     pub struct ResponseFuture<F, C, ResB> {
         #[pin]
         state: Inner<F, Response<ResB>>,
-        guard: Option<PermitGuard>,
+        guard: Option<BreakerPermit<SharedBreaker>>,
         classify: C,
     }
 }
@@ -277,10 +311,8 @@ where
             InnerProj::Rejected { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
             InnerProj::Called { fut } => {
                 let out = std::task::ready!(fut.poll(cx));
-                if let Some(mut g) = this.guard.take()
-                    && let Some(p) = g.permit.take()
-                {
-                    g.breaker.record(p, !this.classify.is_failure(&out));
+                if let Some(g) = this.guard.take() {
+                    g.record(!this.classify.is_failure(&out));
                 }
                 Poll::Ready(out)
             }

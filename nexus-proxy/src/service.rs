@@ -27,7 +27,7 @@ use http::{Request, Response};
 use ipnet::IpNet;
 use nexus_core::body::GatewayBody;
 use nexus_core::client::PeerAddr;
-use nexus_core::config::{Config, ConfigErrors};
+use nexus_core::config::{Config, ConfigError, ConfigErrors};
 use nexus_core::error::REQUEST_ID;
 use std::convert::Infallible;
 use std::future::Future;
@@ -145,14 +145,61 @@ where
 
     /// Build the gateway from a validated config (`*_env` keys read from the
     /// process environment) and serve it.
+    ///
+    /// The Service is what runs per request; what belongs to the server around it (where
+    /// it listens, how long a head may take to arrive, probes on the main port, the
+    /// shutdown sequence, logging, the admin listener) is the embedding app's. A config that
+    /// sets one of those keys to anything but its default is refused here, every such key
+    /// with its field path, rather than silently ignored ([`server_only_keys`]).
     pub fn from_config(config: &Config) -> Result<Self, ConfigErrors> {
-        Ok(Self::new(Arc::new(Gateway::from_config(config)?)))
+        let unhonoured = server_only_keys(config);
+        let built = Gateway::from_config(config);
+        match (built, unhonoured.is_empty()) {
+            (Ok(gateway), true) => Ok(Self::new(Arc::new(gateway))),
+            (Ok(_), false) => Err(ConfigErrors(unhonoured)),
+            (Err(mut e), _) => {
+                e.0.extend(unhonoured);
+                Err(e)
+            }
+        }
     }
 
     /// The gateway served.
     pub fn gateway(&self) -> &Arc<Gateway<B>> {
         &self.gateway
     }
+}
+
+/// The keys of `config` that only a server honours (the `nexus` binary does) and that are
+/// set to something other than their default: one error per key, with its field path. An
+/// embedder of [`GatewayService`] gets these as build errors.
+///
+/// ```
+/// let mut config = nexus_core::config::Config::default();
+/// assert!(nexus_proxy::service::server_only_keys(&config).is_empty());
+/// config.server.listen = "0.0.0.0:9999".parse().unwrap();
+/// config.server.shutdown.drain_delay = nexus_core::config::Duration(std::time::Duration::from_secs(1));
+/// let paths: Vec<String> = nexus_proxy::service::server_only_keys(&config).into_iter().map(|e| e.path).collect();
+/// assert_eq!(paths, ["server.listen", "server.shutdown.drain_delay"]);
+/// ```
+pub fn server_only_keys(config: &Config) -> Vec<ConfigError> {
+    let defaults = Config::default();
+    let (server, d) = (&config.server, &defaults.server);
+    let why = "the embedding app's server decides this, not the gateway Service; leave the key out \
+               (the `nexus` binary honours it)";
+    let set = [
+        ("server.listen", server.listen != d.listen),
+        ("server.admin_listen", server.admin_listen != d.admin_listen),
+        ("server.reuse_port", server.reuse_port != d.reuse_port),
+        ("server.probe_prefix", server.probe_prefix != d.probe_prefix),
+        ("server.limits.header_read_timeout", server.limits.header_read_timeout != d.limits.header_read_timeout),
+        ("server.shutdown.drain_delay", server.shutdown.drain_delay != d.shutdown.drain_delay),
+        ("server.shutdown.grace_period", server.shutdown.grace_period != d.shutdown.grace_period),
+        ("logging.level", config.logging.level != defaults.logging.level),
+        ("logging.format", config.logging.format != defaults.logging.format),
+        ("admin", config.admin != defaults.admin),
+    ];
+    set.into_iter().filter(|(_, differs)| *differs).map(|(path, _)| ConfigError::new(path, why)).collect()
 }
 
 impl<B> tower::Service<Request<B>> for GatewayService<B>
@@ -232,6 +279,31 @@ mod tests {
         let mut req = Request::get(path).body(Empty::new()).unwrap();
         req.extensions_mut().insert(PeerAddr(std::net::SocketAddr::from((ip, 40000))));
         req
+    }
+
+    #[test]
+    fn server_keys_are_refused_by_the_embedded_service_with_every_other_error() {
+        let ok =
+            config(serde_json::json!({ "routes": [{ "name": "r", "paths": [{ "path": "/" }], "upstream": "dead" }] }));
+        assert!(GatewayService::<Empty<bytes::Bytes>>::from_config(&ok).is_ok(), "defaults are fine");
+        let server = serde_json::json!({
+            "server": { "listen": "0.0.0.0:9000", "probe_prefix": "/_probe", "limits": { "header_read_timeout": "3s" } },
+            "logging": { "level": "debug" },
+            // A second, unrelated error (the secret is not in the environment): reported in the same round.
+            "auth": { "jwt": { "main": { "algorithms": ["HS256"], "secret_env": "NEXUS_TEST_NEVER_SET_SECRET" } } },
+            "routes": [{ "name": "r", "paths": [{ "path": "/" }], "upstream": "dead", "auth": "main" }],
+        });
+        let Err(errors) = GatewayService::<Empty<bytes::Bytes>>::from_config(&config(server)) else {
+            panic!("server keys are not silently ignored")
+        };
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        for key in ["server.listen", "server.probe_prefix", "server.limits.header_read_timeout", "logging.level"] {
+            assert!(paths.contains(&key), "{key} in {paths:?}");
+        }
+        assert!(paths.iter().any(|p| p.contains("secret_env")), "{paths:?}");
+        // The binary's entry point honours them.
+        let c = config(serde_json::json!({ "server": { "listen": "0.0.0.0:9000" } }));
+        assert!(Gateway::<Empty<bytes::Bytes>>::from_config(&c).is_ok());
     }
 
     #[tokio::test]

@@ -14,12 +14,13 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
-use nexus_core::breaker::{Breaker, BreakerConfig, State};
+use nexus_core::breaker::{BreakerConfig, State};
 use nexus_core::config::UpstreamConfig;
 use nexus_core::retry::{RetryBudget, RetryPolicy, is_idempotent};
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
 use nexus_health::shutdown::Tracker;
 use nexus_health::upstream::{CheckConfig, Checks, EndpointHealth, Probe, Thresholds};
+use nexus_middleware::circuit_breaker::SharedBreaker;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,7 +183,9 @@ pub struct Upstream<B> {
     timeout: Option<Duration>,
     /// Active health checks; dropping the upstream (an old config version) stops them.
     _checks: Option<Checks>,
-    breaker: Option<Arc<UpstreamBreaker>>,
+    /// One per upstream, shared by every route that names it (the same type as
+    /// `CircuitBreakerLayer`'s).
+    breaker: Option<SharedBreaker>,
     retry: Option<UpstreamRetry>,
 }
 
@@ -212,49 +215,6 @@ impl Epoch {
 
     fn at(self, instant: tokio::time::Instant) -> Duration {
         instant.saturating_duration_since(self.0)
-    }
-}
-
-/// A breaker permit that is given back if the request is dropped before its outcome.
-struct PermitGuard<'a> {
-    breaker: &'a UpstreamBreaker,
-    permit: Option<nexus_core::breaker::Permit>,
-}
-
-impl PermitGuard<'_> {
-    fn record(&mut self, success: bool) {
-        if let Some(p) = self.permit.take() {
-            // A success while closed (the usual outcome) reads no clock and writes no gauge.
-            if self.breaker.breaker.record_with(p, success, || self.breaker.now()) {
-                self.breaker.publish();
-            }
-        }
-    }
-}
-
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
-            self.breaker.breaker.release(p);
-        }
-    }
-}
-
-/// An upstream's circuit breaker, its clock epoch and its state gauge.
-#[derive(Debug)]
-struct UpstreamBreaker {
-    breaker: Breaker,
-    clock: Epoch,
-    gauge: metrics::Gauge,
-}
-
-impl UpstreamBreaker {
-    fn now(&self) -> Duration {
-        self.clock.now()
-    }
-
-    fn publish(&self) {
-        self.gauge.set(self.breaker.state(self.now()).gauge());
     }
 }
 
@@ -310,17 +270,9 @@ where
             let settings = BreakerConfig::from(cb);
             // Same settings as the version being replaced: keep its state (an open
             // circuit stays open across a reload).
-            match previous.and_then(|p| p.breaker.as_ref()).filter(|b| *b.breaker.config() == settings) {
-                Some(b) => Arc::clone(b),
-                None => {
-                    let b = Arc::new(UpstreamBreaker {
-                        breaker: Breaker::new(settings),
-                        clock: Epoch::start(),
-                        gauge: metrics::gauge!(nexus_core::metric_names::CIRCUIT_BREAKER_STATE, "upstream" => name.to_string()),
-                    });
-                    b.publish();
-                    b
-                }
+            match previous.and_then(|p| p.breaker.as_ref()).filter(|b| *b.config() == settings) {
+                Some(b) => b.clone(),
+                None => SharedBreaker::new(settings).with_metric(name),
             }
         });
         Ok(Self {
@@ -368,7 +320,7 @@ where
 
     /// The circuit breaker's state; `None` without a `circuit_breaker` block.
     pub fn circuit_state(&self) -> Option<State> {
-        self.breaker.as_ref().map(|b| b.breaker.state(b.now()))
+        self.breaker.as_ref().map(SharedBreaker::state)
     }
 
     /// Requests in flight to this upstream.
@@ -558,13 +510,12 @@ where
         avoid: u64,
     ) -> impl Future<Output = (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>)> + 'a {
         // The breaker first: while open, nothing is reserved or sent.
-        let mut permit = match &self.breaker {
-            Some(b) => match b.breaker.try_acquire_with(|| b.now()) {
-                Ok(p) => Some(PermitGuard { breaker: b, permit: Some(p) }),
-                Err(r) => {
+        let permit = match &self.breaker {
+            Some(b) => match b.acquire() {
+                Ok(p) => Some(p),
+                Err(retry_after) => {
                     self.shared.rejected.increment(1);
-                    b.publish();
-                    return Either::Left(std::future::ready((Err(ProxyError::circuit_open(r.retry_after_secs)), None)));
+                    return Either::Left(std::future::ready((Err(ProxyError::circuit_open(retry_after)), None)));
                 }
             },
             None => None,
@@ -602,8 +553,8 @@ where
                     !e.is_client()
                 }
             };
-            if let Some(g) = permit.as_mut() {
-                g.record(!failed);
+            if let Some(p) = permit {
+                p.record(!failed);
             }
             (result, Some(index))
         })
@@ -625,7 +576,7 @@ where
         deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let pool = self.shared.endpoints[guard.endpoint].pool();
-        let client = crate::h1::Client { ip: &client.ip, trusted: client.trusted };
+        let client = crate::http1::Client { ip: &client.ip, trusted: client.trusted };
         let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
         Ok(res.map(|body| UpstreamBody::raw(body, guard)))
     }
