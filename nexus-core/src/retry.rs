@@ -107,6 +107,55 @@ impl RetryPolicy {
         let jittered = full / 2.0 + full / 2.0 * unit.clamp(0.0, 1.0);
         Duration::from_secs_f64(jittered).min(self.max_delay)
     }
+
+    /// The one retry decision, for every retry loop (`RetryLayer`'s and an upstream's): after
+    /// try number `retries` (0 for the first) ended as `outcome`, the wait before trying
+    /// again, or `None` when the outcome stands: it is not one `retry_on` names, `max_retries`
+    /// are spent, or the upstream's `Retry-After` asks for longer than `max_delay` (its answer
+    /// is passed on). A status that is retried waits the upstream's `Retry-After` when it
+    /// gives one (at least the backoff), else the backoff; `unit` (jitter in `[0, 1)`) is
+    /// drawn only then. The budget and the request's deadline are the caller's to check.
+    ///
+    /// ```
+    /// use nexus_core::retry::{Failure, Outcome, RetryPolicy};
+    /// let policy = RetryPolicy::default(); // retry_on: connect_error; max_retries: 2
+    /// assert!(policy.wait_before_retry(0, Outcome::Failed(Some(Failure::Connect)), || 0.5).is_some());
+    /// assert!(policy.wait_before_retry(2, Outcome::Failed(Some(Failure::Connect)), || 0.5).is_none());
+    /// assert!(policy.wait_before_retry(0, Outcome::Failed(Some(Failure::Timeout)), || 0.5).is_none());
+    /// ```
+    pub fn wait_before_retry(
+        &self,
+        retries: u32,
+        outcome: Outcome<'_>,
+        unit: impl FnOnce() -> f64,
+    ) -> Option<Duration> {
+        if retries >= self.max_retries {
+            return None;
+        }
+        let backoff = || self.backoff(retries, unit());
+        match outcome {
+            Outcome::Answered(status, headers) if self.retries_status(status) => match retry_after(headers) {
+                Some(asked) if asked > self.max_delay => None,
+                Some(asked) => Some(asked.max(backoff())),
+                None => Some(backoff()),
+            },
+            Outcome::Answered(..) => None,
+            Outcome::Failed(Some(failure)) => self.retries_failure(failure).then(backoff),
+            // An error of unknown kind (a service's own error type): as a broken connection.
+            Outcome::Failed(None) => {
+                (self.retries_failure(Failure::Connect) || self.retries_failure(Failure::Reset)).then(backoff)
+            }
+        }
+    }
+}
+
+/// How a try ended, for [`RetryPolicy::wait_before_retry`].
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// A response: its status and headers (for `Retry-After`).
+    Answered(u16, &'a HeaderMap),
+    /// No response: the failure, when its kind is known.
+    Failed(Option<Failure>),
 }
 
 /// An upstream's `Retry-After` in seconds (the HTTP-date form is not honoured).

@@ -202,22 +202,7 @@ pub struct CircuitBreaker<S, C = ServerErrors> {
     classify: C,
 }
 
-impl<S, C> CircuitBreaker<S, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_service_accessors!(CircuitBreaker, C);
 
 impl<S, C, B, ResB> Service<Request<B>> for CircuitBreaker<S, C>
 where

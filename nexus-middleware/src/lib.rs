@@ -11,6 +11,29 @@
 //! | [`from_config`] | the config file's `rate_limits` and `auth.jwt` entries as the Layers' settings |
 //! | [`rate_limit`] | 429 with `Retry-After` and `RateLimit-*` per client IP, header or claim; local or Redis |
 
+/// `get_ref`, `get_mut` and `into_inner` for a middleware service that wraps its inner
+/// service in a field `inner` (tower's convention), with the type's parameters after `S`.
+macro_rules! inner_service_accessors {
+    ($ty:ident $(, $param:ident)*) => {
+        impl<S $(, $param)*> $ty<S $(, $param)*> {
+            /// The inner service.
+            pub fn get_ref(&self) -> &S {
+                &self.inner
+            }
+
+            /// The inner service, mutably.
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.inner
+            }
+
+            /// Unwrap.
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+    };
+}
+
 pub mod circuit_breaker;
 pub mod from_config;
 pub mod jwt;

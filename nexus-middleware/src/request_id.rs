@@ -87,22 +87,7 @@ pub struct RequestId<S> {
     inner: S,
 }
 
-impl<S> RequestId<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_service_accessors!(RequestId);
 
 impl<S, B, ResB> Service<Request<B>> for RequestId<S>
 where

@@ -43,7 +43,7 @@ use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::Collect;
-use nexus_core::retry::{Failure, MAX_REPLAY_BODY, RetryBudget, RetryPolicy, is_idempotent, retry_after};
+use nexus_core::retry::{MAX_REPLAY_BODY, Outcome, RetryBudget, RetryPolicy, is_idempotent};
 use nexus_core::rng::Rng;
 use nexus_core::{ErrorCode, GatewayError};
 use pin_project_lite::pin_project;
@@ -115,22 +115,7 @@ pub struct Retry<S> {
     shared: Arc<Shared>,
 }
 
-impl<S> Retry<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_service_accessors!(Retry);
 
 /// What a retry sends again.
 #[derive(Debug)]
@@ -294,21 +279,12 @@ where
 impl<S> Ctx<S> {
     /// `Some(wait)` when this outcome is retried (and the budget allows it).
     fn wait_before_retry<ResB, E>(&self, result: &Result<Response<ResB>, E>) -> Option<Duration> {
-        let policy = &self.shared.policy;
-        if self.retries >= policy.max_retries {
-            return None;
-        }
-        let backoff = policy.backoff(self.retries, self.shared.rng.unit());
-        let wait = match result {
-            Ok(res) if policy.retries_status(res.status().as_u16()) => match retry_after(res.headers()) {
-                Some(asked) if asked > policy.max_delay => return None,
-                Some(asked) => asked.max(backoff),
-                None => backoff,
-            },
-            Ok(_) => return None,
-            Err(_) if policy.retries_failure(Failure::Connect) || policy.retries_failure(Failure::Reset) => backoff,
-            Err(_) => return None,
+        let outcome = match result {
+            Ok(res) => Outcome::Answered(res.status().as_u16(), res.headers()),
+            // The inner service's error type says nothing of its kind.
+            Err(_) => Outcome::Failed(None),
         };
+        let wait = self.shared.policy.wait_before_retry(self.retries, outcome, || self.shared.rng.unit())?;
         self.shared.budget.withdraw(self.shared.now()).then_some(wait)
     }
 }

@@ -57,22 +57,7 @@ pub struct Timeout<S> {
     timeout: Duration,
 }
 
-impl<S> Timeout<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_service_accessors!(Timeout);
 
 impl<S, B, ResB> Service<Request<B>> for Timeout<S>
 where

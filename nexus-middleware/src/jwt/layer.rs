@@ -67,22 +67,7 @@ pub struct JwtAuthService<S> {
     failures: Option<Failures>,
 }
 
-impl<S> JwtAuthService<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_service_accessors!(JwtAuthService);
 
 type Refetch = Pin<Box<dyn Future<Output = bool> + Send>>;
 

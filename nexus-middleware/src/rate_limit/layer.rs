@@ -78,22 +78,7 @@ pub struct RateLimit<S> {
     peer: Peer,
 }
 
-impl<S> RateLimit<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_service_accessors!(RateLimit);
 
 impl<S, B, ResB> Service<Request<B>> for RateLimit<S>
 where

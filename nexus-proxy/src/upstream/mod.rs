@@ -1,18 +1,24 @@
 //! One upstream: its endpoints, their balancer, and per-endpoint pools of
 //! keep-alive HTTP/1.1 connections (see [`crate::pool`]).
 
+mod retry;
+mod send;
+
+pub(crate) use retry::rebuild;
+use retry::{Epoch, UpstreamRetry};
+use send::{Outgoing, to_origin_form};
+
 use crate::balance::{Balancer, Rng};
 use crate::body::UpstreamBody;
 use crate::error::{ErrorKind, ProxyError};
-use crate::headers::{self, HeadScan};
+use crate::headers::HeadScan;
 use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
 use crate::replay::SendBody;
 use futures_util::FutureExt;
 use futures_util::future::Either;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
-use hyper_util::rt::TokioIo;
 use nexus_core::BoxError;
 use nexus_core::breaker::{BreakerConfig, State};
 use nexus_core::config::UpstreamConfig;
@@ -189,35 +195,6 @@ pub struct Upstream<B> {
     retry: Option<UpstreamRetry>,
 }
 
-/// An upstream's retry policy, its budget and its counter.
-#[derive(Debug)]
-struct UpstreamRetry {
-    policy: RetryPolicy,
-    budget: RetryBudget,
-    clock: Epoch,
-    /// `nexus_upstream_retries_total{upstream}`.
-    retries: metrics::Counter,
-}
-
-/// Time since a start point, as the breaker and retry budget take it (from
-/// `tokio::time`, so tests can pause it).
-#[derive(Debug, Clone, Copy)]
-struct Epoch(tokio::time::Instant);
-
-impl Epoch {
-    fn start() -> Self {
-        Self(tokio::time::Instant::now())
-    }
-
-    fn now(self) -> Duration {
-        self.at(tokio::time::Instant::now())
-    }
-
-    fn at(self, instant: tokio::time::Instant) -> Duration {
-        instant.saturating_duration_since(self.0)
-    }
-}
-
 impl<B> Upstream<B>
 where
     B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
@@ -388,116 +365,6 @@ where
         }
     }
 
-    /// Idempotent requests with a `retry` block: the body is read ahead (up to
-    /// 64 KiB) so it can be sent again; retries wait a jittered backoff (or the
-    /// upstream's `Retry-After`, when not longer than `max_delay`), go to an
-    /// endpoint not tried yet when there is one, stay within the request's
-    /// `timeout`, and only while the upstream's retry budget allows.
-    fn forward_with_retries<'a>(
-        &'a self,
-        req: Request<SendBody<B>>,
-        scan: HeadScan,
-        client: &'a ClientInfo,
-        timeout: Duration,
-        retry: &'a UpstreamRetry,
-    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
-        // One clock read for the request: its deadline, and the budget's deposit.
-        let start = tokio::time::Instant::now();
-        let deadline = deadline_from(start, timeout);
-        retry.budget.deposit(retry.clock.at(start));
-        let (mut parts, body) = req.into_parts();
-        if scan.framed || !body.is_end_stream() {
-            // A body to read ahead first: boxed, so a GET's future stays small.
-            return Either::Left(Box::pin(self.retries_with_body(parts, body, scan, client, deadline, retry)));
-        }
-        // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
-        // and every try borrows it, instead of a copy of the head per try.
-        to_origin_form(&mut parts, scan.host);
-        if scan.names_others {
-            headers::remove_hop_by_hop(&mut parts.headers, false);
-        }
-        Either::Right(async move { self.retry_loop(&parts, None, scan, client, deadline, retry).await })
-    }
-
-    /// [`forward_with_retries`](Self::forward_with_retries) for a request with a body.
-    async fn retries_with_body(
-        &self,
-        mut parts: http::request::Parts,
-        body: SendBody<B>,
-        scan: HeadScan,
-        client: &ClientInfo,
-        deadline: tokio::time::Instant,
-        retry: &UpstreamRetry,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let replay = match body.replayable().await? {
-            Ok(replay) => replay,
-            // Too large to keep: sent once, never retried.
-            Err(once) => {
-                let once = Request::from_parts(parts, once);
-                return self.attempt(Outgoing::Owned(once, scan), client, deadline, 0).await.0;
-            }
-        };
-        // An empty body after all (chunked with no data): the head alone, borrowed per try.
-        let lean = !scan.framed && replay.body::<B>().is_end_stream();
-        if lean {
-            to_origin_form(&mut parts, scan.host);
-            if scan.names_others {
-                headers::remove_hop_by_hop(&mut parts.headers, false);
-            }
-        }
-        self.retry_loop(&parts, (!lean).then_some(&replay), scan, client, deadline, retry).await
-    }
-
-    /// Try, and try again while the policy, the deadline and the budget allow. `replay`:
-    /// the body to send with each try; without it `parts` is a head ready for the wire.
-    async fn retry_loop(
-        &self,
-        parts: &http::request::Parts,
-        replay: Option<&crate::replay::Replay>,
-        scan: HeadScan,
-        client: &ClientInfo,
-        deadline: tokio::time::Instant,
-        retry: &UpstreamRetry,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let policy = &retry.policy;
-        let mut avoid = 0u64;
-        let mut retries = 0;
-        loop {
-            let out = match replay {
-                None => Outgoing::Lean(parts),
-                Some(replay) => Outgoing::Owned(rebuild(parts, replay.body()), scan),
-            };
-            let (result, endpoint) = self.attempt(out, client, deadline, avoid).await;
-            if let Some(i) = endpoint.filter(|i| *i < 64) {
-                avoid |= 1 << i;
-            }
-            if retries >= policy.max_retries {
-                return result;
-            }
-            // (Drawn only for an outcome that is retried.)
-            let backoff = || policy.backoff(retries, self.rng.unit());
-            let wait = match &result {
-                Ok(res) if policy.retries_status(res.status().as_u16()) => {
-                    match nexus_core::retry::retry_after(res.headers()) {
-                        // The upstream asks for longer than we would wait: its answer stands.
-                        Some(asked) if asked > policy.max_delay => return result,
-                        Some(asked) => asked.max(backoff()),
-                        None => backoff(),
-                    }
-                }
-                Err(e) if e.failure().is_some_and(|f| policy.retries_failure(f)) => backoff(),
-                _ => return result,
-            };
-            if deadline_after(wait) >= deadline || !retry.budget.withdraw(retry.clock.now()) {
-                return result;
-            }
-            drop(result);
-            retry.retries.increment(1);
-            tokio::time::sleep(wait).await;
-            retries += 1;
-        }
-    }
-
     /// One try: breaker, in-flight slot, endpoint (avoiding the `avoid` bitmask of
     /// endpoint indices when another is healthy), send, outcome metrics. Also
     /// returns the endpoint tried. The breaker and the slot are taken before the
@@ -559,147 +426,6 @@ where
             (result, Some(index))
         })
     }
-
-    /// `deadline`, or sooner when the upstream's own `timeout` ends first.
-    fn capped(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
-        self.timeout.map_or(deadline, |t| deadline.min(deadline_after(t)))
-    }
-
-    /// The lean exchange for a head without a body: hop-by-hop fields are left out and
-    /// `X-Forwarded-*` written as the head is encoded (the map is not rewritten), and left
-    /// out of the response as its head is parsed.
-    async fn send_lean(
-        &self,
-        guard: InFlight<B>,
-        parts: &http::request::Parts,
-        client: &ClientInfo,
-        deadline: tokio::time::Instant,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let pool = self.shared.endpoints[guard.endpoint].pool();
-        let client = crate::http1::Client { ip: &client.ip, trusted: client.trusted };
-        let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
-        Ok(res.map(|body| UpstreamBody::raw(body, guard)))
-    }
-
-    /// Send on the endpoint `guard` holds: the lean exchange for a head without a body,
-    /// hyper's client for the rest. The way is chosen before the first poll.
-    fn send<'a>(
-        &'a self,
-        guard: InFlight<B>,
-        req: Outgoing<'a, B>,
-        client: &'a ClientInfo,
-        deadline: tokio::time::Instant,
-    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
-        let (req, scan) = match req {
-            Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, client, deadline)),
-            Outgoing::Owned(req, scan) => (req, scan),
-        };
-        let (mut parts, body) = req.into_parts();
-        let upgrade = scan.upgrade;
-        let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
-        to_origin_form(&mut parts, scan.host);
-        if scan.lean_upstream() && body.is_end_stream() {
-            if scan.names_others {
-                headers::remove_hop_by_hop(&mut parts.headers, false);
-            }
-            return Either::Right(Either::Left(async move { self.send_lean(guard, &parts, client, deadline).await }));
-        }
-        // Bodies and upgrades go through hyper's client: a future several times the lean one's
-        // size, boxed so that every request's future (moved at each await) stays small.
-        Either::Right(Either::Right(Box::pin(self.send_hyper(
-            guard,
-            parts,
-            body,
-            (upgrade, client_upgrade),
-            client,
-            deadline,
-        ))))
-    }
-
-    /// A request with a body, or an upgrade, through hyper's client connection.
-    async fn send_hyper(
-        &self,
-        guard: InFlight<B>,
-        mut parts: http::request::Parts,
-        body: SendBody<B>,
-        (upgrade, client_upgrade): (bool, Option<hyper::upgrade::OnUpgrade>),
-        client: &ClientInfo,
-        deadline: tokio::time::Instant,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let deadline = self.capped(deadline);
-        let pool = self.shared.endpoints[guard.endpoint].pool();
-        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-        // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
-        parts.headers.reserve(3);
-        let host = parts.headers.get(header::HOST).cloned();
-        headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
-        let req = Request::from_parts(parts, body);
-        if let Some(client_side) = client_upgrade {
-            let mut res = match tokio::time::timeout_at(deadline, pool.send_upgrade(req, self.connect_timeout)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
-            };
-            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let upstream_side = hyper::upgrade::on(&mut res);
-                let name = self.shared.name.clone();
-                let tracked = client.tracker.as_ref().map(Tracker::track);
-                tokio::spawn(async move {
-                    // The upgraded connection holds its in-flight slot, and its place in the
-                    // shutdown tracker, until it closes.
-                    let _slot = guard;
-                    let _tracked = tracked;
-                    match tokio::try_join!(client_side, upstream_side) {
-                        Ok((c, u)) => {
-                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                                tracing::debug!(upstream = %name, error = %e, "upgraded connection ended");
-                            }
-                        }
-                        Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade failed"),
-                    }
-                });
-                let (parts, body) = res.into_parts();
-                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, self.detached())));
-            }
-            headers::remove_hop_by_hop(res.headers_mut(), false);
-            let (parts, body) = res.into_parts();
-            return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, guard)));
-        }
-        let (mut res, conn) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
-        };
-        headers::remove_hop_by_hop(res.headers_mut(), false);
-        let (parts, body) = res.into_parts();
-        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), guard)))
-    }
-}
-
-/// What one try sends.
-// Not boxed: the owned request is the common case, and boxing it is an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Outgoing<'a, B> {
-    /// A request of its own (a body to send, an upgrade, or the only try), and what its
-    /// head says ([`HeadScan`], made once per request).
-    Owned(Request<SendBody<B>>, HeadScan),
-    /// The head of a request without a body, borrowed from the retry loop: already in
-    /// origin form and without hop-by-hop fields named by `Connection` ([`to_origin_form`]).
-    Lean(&'a http::request::Parts),
-}
-
-/// The head as it goes on the wire: origin-form target (`GET /path?query HTTP/1.1`; the
-/// endpoint is the connection's), HTTP/1.1, and `Host` from an HTTP/2 client's `:authority`.
-/// `has_host`: the head has a `Host` field already.
-fn to_origin_form(parts: &mut http::request::Parts, has_host: bool) {
-    let uri = std::mem::take(&mut parts.uri).into_parts();
-    if !has_host
-        && let Some(a) = &uri.authority
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    parts.version = Version::HTTP_11;
 }
 
 /// `timeout` from now; an absurdly large one (a config's "1000000y") is a far deadline, not a
@@ -715,16 +441,6 @@ fn deadline_from(now: tokio::time::Instant, timeout: Duration) -> tokio::time::I
 
 fn tried(avoid: u64, i: usize) -> bool {
     i < 64 && avoid & (1 << i) != 0
-}
-
-/// The same request again, with a fresh copy of the body.
-pub(crate) fn rebuild<T>(parts: &http::request::Parts, body: T) -> Request<T> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
 }
 
 /// Start the active checks of an upstream, when a tokio runtime is running.

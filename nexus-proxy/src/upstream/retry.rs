@@ -1,0 +1,168 @@
+//! Retries of one upstream: the policy's decision is `RetryPolicy::wait_before_retry`, the
+//! one `RetryLayer` takes too; what is the upstream's own is where a try goes (an endpoint
+//! not tried yet), that the head is borrowed by every try (no copy per try for a request
+//! without a body), and that the retry budget and the request's deadline bound the whole.
+
+use super::{ClientInfo, Outgoing, Upstream, deadline_after, deadline_from, to_origin_form};
+use crate::body::UpstreamBody;
+use crate::error::ProxyError;
+use crate::headers::{self, HeadScan};
+use crate::replay::SendBody;
+use futures_util::future::Either;
+use http::{Request, Response};
+use http_body::Body;
+use nexus_core::BoxError;
+use nexus_core::retry::{Outcome, RetryBudget, RetryPolicy};
+use std::future::Future;
+use std::time::Duration;
+
+/// An upstream's retry policy, its budget and its counter.
+#[derive(Debug)]
+pub(super) struct UpstreamRetry {
+    pub(super) policy: RetryPolicy,
+    pub(super) budget: RetryBudget,
+    pub(super) clock: Epoch,
+    /// `nexus_upstream_retries_total{upstream}`.
+    pub(super) retries: metrics::Counter,
+}
+
+/// Time since a start point, as the breaker and retry budget take it (from
+/// `tokio::time`, so tests can pause it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Epoch(tokio::time::Instant);
+
+impl Epoch {
+    pub(super) fn start() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+
+    fn now(self) -> Duration {
+        self.at(tokio::time::Instant::now())
+    }
+
+    fn at(self, instant: tokio::time::Instant) -> Duration {
+        instant.saturating_duration_since(self.0)
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Idempotent requests with a `retry` block: the body is read ahead (up to
+    /// 64 KiB) so it can be sent again; retries wait a jittered backoff (or the
+    /// upstream's `Retry-After`, when not longer than `max_delay`), go to an
+    /// endpoint not tried yet when there is one, stay within the request's
+    /// `timeout`, and only while the upstream's retry budget allows.
+    pub(super) fn forward_with_retries<'a>(
+        &'a self,
+        req: Request<SendBody<B>>,
+        scan: HeadScan,
+        client: &'a ClientInfo,
+        timeout: Duration,
+        retry: &'a UpstreamRetry,
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
+        // One clock read for the request: its deadline, and the budget's deposit.
+        let start = tokio::time::Instant::now();
+        let deadline = deadline_from(start, timeout);
+        retry.budget.deposit(retry.clock.at(start));
+        let (mut parts, body) = req.into_parts();
+        if scan.framed || !body.is_end_stream() {
+            // A body to read ahead first: boxed, so a GET's future stays small.
+            return Either::Left(Box::pin(self.retries_with_body(parts, body, scan, client, deadline, retry)));
+        }
+        // Nothing to send but the head (a GET, mostly): it is made ready for the wire once
+        // and every try borrows it, instead of a copy of the head per try.
+        to_origin_form(&mut parts, scan.host);
+        if scan.names_others {
+            headers::remove_hop_by_hop(&mut parts.headers, false);
+        }
+        Either::Right(async move { self.retry_loop(&parts, None, scan, client, deadline, retry).await })
+    }
+
+    /// [`forward_with_retries`](Self::forward_with_retries) for a request with a body.
+    async fn retries_with_body(
+        &self,
+        mut parts: http::request::Parts,
+        body: SendBody<B>,
+        scan: HeadScan,
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+        retry: &UpstreamRetry,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let replay = match body.replayable().await? {
+            Ok(replay) => replay,
+            // Too large to keep: sent once, never retried.
+            Err(once) => {
+                let once = Request::from_parts(parts, once);
+                return self.attempt(Outgoing::Owned(once, scan), client, deadline, 0).await.0;
+            }
+        };
+        // An empty body after all (chunked with no data): the head alone, borrowed per try.
+        let lean = !scan.framed && replay.body::<B>().is_end_stream();
+        if lean {
+            to_origin_form(&mut parts, scan.host);
+            if scan.names_others {
+                headers::remove_hop_by_hop(&mut parts.headers, false);
+            }
+        }
+        self.retry_loop(&parts, (!lean).then_some(&replay), scan, client, deadline, retry).await
+    }
+
+    /// Try, and try again while the policy, the deadline and the budget allow. `replay`:
+    /// the body to send with each try; without it `parts` is a head ready for the wire.
+    async fn retry_loop(
+        &self,
+        parts: &http::request::Parts,
+        replay: Option<&crate::replay::Replay>,
+        scan: HeadScan,
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+        retry: &UpstreamRetry,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let policy = &retry.policy;
+        let mut avoid = 0u64;
+        let mut retries = 0;
+        loop {
+            let out = match replay {
+                None => Outgoing::Lean(parts),
+                Some(replay) => Outgoing::Owned(rebuild(parts, replay.body()), scan),
+            };
+            let (result, endpoint) = self.attempt(out, client, deadline, avoid).await;
+            if let Some(i) = endpoint.filter(|i| *i < 64) {
+                avoid |= 1 << i;
+            }
+            let outcome = match &result {
+                Ok(res) => Outcome::Answered(res.status().as_u16(), res.headers()),
+                Err(e) => match e.failure() {
+                    Some(failure) => Outcome::Failed(Some(failure)),
+                    // The gateway's own refusals (circuit open, no healthy endpoint, the
+                    // client's body) are never retried.
+                    None => return result,
+                },
+            };
+            // The policy's decision, as `RetryLayer` takes it (jitter drawn only for a retry).
+            let Some(wait) = policy.wait_before_retry(retries, outcome, || self.rng.unit()) else {
+                return result;
+            };
+            if deadline_after(wait) >= deadline || !retry.budget.withdraw(retry.clock.now()) {
+                return result;
+            }
+            drop(result);
+            retry.retries.increment(1);
+            tokio::time::sleep(wait).await;
+            retries += 1;
+        }
+    }
+}
+
+/// The same request again, with a fresh copy of the body.
+pub(crate) fn rebuild<T>(parts: &http::request::Parts, body: T) -> Request<T> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}

@@ -1,0 +1,162 @@
+//! How one try goes out: the lean HTTP/1.1 exchange for a head without a body
+//! ([`crate::http1`]), hyper's client for bodies and upgrades.
+
+use super::{ClientInfo, InFlight, Upstream, deadline_after};
+use crate::body::UpstreamBody;
+use crate::error::{ErrorKind, ProxyError};
+use crate::headers::{self, HeadScan};
+use crate::replay::SendBody;
+use futures_util::future::Either;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body;
+use hyper_util::rt::TokioIo;
+use nexus_core::BoxError;
+use nexus_health::shutdown::Tracker;
+use std::future::Future;
+
+impl<B> Upstream<B>
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// `deadline`, or sooner when the upstream's own `timeout` ends first.
+    fn capped(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        self.timeout.map_or(deadline, |t| deadline.min(deadline_after(t)))
+    }
+
+    /// The lean exchange for a head without a body: hop-by-hop fields are left out and
+    /// `X-Forwarded-*` written as the head is encoded (the map is not rewritten), and left
+    /// out of the response as its head is parsed.
+    async fn send_lean(
+        &self,
+        guard: InFlight<B>,
+        parts: &http::request::Parts,
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let pool = self.shared.endpoints[guard.endpoint].pool();
+        let client = crate::http1::Client { ip: &client.ip, trusted: client.trusted };
+        let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
+        Ok(res.map(|body| UpstreamBody::raw(body, guard)))
+    }
+
+    /// Send on the endpoint `guard` holds: the lean exchange for a head without a body,
+    /// hyper's client for the rest. The way is chosen before the first poll.
+    pub(super) fn send<'a>(
+        &'a self,
+        guard: InFlight<B>,
+        req: Outgoing<'a, B>,
+        client: &'a ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
+        let (req, scan) = match req {
+            Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, client, deadline)),
+            Outgoing::Owned(req, scan) => (req, scan),
+        };
+        let (mut parts, body) = req.into_parts();
+        let upgrade = scan.upgrade;
+        let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        to_origin_form(&mut parts, scan.host);
+        if scan.lean_upstream() && body.is_end_stream() {
+            if scan.names_others {
+                headers::remove_hop_by_hop(&mut parts.headers, false);
+            }
+            return Either::Right(Either::Left(async move { self.send_lean(guard, &parts, client, deadline).await }));
+        }
+        // Bodies and upgrades go through hyper's client: a future several times the lean one's
+        // size, boxed so that every request's future (moved at each await) stays small.
+        Either::Right(Either::Right(Box::pin(self.send_hyper(
+            guard,
+            parts,
+            body,
+            (upgrade, client_upgrade),
+            client,
+            deadline,
+        ))))
+    }
+
+    /// A request with a body, or an upgrade, through hyper's client connection.
+    async fn send_hyper(
+        &self,
+        guard: InFlight<B>,
+        mut parts: http::request::Parts,
+        body: SendBody<B>,
+        (upgrade, client_upgrade): (bool, Option<hyper::upgrade::OnUpgrade>),
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let deadline = self.capped(deadline);
+        let pool = self.shared.endpoints[guard.endpoint].pool();
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
+        parts.headers.reserve(3);
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
+        let req = Request::from_parts(parts, body);
+        if let Some(client_side) = client_upgrade {
+            let mut res = match tokio::time::timeout_at(deadline, pool.send_upgrade(req, self.connect_timeout)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+            };
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream_side = hyper::upgrade::on(&mut res);
+                let name = self.shared.name.clone();
+                let tracked = client.tracker.as_ref().map(Tracker::track);
+                tokio::spawn(async move {
+                    // The upgraded connection holds its in-flight slot, and its place in the
+                    // shutdown tracker, until it closes.
+                    let _slot = guard;
+                    let _tracked = tracked;
+                    match tokio::try_join!(client_side, upstream_side) {
+                        Ok((c, u)) => {
+                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(upstream = %name, error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade failed"),
+                    }
+                });
+                let (parts, body) = res.into_parts();
+                return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, self.detached())));
+            }
+            headers::remove_hop_by_hop(res.headers_mut(), false);
+            let (parts, body) = res.into_parts();
+            return Ok(Response::from_parts(parts, UpstreamBody::new(body, None, guard)));
+        }
+        let (mut res, conn) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+        };
+        headers::remove_hop_by_hop(res.headers_mut(), false);
+        let (parts, body) = res.into_parts();
+        Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), guard)))
+    }
+}
+
+/// What one try sends.
+// Not boxed: the owned request is the common case, and boxing it is an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Outgoing<'a, B> {
+    /// A request of its own (a body to send, an upgrade, or the only try), and what its
+    /// head says ([`HeadScan`], made once per request).
+    Owned(Request<SendBody<B>>, HeadScan),
+    /// The head of a request without a body, borrowed from the retry loop: already in
+    /// origin form and without hop-by-hop fields named by `Connection` ([`to_origin_form`]).
+    Lean(&'a http::request::Parts),
+}
+
+/// The head as it goes on the wire: origin-form target (`GET /path?query HTTP/1.1`; the
+/// endpoint is the connection's), HTTP/1.1, and `Host` from an HTTP/2 client's `:authority`.
+/// `has_host`: the head has a `Host` field already.
+pub(super) fn to_origin_form(parts: &mut http::request::Parts, has_host: bool) {
+    let uri = std::mem::take(&mut parts.uri).into_parts();
+    if !has_host
+        && let Some(a) = &uri.authority
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.uri = Uri::from(uri.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    parts.version = Version::HTTP_11;
+}
