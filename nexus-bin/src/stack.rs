@@ -153,6 +153,13 @@ fn precheck(
         return None;
     }
     let headers = req.headers();
+    // RFC 9112 §3.2 (the lean path checks its own requests): HTTP/1.1 needs a Host.
+    if req.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        let mut res: Response<ResponseBody<ReqBody>> =
+            GatewayError::new(ErrorCode::BadRequest).with_message("missing Host").into_response_for(headers);
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
+    }
     // Request smuggling guard: both framings present is refused and the connection closed.
     if framing_conflict
         || headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)

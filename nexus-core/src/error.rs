@@ -52,6 +52,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 500: a bug in the gateway (a caught panic).
     Internal,
+    /// 501: a transfer coding the gateway does not implement (anything but `chunked`).
+    NotImplemented,
 }
 
 impl ErrorCode {
@@ -70,6 +72,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -89,6 +92,7 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
+            Self::NotImplemented => "not_implemented",
         }
     }
 
@@ -108,6 +112,7 @@ impl ErrorCode {
             Self::BadRequest => "malformed request",
             Self::ShuttingDown => "gateway is shutting down",
             Self::Internal => "internal gateway error",
+            Self::NotImplemented => "transfer coding not implemented",
         }
     }
 }
@@ -243,6 +248,7 @@ mod tests {
             BadRequest,
             ShuttingDown,
             Internal,
+            NotImplemented,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), all.len());

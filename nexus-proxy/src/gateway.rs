@@ -6,6 +6,7 @@
 
 use crate::balance::Rng;
 use crate::body::{RequestBody, ResponseBody};
+use crate::edge::Edge;
 use crate::error::ProxyError;
 use crate::metrics::{RouteMetrics, UNMATCHED};
 use crate::replay::SendBody;
@@ -300,6 +301,8 @@ pub struct Gateway<B> {
     policies: Policies,
     upstreams: BTreeMap<String, Arc<Upstream<LimitedBody<B>>>>,
     unmatched: RouteMetrics,
+    /// SPEC §10's rules, before anything else.
+    edge: Edge,
     /// `server.trusted_proxies`.
     trusted: Arc<[IpNet]>,
     max_body: u64,
@@ -420,6 +423,7 @@ where
             policies,
             upstreams,
             unmatched: RouteMetrics::new(UNMATCHED),
+            edge: Edge::from_config(config),
             trusted,
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
@@ -441,7 +445,9 @@ where
         &self.routes[route_id].target
     }
 
-    /// Serve one request: header and body limits (431, 413), path normalisation
+    /// Serve one request: the edge rules of SPEC §10 (one valid authority, which the
+    /// target's wins; gateway-owned headers removed; 400, 405, 501), header and body
+    /// limits (431, 413), path normalisation
     /// and route match (400, 404, 405), then the route's stack (rate limit, JWT,
     /// forward). Never fails: every answer the gateway makes is the JSON of
     /// SPEC §4 with the request's `X-Request-Id`. The client is the
@@ -464,11 +470,15 @@ where
         req: Request<B>,
         client: &'a ClientInfo,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
-        if let Some(res) = self.check_limits(&req) {
+        let mut req = req;
+        let refused = match self.edge.admit(&mut req) {
+            Ok(()) => self.check_limits(&req),
+            Err(res) => Some(res),
+        };
+        if let Some(res) = refused {
             self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
             return Either::Left(std::future::ready(res));
         }
-        let mut req = req;
         match route_in(&self.table, &mut req) {
             Ok(id) => {
                 // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).

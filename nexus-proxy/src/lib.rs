@@ -24,6 +24,7 @@
 
 pub mod balance;
 pub mod body;
+mod edge;
 pub mod error;
 pub mod gateway;
 pub mod headers;

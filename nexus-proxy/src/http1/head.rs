@@ -110,6 +110,11 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
     if !scan.lean_server() {
         return Parsed::Handoff;
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400 (one `Host` too many, or an
+    // invalid one, is the gateway's to refuse: `crate::edge`).
+    if !scan.host {
+        return Parsed::BadRequest("missing Host");
+    }
     let path_start = path.as_ptr() as usize - base;
     let path_end = path_start + path.len();
     let head = buf.split_to(len).freeze();
@@ -310,7 +315,10 @@ mod tests {
         assert_eq!(request.headers()["host"], "x");
         assert!(close);
         assert!(matches!(parse_one(b"GET /a HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
-        assert!(matches!(parse_one(b"DELETE /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Parsed::Ready { .. }));
+        assert!(matches!(
+            parse_one(b"DELETE /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            Parsed::Ready { .. }
+        ));
         for handoff in [
             &b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
             b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -331,7 +339,9 @@ mod tests {
             b"NOT HTTP AT ALL\r\n\r\n",
             b"GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
             b"GET /a HTTP/9.9\r\n\r\n",
-            b"GET /a<b HTTP/1.1\r\n\r\n",
+            b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nX-Host: x\r\n\r\n",
         ] {
             assert!(matches!(parse_one(malformed), Parsed::BadRequest(_)), "{}", String::from_utf8_lossy(malformed));
         }
@@ -343,7 +353,7 @@ mod tests {
     fn arbitrary_request_heads_never_panic() {
         let seeds: [&[u8]; 3] = [
             b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: abc\r\n\r\n",
-            b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\nAccept: */*\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nAccept: */*\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
         ];
         let rng = nexus_core::rng::Rng::seeded(11);
@@ -354,6 +364,7 @@ mod tests {
                 assert!(request.uri().path().starts_with('/'));
                 assert!(request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0"));
                 assert!(!request.headers().contains_key(header::TRANSFER_ENCODING));
+                assert!(request.headers().contains_key(header::HOST));
             }
         }
     }

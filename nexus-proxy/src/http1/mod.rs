@@ -44,6 +44,7 @@ pub mod fuzzing {
             assert!(request.uri().path().starts_with('/'));
             assert!(request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0"));
             assert!(!request.headers().contains_key(header::TRANSFER_ENCODING));
+            assert!(request.headers().contains_key(header::HOST));
             assert!(buf.len() < data.len());
         }
     }

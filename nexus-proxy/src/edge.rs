@@ -1,0 +1,316 @@
+//! The edge rules (SPEC §10) a request passes before anything else looks at it: one valid
+//! authority to route on and forward, gateway-owned headers removed from client input, one
+//! `Authorization` at most, no `CONNECT`, no transfer coding but `chunked`, and no `h2c`
+//! upgrade. Both the binary and an embedder's [`crate::GatewayService`] run them (they are
+//! the first step of [`crate::Gateway::serve`]).
+//!
+//! A request that breaks none of them (nearly all) costs one pass over its field names.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use nexus_core::config::Config;
+use nexus_core::{ErrorCode, GatewayError};
+
+/// Header names the gateway fills itself; client input in any spelling that differs by `_`
+/// for `-` (or by case: names are lower-case already) is removed.
+const ALWAYS_OWNED: [&str; 4] = ["x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
+/// The edge rules of one config.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Edge {
+    /// Every header name any `forward_claims` fills (stripped on every route).
+    claims: Box<[HeaderName]>,
+}
+
+/// What one pass over a request's fields found.
+#[derive(Debug, Default)]
+struct Seen {
+    hosts: u32,
+    authorizations: u32,
+    /// Something to remove or rewrite: an owned name, an underscore spelling, a
+    /// `Connection` value naming more than options, an `Upgrade`.
+    cleanup: bool,
+    transfer_encoding: bool,
+}
+
+impl Edge {
+    pub(crate) fn from_config(config: &Config) -> Self {
+        let mut claims: Vec<HeaderName> = config
+            .auth
+            .jwt
+            .values()
+            .flat_map(|j| j.forward_claims.values())
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
+        claims.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        claims.dedup();
+        Self { claims: claims.into_boxed_slice() }
+    }
+
+    /// Check `req` and clean its head; `Err` is the answer (400, 405, 501).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn admit<B, R: From<Bytes>>(&self, req: &mut Request<B>) -> Result<(), Response<R>> {
+        if req.method() == Method::CONNECT {
+            return Err(refuse(
+                req.headers(),
+                ErrorCode::MethodNotAllowed,
+                "CONNECT is not supported: this gateway is not a forward proxy",
+            ));
+        }
+        let mut seen = Seen::default();
+        for (name, value) in req.headers() {
+            if name == header::HOST {
+                seen.hosts += 1;
+            } else if name == header::AUTHORIZATION {
+                seen.authorizations += 1;
+            } else if name == header::TRANSFER_ENCODING {
+                seen.transfer_encoding = true;
+            } else if name == header::CONNECTION {
+                seen.cleanup |= crate::headers::names_other_headers(value.as_bytes());
+            } else if name == header::UPGRADE || name.as_str().contains('_') || self.claims.contains(name) {
+                seen.cleanup = true;
+            }
+        }
+        let headers = req.headers();
+        if seen.hosts > 1 {
+            return Err(refuse(headers, ErrorCode::BadRequest, "more than one Host field"));
+        }
+        if seen.authorizations > 1 {
+            return Err(refuse(headers, ErrorCode::BadRequest, "more than one Authorization field"));
+        }
+        if seen.hosts == 1 && !headers.get(header::HOST).is_some_and(|h| valid_authority(h.as_bytes())) {
+            return Err(refuse(headers, ErrorCode::BadRequest, "invalid Host"));
+        }
+        if seen.transfer_encoding {
+            check_transfer_codings(headers)?;
+        }
+        // An absolute-form target's authority, and HTTP/2's `:authority`, win over `Host`:
+        // what is routed on is what is forwarded.
+        if let Some(authority) = req.uri().authority() {
+            let text = authority.as_str();
+            if !valid_authority(text.as_bytes()) {
+                return Err(refuse(req.headers(), ErrorCode::BadRequest, "invalid request-target authority"));
+            }
+            if req.headers().get(header::HOST).is_none_or(|h| h.as_bytes() != text.as_bytes()) {
+                let value = HeaderValue::from_str(text)
+                    .map_err(|_| refuse(req.headers(), ErrorCode::BadRequest, "invalid request-target authority"))?;
+                req.headers_mut().insert(header::HOST, value);
+            }
+        }
+        if seen.cleanup {
+            self.clean(req.headers_mut());
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is the gateway's (exactly, or spelled with `_` for `-`).
+    fn owns(&self, name: &str) -> bool {
+        let same = |owned: &str| {
+            owned.len() == name.len()
+                && owned.bytes().zip(name.bytes()).all(|(o, n)| o == n || (o == b'-' && n == b'_'))
+        };
+        ALWAYS_OWNED.iter().any(|o| *o != name && same(o)) || self.claims.iter().any(|c| same(c.as_str()))
+    }
+
+    /// Remove owned names from client input, keep `Connection` from naming them, and drop
+    /// an `h2c` upgrade (the request goes on without it).
+    fn clean(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.owns(n.as_str())).cloned().collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+        let h2c = headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c")));
+        if h2c {
+            headers.remove(header::UPGRADE);
+            headers.remove("http2-settings");
+        }
+        if !headers.contains_key(header::CONNECTION) {
+            return;
+        }
+        let mut kept: Vec<&[u8]> = Vec::new();
+        let mut changed = false;
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                let lower = String::from_utf8_lossy(token).to_ascii_lowercase();
+                let drop = token.is_empty()
+                    || ALWAYS_OWNED.contains(&lower.as_str())
+                    || self.owns(&lower)
+                    || (h2c && (lower == "upgrade" || lower == "http2-settings"));
+                if drop {
+                    changed = true;
+                } else {
+                    kept.push(token);
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+        let joined = kept.join(&b", "[..]);
+        match HeaderValue::from_bytes(&joined) {
+            Ok(v) if !joined.is_empty() => {
+                headers.insert(header::CONNECTION, v);
+            }
+            _ => {
+                headers.remove(header::CONNECTION);
+            }
+        }
+    }
+}
+
+/// `chunked` is the only transfer coding the gateway implements: any other is 501.
+#[allow(clippy::result_large_err)]
+fn check_transfer_codings<R: From<Bytes>>(headers: &HeaderMap) -> Result<(), Response<R>> {
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|b| *b == b',') {
+            let name = coding.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+            if name.is_empty() {
+                return Err(refuse(headers, ErrorCode::BadRequest, "empty transfer coding"));
+            }
+            if !name.eq_ignore_ascii_case(b"chunked") {
+                return Err(refuse(
+                    headers,
+                    ErrorCode::NotImplemented,
+                    "only the chunked transfer coding is supported",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refuse<R: From<Bytes>>(headers: &HeaderMap, code: ErrorCode, message: &'static str) -> Response<R> {
+    let mut res: Response<R> = GatewayError::new(code).with_message(message).into_response_for(headers);
+    // SPEC §4: a malformed request closes the connection; so does a CONNECT (tunnel bytes
+    // may follow it at once) and a body in a coding that cannot be framed (501): whatever
+    // follows on the connection must not be read as a request.
+    res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+/// `Host` / authority syntax (RFC 9110 §7.2, RFC 3986 §3.2): a reg-name, an IPv4 address or
+/// a bracketed IP literal, then an optional `:port`; no userinfo, no `/`, no whitespace.
+pub(crate) fn valid_authority(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|b| *b == b']') else { return false };
+        let literal = &value[1..end];
+        if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => (&value[..=end], None),
+            [b':', port @ ..] => (&value[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|b| *b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        }
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+    !host.is_empty()
+        && (host[0] == b'[' || host.iter().all(reg_name))
+        && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(claims: &[&'static str]) -> Edge {
+        Edge { claims: claims.iter().map(|c| HeaderName::from_static(c)).collect() }
+    }
+
+    fn admit(edge: &Edge, req: &mut Request<()>) -> Result<(), u16> {
+        edge.admit::<(), Bytes>(req).map_err(|r| r.status().as_u16())
+    }
+
+    fn request(target: &str, fields: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get(target);
+        for (n, v) in fields {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn authorities_are_checked_as_rfc_3986_writes_them() {
+        for ok in ["example.com", "api.example.com:8080", "10.0.0.1", "[::1]:443", "[2001:db8::1]", "a-b_c~d", "x:"] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "evil.com/.example.com", "user@host", "a b", "host:port", "[::1", "[::1]x", ":80", "h:123456"] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_valid_host_and_the_targets_authority_wins() {
+        let e = edge(&[]);
+        assert_eq!(admit(&e, &mut request("/a", &[("host", "x"), ("host", "y")])), Err(400));
+        assert_eq!(admit(&e, &mut request("/a", &[("host", "evil.com/.example.com")])), Err(400));
+        assert_eq!(admit(&e, &mut request("/a", &[("host", "internal.example.com")])), Ok(()));
+        let mut absolute = request("http://public.test/x", &[("host", "internal.example.com")]);
+        assert_eq!(admit(&e, &mut absolute), Ok(()));
+        assert_eq!(absolute.headers()["host"], "public.test", "routed and forwarded on the target's authority");
+        let mut h2 = request("http://api.test:8443/x", &[]);
+        assert_eq!(admit(&e, &mut h2), Ok(()));
+        assert_eq!(h2.headers()["host"], "api.test:8443");
+        assert_eq!(admit(&e, &mut request("http://user@public.test/x", &[])), Err(400));
+    }
+
+    #[test]
+    fn connect_codings_and_authorization_lines_are_refused() {
+        let e = edge(&[]);
+        let mut connect = Request::builder().method(Method::CONNECT).uri("example.com:443").body(()).unwrap();
+        assert_eq!(admit(&e, &mut connect), Err(405));
+        assert_eq!(admit(&e, &mut request("/", &[("transfer-encoding", "gzip, chunked")])), Err(501));
+        assert_eq!(admit(&e, &mut request("/", &[("transfer-encoding", "chunked")])), Ok(()));
+        let two = [("authorization", "Bearer a"), ("authorization", "Bearer b")];
+        assert_eq!(admit(&e, &mut request("/", &two)), Err(400));
+    }
+
+    #[test]
+    fn owned_headers_go_in_any_spelling_and_connection_cannot_name_them() {
+        let e = edge(&["x-user-id"]);
+        let mut req = request(
+            "/",
+            &[
+                ("x-user-id", "admin"),
+                ("x_user_id", "admin"),
+                ("x_forwarded_for", "1.2.3.4"),
+                ("x_request_id", "spoof"),
+                ("x-forwarded-for", "5.6.7.8"),
+                ("x_other", "kept"),
+                ("connection", "keep-alive, X-User-Id, x-request-id, x-custom"),
+            ],
+        );
+        assert_eq!(admit(&e, &mut req), Ok(()));
+        let h = req.headers();
+        for gone in ["x-user-id", "x_user_id", "x_forwarded_for", "x_request_id"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!((h["x-forwarded-for"].as_bytes(), h["x_other"].as_bytes()), (&b"5.6.7.8"[..], &b"kept"[..]));
+        assert_eq!(h["connection"], "keep-alive, x-custom");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_dropped_and_a_websocket_one_kept() {
+        let e = edge(&[]);
+        let mut req = request(
+            "/",
+            &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQ")],
+        );
+        assert_eq!(admit(&e, &mut req), Ok(()));
+        assert!(req.headers().get("upgrade").is_none() && req.headers().get("http2-settings").is_none());
+        assert!(req.headers().get("connection").is_none());
+        let mut ws = request("/", &[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(admit(&e, &mut ws), Ok(()));
+        assert_eq!(ws.headers()["upgrade"], "websocket");
+        assert_eq!(ws.headers()["connection"], "Upgrade");
+    }
+}
