@@ -150,3 +150,25 @@ async fn connect_unknown_codings_and_h2c_upgrades_never_reach_the_upstream_as_su
         assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
     }
 }
+
+#[tokio::test]
+async fn framing_is_checked_on_every_request_of_a_connection() {
+    let (internal, wild, public) = (upstream("internal").await, upstream("wild").await, upstream("public").await);
+    let gw = gateway_with(&edge_config(&internal, &wild, &public), &[("EDGE_SECRET", SECRET)]);
+    // The first request has a body (the connection is hyper's from there), the second is
+    // plain, the third carries both framings: it is refused and the connection closes, so
+    // the "request" hidden in its body never becomes one.
+    let res = raw(
+        gw.addr,
+        b"POST /one HTTP/1.1\r\nHost: public.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET /two HTTP/1.1\r\nHost: public.test\r\n\r\n\
+          POST /three HTTP/1.1\r\nHost: public.test\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: public.test\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = res.match_indices("HTTP/1.1 ").map(|(i, _)| &res[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{res}");
+    assert!(res.contains("conflicting Content-Length and Transfer-Encoding"), "{res}");
+    let paths: Vec<String> = public.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(paths, ["/one", "/two"], "neither the conflicting request nor what it hid reached the upstream");
+}

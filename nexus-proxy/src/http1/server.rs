@@ -46,7 +46,7 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,18 +97,48 @@ impl Body for ClientBody {
 }
 
 /// What a connection has learnt about itself, shared by its requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connection {
-    pub(super) framing_conflict: AtomicBool,
+    /// The current hyper request's head carried both framings (set before the handler runs).
+    framing_conflict: AtomicBool,
+    /// The index among hyper's requests of the first head the sniffer found both framings
+    /// on (`u64::MAX`: none yet).
+    conflict_at: AtomicU64,
+    /// Requests hyper has handed over on this connection.
+    hyper_requests: AtomicU64,
     h2: AtomicBool,
 }
 
+impl Default for Connection {
+    fn default() -> Self {
+        Self {
+            framing_conflict: AtomicBool::new(false),
+            conflict_at: AtomicU64::new(u64::MAX),
+            hyper_requests: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Connection {
-    /// The first request head hyper read on this connection had both `Content-Length` and
-    /// `Transfer-Encoding` (hyper drops `Content-Length` before the handler sees it; SPEC
-    /// §4 wants such a request refused with 400 and the connection closed).
+    /// The request being handled had both `Content-Length` and `Transfer-Encoding` on the
+    /// wire (hyper drops `Content-Length` before the handler sees it; SPEC §4 and §10 want
+    /// such a request refused with 400 and the connection closed).
     pub fn framing_conflict(&self) -> bool {
         self.framing_conflict.load(Ordering::Relaxed)
+    }
+
+    /// The sniffer found both framings on head number `index` of hyper's part of the
+    /// connection (only the first such head counts: that request closes the connection).
+    pub(super) fn conflict_at(&self, index: u64) {
+        let _ = self.conflict_at.compare_exchange(u64::MAX, index, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Called as hyper hands over its next HTTP/1 request: whether that request's head was
+    /// the conflicting one. (HTTP/1 requests are handed over one at a time, in order.)
+    fn next_hyper_request(&self) {
+        let index = self.hyper_requests.fetch_add(1, Ordering::Relaxed);
+        self.framing_conflict.store(self.conflict_at.load(Ordering::Relaxed) == index, Ordering::Relaxed);
     }
 
     /// The client speaks HTTP/2 (learnt from its first request).
@@ -216,6 +246,8 @@ impl Server {
                 let Served { handler, conn } = &*served;
                 if req.version() == Version::HTTP_2 {
                     conn.h2.store(true, Ordering::Relaxed);
+                } else {
+                    conn.next_hyper_request();
                 }
                 Ok::<_, Infallible>(handler.call(conn, req.map(ClientBody::Hyper)).await)
             }

@@ -1,10 +1,13 @@
 //! hyper resolves a request that carries both `Content-Length` and
 //! `Transfer-Encoding` by dropping `Content-Length` (RFC 9112 §6.3) before the
-//! service sees it; SPEC §4 wants such a request refused with 400. This IO
-//! wrapper reads the first request head of each connection as it passes and
-//! raises a flag when both framings appear; later heads on the same connection
-//! are left to hyper (it already closes such connections, so nothing is
-//! smuggled either way). After the first head it costs one branch per read.
+//! service sees it; SPEC §4 and §10 want every such request refused with 400 and the
+//! connection closed. This IO wrapper follows the request stream as it passes, head after
+//! head: it reads each head's framing fields, skips its body (by `Content-Length`, or
+//! chunk by chunk), and records the index of the first head that carries both framings
+//! ([`Connection`] compares it with the request hyper hands over). Body bytes are skipped a
+//! slice at a time; head bytes cost a few instructions each. It stops following (and stops
+//! costing anything) at an upgrade, `CONNECT`, the HTTP/2 preface, a conflict (that request
+//! closes the connection), or framing it cannot follow (which hyper refuses too).
 //!
 //! It also replays the bytes the lean path ([`super::server`]) read before it handed the
 //! connection to hyper (they are scanned like any other).
@@ -15,42 +18,199 @@ use pin_project_lite::pin_project;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-#[derive(Debug, Default)]
+/// What a head line begins with is kept up to this many bytes (lower-cased): enough for
+/// `content-length: ` and nineteen digits.
+const LINE: usize = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Head,
+    /// This many body bytes left.
+    Body(u64),
+    /// A chunk-size line (hex digits, then extensions up to the line's end).
+    ChunkSize {
+        size: u64,
+        ext: bool,
+    },
+    ChunkData(u64),
+    /// The line end after a chunk's data.
+    ChunkEnd,
+    /// Trailer lines, until an empty one.
+    Trailer {
+        empty: bool,
+    },
+    /// Not following any more.
+    Stop,
+}
+
+#[derive(Debug)]
 struct Scan {
-    line: [u8; 20],
+    phase: Phase,
+    line: [u8; LINE],
     len: usize,
+    /// The line is longer than `line`.
+    long: bool,
+    /// The last eight bytes of the line (for `...chunked` at the end of a long value).
+    tail: u64,
     first_line: bool,
-    saw_cl: bool,
+    length: Option<u64>,
     saw_te: bool,
+    chunked: bool,
+    upgrade: bool,
+    /// Heads completed so far.
+    heads: u64,
 }
 
 impl Scan {
-    /// Feed bytes; `Some(conflict)` once the head is complete.
-    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
-        for &b in bytes {
-            if b == b'\n' {
-                let line = &self.line[..self.len];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.is_empty() && !self.first_line {
-                    return Some(self.saw_cl && self.saw_te);
+    fn new() -> Self {
+        Self {
+            phase: Phase::Head,
+            line: [0; LINE],
+            len: 0,
+            long: false,
+            tail: 0,
+            first_line: true,
+            length: None,
+            saw_te: false,
+            chunked: false,
+            upgrade: false,
+            heads: 0,
+        }
+    }
+
+    /// Follow `bytes`; `Some(i)` when head number `i` (from 0) carries both framings.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+        while !bytes.is_empty() {
+            match self.phase {
+                Phase::Stop => return None,
+                Phase::Body(left) | Phase::ChunkData(left) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                    bytes = &bytes[n..];
+                    let left = left - n as u64;
+                    self.phase = match (self.phase, left) {
+                        (Phase::Body(_), 0) => Phase::Head,
+                        (Phase::Body(_), l) => Phase::Body(l),
+                        (_, 0) => Phase::ChunkEnd,
+                        (_, l) => Phase::ChunkData(l),
+                    };
                 }
-                if !self.first_line {
-                    self.saw_cl |= line.starts_with(b"content-length:") || line.starts_with(b"content-length ");
-                    self.saw_te |= line.starts_with(b"transfer-encoding:") || line.starts_with(b"transfer-encoding ");
+                _ => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if let Some(conflict) = self.byte(b) {
+                        return Some(conflict);
+                    }
                 }
-                self.first_line = false;
-                self.len = 0;
-            } else if self.len < self.line.len() {
-                self.line[self.len] = b.to_ascii_lowercase();
-                self.len += 1;
             }
         }
         None
     }
+
+    fn byte(&mut self, b: u8) -> Option<u64> {
+        match self.phase {
+            Phase::Head => return self.head_byte(b),
+            Phase::ChunkSize { size, ext } => match b {
+                b'\n' if size == 0 => self.phase = Phase::Trailer { empty: true },
+                b'\n' => self.phase = Phase::ChunkData(size),
+                b'\r' => {}
+                _ if ext => {}
+                b';' | b' ' | b'\t' => self.phase = Phase::ChunkSize { size, ext: true },
+                _ => match (b as char).to_digit(16) {
+                    Some(d) if size >> 60 == 0 => self.phase = Phase::ChunkSize { size: size << 4 | u64::from(d), ext },
+                    _ => self.phase = Phase::Stop,
+                },
+            },
+            Phase::ChunkEnd => match b {
+                b'\r' => {}
+                b'\n' => self.phase = Phase::ChunkSize { size: 0, ext: false },
+                _ => self.phase = Phase::Stop,
+            },
+            Phase::Trailer { empty } => match b {
+                b'\r' => {}
+                b'\n' if empty => self.phase = Phase::Head,
+                b'\n' => self.phase = Phase::Trailer { empty: true },
+                _ => self.phase = Phase::Trailer { empty: false },
+            },
+            Phase::Body(_) | Phase::ChunkData(_) | Phase::Stop => {}
+        }
+        None
+    }
+
+    fn head_byte(&mut self, b: u8) -> Option<u64> {
+        if b != b'\n' {
+            if b != b'\r' {
+                if self.len < LINE {
+                    self.line[self.len] = b.to_ascii_lowercase();
+                    self.len += 1;
+                } else {
+                    self.long = true;
+                }
+                if b != b' ' && b != b'\t' {
+                    self.tail = self.tail << 8 | u64::from(b.to_ascii_lowercase());
+                }
+            }
+            return None;
+        }
+        let (line, long) = (&self.line[..self.len], self.long);
+        let first = std::mem::replace(&mut self.first_line, false);
+        if first {
+            if line.is_empty() {
+                // Blank lines before a request line are ignored (RFC 9112 §2.2).
+                self.first_line = true;
+            } else if line.starts_with(b"pri * http/2") || line.starts_with(b"connect ") {
+                self.phase = Phase::Stop;
+            }
+        } else if line.is_empty() {
+            return self.end_of_head();
+        } else if let Some(value) = field(line, b"content-length") {
+            let n = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match n {
+                Some(n) if !long && self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                // Unparsable or differing lengths: hyper refuses the request.
+                _ => self.phase = Phase::Stop,
+            }
+        } else if field(line, b"transfer-encoding").is_some() {
+            self.saw_te = true;
+            // The last coding decides (`...chunked` at the very end of the line).
+            self.chunked = self.tail & 0x00ff_ffff_ffff_ffff == u64::from_be_bytes(*b"\0chunked");
+        } else if field(line, b"upgrade").is_some() {
+            self.upgrade = true;
+        }
+        self.len = 0;
+        self.long = false;
+        self.tail = 0;
+        None
+    }
+
+    fn end_of_head(&mut self) -> Option<u64> {
+        let index = self.heads;
+        self.heads += 1;
+        let conflict = self.saw_te && self.length.is_some();
+        self.phase = if conflict || self.upgrade || self.phase == Phase::Stop {
+            Phase::Stop
+        } else if self.saw_te {
+            if self.chunked { Phase::ChunkSize { size: 0, ext: false } } else { Phase::Stop }
+        } else {
+            match self.length {
+                Some(n) if n > 0 => Phase::Body(n),
+                _ => Phase::Head,
+            }
+        };
+        (self.first_line, self.len, self.long, self.tail) = (true, 0, false, 0);
+        (self.length, self.saw_te, self.chunked, self.upgrade) = (None, false, false, false);
+        conflict.then_some(index)
+    }
+}
+
+/// The value of `line` when it is the field `name` (`name:` or `name :`, as hyper would
+/// refuse the latter anyway).
+fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?;
+    let rest = rest.trim_ascii_start();
+    rest.strip_prefix(b":")
 }
 
 pin_project! {
@@ -70,7 +230,7 @@ impl<T, C: AsRef<Connection>> HeadSniffer<T, C> {
     /// Scan `io`, after replaying `prefix` (bytes already read from it); a conflict is
     /// marked on `conn`.
     pub(crate) fn new(prefix: Bytes, io: T, conn: Arc<C>) -> Self {
-        Self { prefix, io, scan: Some(Box::new(Scan { first_line: true, ..Scan::default() })), conn }
+        Self { prefix, io, scan: Some(Box::new(Scan::new())), conn }
     }
 }
 
@@ -85,13 +245,13 @@ impl<T: AsyncRead, C: AsRef<Connection>> AsyncRead for HeadSniffer<T, C> {
             buf.put_slice(&this.prefix.split_to(n));
             Poll::Ready(Ok(()))
         };
-        if let Some(scan) = this.scan
-            && let Some(conflict) = scan.feed(&buf.filled()[before..])
-        {
-            if conflict {
-                (**this.conn).as_ref().framing_conflict.store(true, Ordering::Relaxed);
+        if let Some(scan) = this.scan {
+            if let Some(index) = scan.feed(&buf.filled()[before..]) {
+                (**this.conn).as_ref().conflict_at(index);
             }
-            *this.scan = None;
+            if scan.phase == Phase::Stop {
+                *this.scan = None;
+            }
         }
         res
     }
@@ -127,19 +287,47 @@ impl<T: AsyncWrite, C> AsyncWrite for HeadSniffer<T, C> {
 mod tests {
     use super::*;
 
-    fn scan(parts: &[&[u8]]) -> Option<bool> {
-        let mut s = Scan { first_line: true, ..Scan::default() };
-        parts.iter().find_map(|p| s.feed(p))
+    /// Feed `parts` in order; the first conflicting head's index.
+    fn scan(parts: &[&[u8]]) -> (Option<u64>, Phase, u64) {
+        let mut s = Scan::new();
+        let found = parts.iter().find_map(|p| s.feed(p));
+        (found, s.phase, s.heads)
     }
 
     #[test]
     fn flags_both_framings_even_split_across_reads() {
-        assert_eq!(
-            scan(&[b"POST / HTTP/1.1\r\nContent-Len", b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]),
-            Some(true)
-        );
-        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"]), Some(false));
-        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"]), Some(false));
-        assert_eq!(scan(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]), None, "head not complete yet");
+        let (found, ..) = scan(&[b"POST / HTTP/1.1\r\nContent-Len", b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        assert_eq!(found, Some(0));
+        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"]).0, None);
+        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"]).0, None);
+        assert_eq!(scan(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]).0, None, "head not complete yet");
+    }
+
+    #[test]
+    fn every_head_is_followed_through_length_and_chunked_bodies() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello\r\n\r\nxx\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n11;ext=1\r\nContent-Length: 3\r\n0\r\nX-T: 1\r\n\r\n\
+            GET /c HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /d HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        // Body bytes that look like heads or fields are skipped, never read as such.
+        for piece in [1, 2, 7, stream.len()] {
+            let parts: Vec<&[u8]> = stream.chunks(piece).collect();
+            let (found, phase, heads) = scan(&parts);
+            assert_eq!((found, phase, heads), (Some(3), Phase::Stop, 4), "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn following_stops_where_the_stream_stops_being_http_1_requests() {
+        for stream in [
+            &b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            let (found, phase, _) = scan(&[stream]);
+            assert_eq!((found, phase), (None, Phase::Stop), "{}", String::from_utf8_lossy(stream));
+        }
     }
 }
