@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps check-deploy lint fmt clippy bench bench-router bench-p99 peer-bench fuzz docker-build demo clean
+.PHONY: all build release test test-deps check-deploy lint fmt clippy bench bench-router bench-p99 peer-bench fuzz fuzz-ci docker-build demo clean
 
 all: build
 
@@ -52,14 +52,20 @@ bench-p99:
 peer-bench: release
 	./scripts/peer-bench.sh
 
-# Every fuzz target briefly (FUZZ_SECONDS each); installs cargo-fuzz when missing.
+# Every fuzz target briefly (FUZZ_SECONDS each), from fuzz/seeds (attack and regression inputs)
+# and the local corpus; installs the nightly toolchain and cargo-fuzz when missing.
 FUZZ_SECONDS ?= 30
 fuzz:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $$($(CARGO) +nightly fuzz list); do \
 		mkdir -p corpus/$$t; seeds=; [ -d seeds/$$t ] && seeds=seeds/$$t; \
 		$(CARGO) +nightly fuzz run -O $$t corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+## The fuzzing gate CI runs: every target for 15 s (a crash fails the run; the input is in fuzz/artifacts).
+fuzz-ci:
+	$(MAKE) fuzz FUZZ_SECONDS=15
 
 docker-build:
 	docker build -t nexus:dev .

@@ -172,3 +172,13 @@ async fn framing_is_checked_on_every_request_of_a_connection() {
     let paths: Vec<String> = public.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(paths, ["/one", "/two"], "neither the conflicting request nor what it hid reached the upstream");
 }
+
+#[tokio::test]
+async fn the_http2_preface_is_taken_only_at_the_start_of_a_connection() {
+    let (internal, wild, public) = (upstream("internal").await, upstream("wild").await, upstream("public").await);
+    let gw = gateway_with(&edge_config(&internal, &wild, &public), &[("EDGE_SECRET", SECRET)]);
+    let res = raw(gw.addr, b"GET /one HTTP/1.1\r\nHost: public.test\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let statuses: Vec<&str> = res.match_indices("HTTP/1.1 ").map(|(i, _)| &res[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "the preface after a request is a malformed HTTP/1 head: {res}");
+    assert_eq!(public.count(), 1);
+}

@@ -59,16 +59,19 @@ impl Edge {
             ));
         }
         let mut seen = Seen::default();
+        let mut host_ok = true;
         for (name, value) in req.headers() {
             if name == header::HOST {
                 seen.hosts += 1;
+                host_ok &= valid_authority(value.as_bytes());
             } else if name == header::AUTHORIZATION {
                 seen.authorizations += 1;
             } else if name == header::TRANSFER_ENCODING {
                 seen.transfer_encoding = true;
             } else if name == header::CONNECTION {
                 seen.cleanup |= crate::headers::names_other_headers(value.as_bytes());
-            } else if name == header::UPGRADE || name.as_str().contains('_') || self.claims.contains(name) {
+            } else if name == header::UPGRADE || name.as_str().as_bytes().contains(&b'_') || self.claims.contains(name)
+            {
                 seen.cleanup = true;
             }
         }
@@ -79,7 +82,7 @@ impl Edge {
         if seen.authorizations > 1 {
             return Err(refuse(headers, ErrorCode::BadRequest, "more than one Authorization field"));
         }
-        if seen.hosts == 1 && !headers.get(header::HOST).is_some_and(|h| valid_authority(h.as_bytes())) {
+        if !host_ok {
             return Err(refuse(headers, ErrorCode::BadRequest, "invalid Host"));
         }
         if seen.transfer_encoding {
@@ -195,28 +198,48 @@ fn refuse<R: From<Bytes>>(headers: &HeaderMap, code: ErrorCode, message: &'stati
 /// `Host` / authority syntax (RFC 9110 §7.2, RFC 3986 §3.2): a reg-name, an IPv4 address or
 /// a bracketed IP literal, then an optional `:port`; no userinfo, no `/`, no whitespace.
 pub(crate) fn valid_authority(value: &[u8]) -> bool {
-    let (host, port) = if value.first() == Some(&b'[') {
+    let host_end = if value.first() == Some(&b'[') {
         let Some(end) = value.iter().position(|b| *b == b']') else { return false };
         let literal = &value[1..end];
         if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
             return false;
         }
-        match &value[end + 1..] {
-            [] => (&value[..=end], None),
-            [b':', port @ ..] => (&value[..=end], Some(port)),
-            _ => return false,
-        }
+        end + 1
     } else {
-        match value.iter().position(|b| *b == b':') {
-            Some(i) => (&value[..i], Some(&value[i + 1..])),
-            None => (value, None),
+        // One pass over the name (a `Host` is checked on every request).
+        let name = value.iter().position(|b| !REG_NAME[usize::from(*b)]).unwrap_or(value.len());
+        if name == 0 {
+            return false;
         }
+        name
     };
-    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
-    !host.is_empty()
-        && (host[0] == b'[' || host.iter().all(reg_name))
-        && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+    match &value[host_end..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
+
+/// The bytes of a reg-name (RFC 3986 §3.2.2: unreserved, pct-encoded, sub-delims), as a
+/// table: a `Host` is checked on every request.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        // (`i` < 256: the cast is exact.)
+        #[allow(clippy::cast_possible_truncation)]
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric();
+        i += 1;
+    }
+    let extra = b"-._~%!$&'()*+,;=";
+    let mut j = 0;
+    while j < extra.len() {
+        table[extra[j] as usize] = true;
+        j += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

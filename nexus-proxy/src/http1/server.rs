@@ -292,6 +292,8 @@ async fn serve_lean<H: Handler>(
     // registration nor a watch subscription: the timer is armed for some earlier head's
     // deadline and, when it fires before this head's, is re-armed (once per timeout
     // period, not per request).
+    // Nothing served yet on this connection.
+    let mut fresh = true;
     let mut timer = pin!(tokio::time::sleep(header_read_timeout));
     let mut stopping = pin!(async move {
         while *phase.borrow_and_update() != Phase::Stopping {
@@ -309,7 +311,9 @@ async fn serve_lean<H: Handler>(
             now.checked_add(header_read_timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let (request, close) = loop {
             if !buf.is_empty() {
-                if buf.starts_with(&H2_PREFACE[..buf.len().min(H2_PREFACE.len())]) {
+                // The HTTP/2 preface is taken only as the first bytes of a connection (SPEC
+                // §10); after a request it is a malformed HTTP/1 head (400, close).
+                if fresh && buf.starts_with(&H2_PREFACE[..buf.len().min(H2_PREFACE.len())]) {
                     if buf.len() >= H2_PREFACE.len() {
                         return Outcome::Handoff(buf.freeze(), stream);
                     }
@@ -354,6 +358,7 @@ async fn serve_lean<H: Handler>(
                 () = stopping.as_mut(), if buf.is_empty() => return Outcome::Closed,
             }
         };
+        fresh = false;
         let head_request = request.method() == Method::HEAD;
         let response = handler.call(conn, request.map(|()| ClientBody::Empty)).await;
         match respond(&mut stream, &mut wbuf, response, head_request, close).await {
