@@ -182,3 +182,41 @@ async fn the_http2_preface_is_taken_only_at_the_start_of_a_connection() {
     assert_eq!(statuses, ["200", "400"], "the preface after a request is a malformed HTTP/1 head: {res}");
     assert_eq!(public.count(), 1);
 }
+
+/// An upstream that answers every request with `101 Switching Protocols`.
+async fn switching_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nraw bytes",
+                        )
+                        .await;
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstreams_unasked_for_switch_is_a_502_on_both_paths() {
+    let addr = switching_upstream().await;
+    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: sw\n";
+    let gw = gateway(&config(&[("sw", format!("http://{addr}"))], routes));
+    for (what, request) in [
+        ("lean (no body)", &b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..]),
+        ("hyper (a body)", b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+    ] {
+        let res = raw(gw.addr, request).await;
+        assert_eq!(status_of(&res), "502", "{what}: {res}");
+        assert!(!res.contains("raw bytes"), "{what}: nothing of the switched protocol reaches the client: {res}");
+    }
+}

@@ -102,7 +102,9 @@ impl Edge {
             }
         }
         if seen.cleanup {
-            self.clean(req.headers_mut());
+            // HTTP/1.0 has no upgrades (RFC 9110 §7.8): such a request goes on without one.
+            let http10 = req.version() <= http::Version::HTTP_10;
+            self.clean(req.headers_mut(), http10);
         }
         Ok(())
     }
@@ -117,16 +119,18 @@ impl Edge {
     }
 
     /// Remove owned names from client input, keep `Connection` from naming them, and drop
-    /// an `h2c` upgrade (the request goes on without it).
-    fn clean(&self, headers: &mut HeaderMap) {
+    /// an `h2c` upgrade, or any upgrade of an HTTP/1.0 request (`no_upgrades`): the request
+    /// goes on without it.
+    fn clean(&self, headers: &mut HeaderMap, no_upgrades: bool) {
         let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.owns(n.as_str())).cloned().collect();
         for name in doomed {
             headers.remove(name);
         }
-        let h2c = headers
-            .get_all(header::UPGRADE)
-            .iter()
-            .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c")));
+        let h2c = (no_upgrades && headers.contains_key(header::UPGRADE))
+            || headers
+                .get_all(header::UPGRADE)
+                .iter()
+                .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c")));
         if h2c {
             headers.remove(header::UPGRADE);
             headers.remove("http2-settings");
@@ -331,6 +335,10 @@ mod tests {
         assert_eq!(admit(&e, &mut req), Ok(()));
         assert!(req.headers().get("upgrade").is_none() && req.headers().get("http2-settings").is_none());
         assert!(req.headers().get("connection").is_none());
+        let mut old = request("/", &[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        *old.version_mut() = http::Version::HTTP_10;
+        assert_eq!(admit(&e, &mut old), Ok(()));
+        assert!(old.headers().get("upgrade").is_none(), "HTTP/1.0 has no upgrades");
         let mut ws = request("/", &[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(admit(&e, &mut ws), Ok(()));
         assert_eq!(ws.headers()["upgrade"], "websocket");

@@ -128,6 +128,14 @@ where
             Ok(r) => r?,
             Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
         };
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // A switch the client did not ask for (SPEC §10): never relayed; the connection
+            // is dropped with the response.
+            return Err(ProxyError::new(
+                ErrorKind::Upstream,
+                Some("upstream switched protocols on a request that asked for no upgrade".into()),
+            ));
+        }
         headers::remove_hop_by_hop(res.headers_mut(), false);
         let (parts, body) = res.into_parts();
         Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), guard)))
