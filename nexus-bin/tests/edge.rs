@@ -220,3 +220,21 @@ async fn an_upstreams_unasked_for_switch_is_a_502_on_both_paths() {
         assert!(!res.contains("raw bytes"), "{what}: nothing of the switched protocol reaches the client: {res}");
     }
 }
+
+#[tokio::test]
+async fn parser_limits_are_the_json_431_with_a_request_id() {
+    let (internal, wild, public) = (upstream("internal").await, upstream("wild").await, upstream("public").await);
+    let gw = gateway_with(&edge_config(&internal, &wild, &public), &[("EDGE_SECRET", SECRET)]);
+    // More fields than any server path takes (hyper's limit is 100).
+    let many = format!("GET /x HTTP/1.1\r\nHost: public.test\r\n{}\r\n", "X-F: 1\r\n".repeat(120));
+    let res = raw(gw.addr, many.as_bytes()).await;
+    assert_eq!(status_of(&res), "431", "{res}");
+    assert!(res.contains("\"code\":\"headers_too_large\"") && res.contains("x-request-id: "), "{res}");
+    // A head that never ends, larger than the server reads (hyper's buffer, ~408 KiB here).
+    let mut huge = b"GET /x HTTP/1.1\r\nHost: public.test\r\nX-Big: ".to_vec();
+    huge.resize(420_000, b'v');
+    let res = raw(gw.addr, &huge).await;
+    assert_eq!(status_of(&res), "431", "{res}");
+    assert!(res.contains("\"code\":\"headers_too_large\"") && res.contains("x-request-id: "), "{res}");
+    assert_eq!(public.count(), 0);
+}

@@ -10,11 +10,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use std::io;
 use std::mem::MaybeUninit;
 
-/// Largest request head the lean server takes; a larger one goes to hyper (its buffer is
-/// larger, and the gateway answers the JSON 431 over `max_header_bytes`).
-pub(crate) const MAX_LEAN_HEAD: usize = 16 * 1024;
 /// Most request fields the lean server takes (hyper takes 100).
 pub(crate) const MAX_REQUEST_FIELDS: usize = 64;
+/// Most fields in a request head at all (hyper's server limit; more is 431).
+pub(crate) const MAX_SERVER_FIELDS: usize = 100;
 /// Most fields taken in a response head (hyper's default too).
 pub(crate) const MAX_RESPONSE_FIELDS: usize = 100;
 /// Largest response head (status line and fields); a longer one is a 502.
@@ -72,6 +71,8 @@ pub(crate) enum Parsed {
     /// Not an HTTP/1 request head, or one whose target or field values are invalid: the
     /// JSON 400 with this message, then close.
     BadRequest(&'static str),
+    /// More fields than any path takes: the JSON 431, then close.
+    TooLarge,
     /// A request without a body; `close`: the client asked to close after this exchange.
     Ready { request: Request<()>, close: bool },
 }
@@ -87,8 +88,16 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        // Too many fields: hyper takes up to 100, and the gateway answers 431 over the limit.
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Handoff,
+        // Too many fields for this path: hyper takes up to 100 (and the gateway answers 431
+        // over `max_header_bytes`); more than that is the JSON 431 here (hyper's is bare).
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_SERVER_FIELDS];
+            let mut req = httparse::Request::new(&mut []);
+            return match req.parse_with_uninit_headers(buf, &mut slots) {
+                Err(httparse::Error::TooManyHeaders) => Parsed::TooLarge,
+                _ => Parsed::Handoff,
+            };
+        }
         // Malformed (SPEC §4): hyper would close with a bare 400; the JSON answer instead.
         Err(_) => return Parsed::BadRequest("malformed request head"),
     };
@@ -334,6 +343,9 @@ mod tests {
         // More fields than taken here: hyper's limit is higher (and the gateway's 431 applies).
         let many = format!("GET /a HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(MAX_REQUEST_FIELDS + 1));
         assert!(matches!(parse_one(many.as_bytes()), Parsed::Handoff));
+        // More than any path takes: refused here, with the JSON answer.
+        let too_many = format!("GET /a HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(MAX_SERVER_FIELDS + 1));
+        assert!(matches!(parse_one(too_many.as_bytes()), Parsed::TooLarge));
         for malformed in [
             &b"GARBAGE\r\n\r\n"[..],
             b"NOT HTTP AT ALL\r\n\r\n",

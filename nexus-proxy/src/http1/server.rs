@@ -13,11 +13,12 @@
 //! **Hyper takes the rest of the connection**, with the bytes already read replayed first
 //! ([`super::sniff::HeadSniffer`]): a request with a body (or `Content-Length` other than 0,
 //! `Transfer-Encoding`, `Expect`), an upgrade or `CONNECT`, HTTP/1.0, a request target that
-//! is not origin-form, the HTTP/2 preface (h2c with prior knowledge), a head larger than
-//! [`MAX_LEAN_HEAD`] or with more than [`MAX_REQUEST_FIELDS`] fields. A head that is not
-//! HTTP/1 (anything `httparse` refuses but too many fields), or whose target or field values
-//! are invalid, is answered on the lean path as SPEC §4 says: the JSON 400 `bad_request`
-//! with a request id, then close (hyper would send a bare 400). So streaming bodies,
+//! is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first bytes only), a
+//! head with more than 64 fields. A head that is not HTTP/1 (anything `httparse` refuses but
+//! too many fields), or whose target or field values are invalid, is answered on the lean
+//! path as SPEC §4 says: the JSON 400 `bad_request` with a request id, then close (hyper
+//! would send a bare 400); so is a head larger than hyper's buffer or with more than 100
+//! fields, with the JSON 431. So streaming bodies,
 //! 100-continue, upgrades and h2c stay hyper's, and the server limits hold on both paths:
 //! `header_read_timeout` bounds each head on the lean path exactly as hyper does (from the
 //! moment a head is awaited, so an idle keep-alive connection closes after it too), the
@@ -30,7 +31,7 @@
 //! clients get `Connection: close` from the handler) and stopping ends every connection
 //! gracefully.
 
-use super::head::{Framing, MAX_LEAN_HEAD, Parsed, Scratch, parse_request};
+use super::head::{Framing, Parsed, Scratch, parse_request};
 use super::sniff::HeadSniffer;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version, header};
@@ -198,6 +199,8 @@ enum Outcome {
 pub struct Server {
     builder: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    /// hyper's read buffer: a head larger than this is the JSON 431 on the lean path.
+    max_head: usize,
 }
 
 impl Server {
@@ -211,30 +214,31 @@ impl Server {
     /// ```
     pub fn new(header_read_timeout: Duration, max_header_bytes: u64) -> Self {
         let max_headers = usize::try_from(max_header_bytes).unwrap_or(1 << 20);
+        // hyper's default buffer (~400 KiB) or twice the header limit, whichever is larger.
+        let max_head = (2 * max_headers + 16 * 1024).max(8192 + 4096 * 100);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
-            // hyper's default buffer (~400 KiB) or twice the header limit, whichever is larger.
-            .max_buf_size((2 * max_headers + 16 * 1024).max(8192 + 4096 * 100))
+            .max_buf_size(max_head)
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
-        Self { builder, header_read_timeout }
+        Self { builder, header_read_timeout, max_head }
     }
 
     /// Serve `stream` with `handler` until it closes, following `phase` (see the module
     /// docs): the lean path first, hyper for what it does not take.
     pub async fn serve_connection<H: Handler>(&self, stream: TcpStream, handler: H, mut phase: watch::Receiver<Phase>) {
         let conn = Connection::default();
-        let (prefix, stream) = match serve_lean(stream, &handler, &conn, self.header_read_timeout, phase.clone()).await
-        {
-            Outcome::Closed => return,
-            Outcome::Handoff(prefix, stream) => (prefix, stream),
-        };
+        let (prefix, stream) =
+            match serve_lean(stream, &handler, &conn, (self.header_read_timeout, self.max_head), phase.clone()).await {
+                Outcome::Closed => return,
+                Outcome::Handoff(prefix, stream) => (prefix, stream),
+            };
         // Let the loop below look at the current phase once, whatever it saw before.
         phase.mark_changed();
         let served = Arc::new(Served { handler, conn });
@@ -282,7 +286,7 @@ async fn serve_lean<H: Handler>(
     mut stream: TcpStream,
     handler: &H,
     conn: &Connection,
-    header_read_timeout: Duration,
+    (header_read_timeout, max_head): (Duration, usize),
     mut phase: watch::Receiver<Phase>,
 ) -> Outcome {
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -323,17 +327,17 @@ async fn serve_lean<H: Handler>(
                         Parsed::Handoff => return Outcome::Handoff(buf.freeze(), stream),
                         Parsed::BadRequest(message) => {
                             // SPEC §4: the JSON `bad_request` with its request id, then close.
-                            let id = nexus_middleware::request_id::generate();
-                            let mut res: Response<http_body_util::Full<Bytes>> =
-                                GatewayError::new(ErrorCode::BadRequest)
-                                    .with_message(message)
-                                    .into_response(id.to_str().unwrap_or(""));
-                            res.headers_mut().insert(REQUEST_ID, id);
-                            let _ = respond(&mut stream, &mut wbuf, res, false, true).await;
+                            refuse(&mut stream, &mut wbuf, ErrorCode::BadRequest, message).await;
                             return Outcome::Closed;
                         }
-                        Parsed::Partial if buf.len() > MAX_LEAN_HEAD => {
-                            return Outcome::Handoff(buf.freeze(), stream);
+                        Parsed::TooLarge => {
+                            refuse(&mut stream, &mut wbuf, ErrorCode::HeadersTooLarge, "too many header fields").await;
+                            return Outcome::Closed;
+                        }
+                        // Larger than hyper would read: the JSON 431 (hyper's is bare).
+                        Parsed::Partial if buf.len() > max_head => {
+                            refuse(&mut stream, &mut wbuf, ErrorCode::HeadersTooLarge, "request head too large").await;
+                            return Outcome::Closed;
                         }
                         Parsed::Partial => {}
                     }
@@ -366,6 +370,16 @@ async fn serve_lean<H: Handler>(
             Ok(false) | Err(_) => return Outcome::Closed,
         }
     }
+}
+
+/// Answer the JSON error of SPEC §4 with a new request id, for a head that never became a
+/// request; the caller closes the connection.
+async fn refuse(stream: &mut TcpStream, wbuf: &mut Vec<u8>, code: ErrorCode, message: &'static str) {
+    let id = nexus_middleware::request_id::generate();
+    let mut res: Response<http_body_util::Full<Bytes>> =
+        GatewayError::new(code).with_message(message).into_response(id.to_str().unwrap_or(""));
+    res.headers_mut().insert(REQUEST_ID, id);
+    let _ = respond(stream, wbuf, res, false, true).await;
 }
 
 /// Write `res`; `Ok(true)` when the connection can take another request.
