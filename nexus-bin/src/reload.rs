@@ -145,6 +145,7 @@ impl Reloader {
         for (key, changed) in [
             ("server.reuse_port", old.reuse_port != new.reuse_port),
             ("server.limits.header_read_timeout", old.limits.header_read_timeout != new.limits.header_read_timeout),
+            ("server.limits.h2_idle_timeout", old.limits.h2_idle_timeout != new.limits.h2_idle_timeout),
             ("server.limits.max_header_bytes", old.limits.max_header_bytes != new.limits.max_header_bytes),
         ] {
             if changed {

@@ -275,6 +275,7 @@ impl Signals {
 fn server(config: &Config) -> Server {
     let limits = &config.server.limits;
     Server::new(limits.header_read_timeout.as_std(), limits.max_header_bytes.bytes())
+        .with_h2_idle_timeout(limits.h2_idle_timeout.as_std())
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server) {

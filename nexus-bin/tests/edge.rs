@@ -50,6 +50,7 @@ async fn host_and_authority_decide_the_route_and_are_what_is_forwarded() {
         ("two Hosts", b"GET /x HTTP/1.1\r\nHost: internal.example.com\r\nHost: public.test\r\n\r\n"),
         ("a path in Host", b"GET /x HTTP/1.1\r\nHost: evil.com/.example.com\r\n\r\n"),
         ("userinfo in Host", b"GET /x HTTP/1.1\r\nHost: user@internal.example.com\r\n\r\n"),
+        ("a stray % in the path", b"GET /%%36%31dmin HTTP/1.1\r\nHost: public.test\r\n\r\n"),
     ] {
         let res = raw(gw.addr, request).await;
         assert_eq!(status_of(&res), "400", "{what}: {res}");
@@ -237,4 +238,39 @@ async fn parser_limits_are_the_json_431_with_a_request_id() {
     assert_eq!(status_of(&res), "431", "{res}");
     assert!(res.contains("\"code\":\"headers_too_large\"") && res.contains("x-request-id: "), "{res}");
     assert_eq!(public.count(), 0);
+}
+
+#[tokio::test]
+async fn http2_connections_must_open_a_stream_in_time_and_go_away_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("app").await;
+    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: app\n";
+    let yaml = config(&[("app", up.url())], routes)
+        .replace("server:\n", "server:\n  limits: { header_read_timeout: 1s, h2_idle_timeout: 1s }\n");
+    let gw = gateway(&yaml);
+
+    // The preface and an empty SETTINGS frame, then nothing: closed after header_read_timeout.
+    let started = tokio::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let took = started.elapsed();
+    assert!(closed.is_ok(), "a connection that opens no stream is closed");
+    assert!(took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(4), "{took:?}");
+
+    // One request, then idle: GOAWAY and close after h2_idle_timeout.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/a", gw.addr)).body(body("")).unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+    let idle_from = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    let idle = idle_from.elapsed();
+    assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");
+    assert!(idle >= std::time::Duration::from_millis(900) && idle < std::time::Duration::from_secs(4), "{idle:?}");
 }

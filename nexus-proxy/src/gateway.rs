@@ -525,9 +525,12 @@ fn route_in<B, R: From<bytes::Bytes>>(table: &RouteTable, req: &mut Request<B>) 
     let path = match nexus_core::path::normalize(uri_path) {
         Ok(p) => p,
         Err(e) => {
-            return Err(GatewayError::new(ErrorCode::BadRequest)
+            let mut res: Response<R> = GatewayError::new(ErrorCode::BadRequest)
                 .with_message(format!("invalid path: {e}"))
-                .into_response_for(req.headers()));
+                .into_response_for(req.headers());
+            // SPEC §4: a malformed request closes the connection.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(res);
         }
     };
     let host = req

@@ -193,6 +193,7 @@ pub fn server_only_keys(config: &Config) -> Vec<ConfigError> {
         ("server.reuse_port", server.reuse_port != d.reuse_port),
         ("server.probe_prefix", server.probe_prefix != d.probe_prefix),
         ("server.limits.header_read_timeout", server.limits.header_read_timeout != d.limits.header_read_timeout),
+        ("server.limits.h2_idle_timeout", server.limits.h2_idle_timeout != d.limits.h2_idle_timeout),
         ("server.shutdown.drain_delay", server.shutdown.drain_delay != d.shutdown.drain_delay),
         ("server.shutdown.grace_period", server.shutdown.grace_period != d.shutdown.grace_period),
         ("logging.level", config.logging.level != defaults.logging.level),

@@ -86,6 +86,9 @@ pub struct LimitsConfig {
     pub header_read_timeout: Duration,
     /// Time allowed for a whole request unless the route sets its own; then 504. Default `30s`.
     pub request_timeout: Duration,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY and is closed.
+    /// Default `60s`.
+    pub h2_idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -95,6 +98,7 @@ impl Default for LimitsConfig {
             max_header_bytes: ByteSize::kib(64),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            h2_idle_timeout: Duration::from_secs(60),
         }
     }
 }

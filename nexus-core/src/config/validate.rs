@@ -18,7 +18,11 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
     if limits.max_request_body.bytes() == 0 {
         err("server.limits.max_request_body".into(), "must be greater than 0".into());
     }
-    for (key, d) in [("header_read_timeout", limits.header_read_timeout), ("request_timeout", limits.request_timeout)] {
+    for (key, d) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("request_timeout", limits.request_timeout),
+        ("h2_idle_timeout", limits.h2_idle_timeout),
+    ] {
         if d.is_zero() {
             err(format!("server.limits.{key}"), "must be greater than 0".into());
         }

@@ -22,6 +22,7 @@ mod head;
 mod names;
 mod server;
 mod sniff;
+mod streams;
 
 pub(crate) use body::RawBody;
 pub(crate) use client::{Client, ExchangeError, RawConn};

@@ -33,6 +33,7 @@
 
 use super::head::{Framing, Parsed, Scratch, parse_request};
 use super::sniff::HeadSniffer;
+use super::streams::{StreamGuard, Streams, Tracked, Verdict};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::Body;
@@ -177,6 +178,7 @@ pub trait Handler: Send + Sync + 'static {
 struct Served<H> {
     handler: H,
     conn: Connection,
+    streams: Arc<Streams>,
 }
 
 impl<H> AsRef<Connection> for Served<H> {
@@ -201,6 +203,8 @@ pub struct Server {
     header_read_timeout: Duration,
     /// hyper's read buffer: a head larger than this is the JSON 431 on the lean path.
     max_head: usize,
+    /// An HTTP/2 connection with no open stream this long gets GOAWAY.
+    h2_idle_timeout: Duration,
 }
 
 impl Server {
@@ -227,7 +231,23 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(2 * max_headers).unwrap_or(u32::MAX));
-        Self { builder, header_read_timeout, max_head }
+        Self { builder, header_read_timeout, max_head, h2_idle_timeout: Duration::from_secs(60) }
+    }
+
+    /// Close HTTP/2 connections with no open stream for `idle` (GOAWAY first). Default 60 s.
+    /// (A connection that opens with the HTTP/2 preface must also open its first stream
+    /// within the header read timeout, or it is closed.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = nexus_proxy::http1::Server::new(Duration::from_secs(10), 64 * 1024)
+    ///     .with_h2_idle_timeout(Duration::from_secs(30));
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_h2_idle_timeout(mut self, idle: Duration) -> Self {
+        self.h2_idle_timeout = idle;
+        self
     }
 
     /// Serve `stream` with `handler` until it closes, following `phase` (see the module
@@ -241,24 +261,30 @@ impl Server {
             };
         // Let the loop below look at the current phase once, whatever it saw before.
         phase.mark_changed();
-        let served = Arc::new(Served { handler, conn });
+        // HTTP/2 with prior knowledge: the stream timers of SPEC §10 apply.
+        let h2_prior = prefix.starts_with(H2_PREFACE);
+        let served = Arc::new(Served { handler, conn, streams: Arc::new(Streams::default()) });
         let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&served)));
         let watched = Arc::clone(&served);
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let served = Arc::clone(&served);
             async move {
-                let Served { handler, conn } = &*served;
-                if req.version() == Version::HTTP_2 {
+                let Served { handler, conn, streams } = &*served;
+                let guard = if req.version() == Version::HTTP_2 {
                     conn.h2.store(true, Ordering::Relaxed);
+                    streams.open()
                 } else {
                     conn.next_hyper_request();
-                }
-                Ok::<_, Infallible>(handler.call(conn, req.map(ClientBody::Hyper)).await)
+                    StreamGuard::default()
+                };
+                let res = handler.call(conn, req.map(ClientBody::Hyper)).await;
+                Ok::<_, Infallible>(res.map(|body| Tracked::new(body, guard)))
             }
         });
         let connection = self.builder.serve_connection_with_upgrades(io, svc);
         let mut connection = pin!(connection);
         let mut goaway_sent = false;
+        let mut h2_timer = pin!(tokio::time::sleep(self.header_read_timeout));
         loop {
             tokio::select! {
                 res = connection.as_mut() => {
@@ -266,6 +292,18 @@ impl Server {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
+                }
+                () = h2_timer.as_mut(), if h2_prior && !goaway_sent => {
+                    let now = tokio::time::Instant::now();
+                    match watched.streams.check(now, self.header_read_timeout, self.h2_idle_timeout) {
+                        Ok(next) => h2_timer.as_mut().reset(next),
+                        // No stream in time: nothing to finish, the connection just closes.
+                        Err(Verdict::Close) => return,
+                        Err(Verdict::Goaway) => {
+                            connection.as_mut().graceful_shutdown();
+                            goaway_sent = true;
+                        }
+                    }
                 }
                 changed = phase.changed(), if !goaway_sent => {
                     let now = if changed.is_err() { Phase::Stopping } else { *phase.borrow() };
