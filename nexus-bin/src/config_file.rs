@@ -31,15 +31,7 @@ pub(crate) fn version_of(bytes: &[u8]) -> String {
 
 /// Parse YAML bytes into a validated config, with overrides applied.
 pub(crate) fn parse(bytes: &[u8], overrides: &Overrides) -> Result<Config, ConfigErrors> {
-    // An empty file is a file caught mid-write (or truncated by mistake), never a config:
-    // taking it would replace every route with none.
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ConfigErrors(vec![ConfigError::new("", "the config file is empty")]));
-    }
-    let value: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| {
-        let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
-        ConfigErrors(vec![ConfigError::new("", format!("invalid YAML{at}: {e}"))])
-    })?;
+    let value = nexus_core::config::yaml_document(bytes)?;
     let mut errors = Vec::new();
     let mut config = match Config::from_json(value) {
         Ok(c) => Some(c),
@@ -92,6 +84,14 @@ routes:
     fn syntax_errors_give_a_line() {
         let e = parse(b"routes: [\n  - {", &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("line"), "{e}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_not_a_silent_replacement() {
+        let yaml = b"upstreams:\n  a:\n    endpoints: [{ url: \"http://127.0.0.1:1\" }]\n\
+            routes:\n  - { name: r, paths: [{ path: / }], upstream: a }\nroutes: []\n";
+        let e = parse(yaml, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("duplicate entry with key \"routes\""), "{e}");
     }
 
     #[test]

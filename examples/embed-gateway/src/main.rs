@@ -57,8 +57,8 @@ routes:
     rate_limit: per-ip
 "#
     );
-    let value: serde_json::Value = serde_yaml_ng::from_str(&yaml).expect("valid YAML");
-    Config::from_json(value).expect("a valid config")
+    // The same YAML front end as the `nexus` binary (duplicate keys and every error with its path).
+    Config::from_yaml(yaml.as_bytes()).expect("a valid config")
 }
 
 /// The app: its own `/hello`, and everything else through the gateway. `env`

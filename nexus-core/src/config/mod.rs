@@ -2,9 +2,9 @@
 //! that reports every error, and layered loading (environment > flags > file >
 //! defaults).
 //!
-//! The YAML parser lives in `nexus-bin`; this module takes the parsed document
-//! as a [`serde_json::Value`], so any front end (YAML, JSON, a test's `json!`)
-//! shares one schema and one set of error messages.
+//! The schema works on a [`serde_json::Value`], so every front end (the YAML file through
+//! [`Config::from_yaml`], JSON, a test's `json!`) shares one schema and one set of error
+//! messages.
 //!
 //! ```
 //! use nexus_core::config::Config;
@@ -99,6 +99,23 @@ impl<'a> IntoIterator for &'a ConfigErrors {
     }
 }
 
+/// A YAML document as the JSON value [`Config::from_json`] reads (see
+/// [`Config::from_yaml`]; the binary applies its overrides between the two).
+pub fn yaml_document(bytes: &[u8]) -> Result<Value, ConfigErrors> {
+    let one = |message: String| ConfigErrors(vec![ConfigError::new("", message)]);
+    // An empty file is a file caught mid-write (or truncated by mistake), never a config:
+    // taking it would replace every route with none.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(one("the config file is empty".into()));
+    }
+    // Through YAML's own value first: its mappings refuse a key given twice.
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| {
+        let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
+        one(format!("invalid YAML{at}: {e}"))
+    })?;
+    serde_json::to_value(yaml).map_err(|e| one(format!("invalid YAML: {e}")))
+}
+
 const TOP_KEYS: &[&str] = &["server", "logging", "admin", "upstreams", "auth", "rate_limits", "routes"];
 
 impl Config {
@@ -116,6 +133,21 @@ impl Config {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(ConfigErrors(errors)),
         }
+    }
+
+    /// Parse and validate a YAML document, the file format of the `nexus` binary: an empty
+    /// document, a syntax error (with its line and column) and a key given twice in one
+    /// mapping (a second `routes:` would silently replace the first) are errors; then as
+    /// [`from_json`](Self::from_json).
+    ///
+    /// ```
+    /// use nexus_core::config::Config;
+    /// let yaml = b"upstreams:\n  a:\n    endpoints: [{ url: http://127.0.0.1:1 }]\nroutes: []\nroutes: []\n";
+    /// let errors = Config::from_yaml(yaml).unwrap_err().to_string();
+    /// assert!(errors.contains("duplicate entry with key \"routes\""), "{errors}");
+    /// ```
+    pub fn from_yaml(bytes: &[u8]) -> Result<Config, ConfigErrors> {
+        Self::from_json(yaml_document(bytes)?)
     }
 
     /// Validate a config built in code (or modified after parsing).
