@@ -18,6 +18,8 @@
 
 mod body;
 mod client;
+#[cfg(test)]
+mod differential;
 mod head;
 mod names;
 mod server;
