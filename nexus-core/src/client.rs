@@ -1,8 +1,9 @@
 //! Who the client is: the peer address of the connection, and the client IP
 //! derived from `X-Forwarded-For` when the peer is a trusted proxy.
 //!
-//! The server puts a [`PeerAddr`] into each request's extensions; the proxy
-//! (for `X-Forwarded-For`) and rate-limit keys (`client_ip`) read it.
+//! The server puts a [`PeerAddr`] into each request's extensions (or, in an axum app with
+//! the `axum` feature, axum's `ConnectInfo`); the proxy (for `X-Forwarded-For`) and
+//! rate-limit keys (`client_ip`) read it through [`peer_of`].
 //!
 //! ```
 //! use nexus_core::client::client_ip;
@@ -20,6 +21,29 @@ use std::net::{IpAddr, SocketAddr};
 /// The TCP peer of the connection a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The peer of the connection a request arrived on, as its server exposes it: a
+/// [`PeerAddr`], or (with this crate's `axum` feature) axum's `ConnectInfo<SocketAddr>`, which
+/// `Router::into_make_service_with_connect_info::<SocketAddr>()` inserts. `None` when the
+/// server gave neither: a per-client limit must then refuse, never share one bucket.
+///
+/// ```
+/// use nexus_core::client::{PeerAddr, peer_of};
+/// let mut req = http::Request::new(());
+/// assert_eq!(peer_of(req.extensions()), None);
+/// req.extensions_mut().insert(PeerAddr("192.0.2.7:40000".parse().unwrap()));
+/// assert_eq!(peer_of(req.extensions()), Some("192.0.2.7:40000".parse().unwrap()));
+/// ```
+pub fn peer_of(extensions: &http::Extensions) -> Option<SocketAddr> {
+    if let Some(p) = extensions.get::<PeerAddr>() {
+        return Some(p.0);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(c) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(c.0);
+    }
+    None
+}
 
 /// Whether `ip` lies in one of the `trusted` networks.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {

@@ -20,6 +20,9 @@ pub const UPSTREAM_RETRIES_TOTAL: &str = "nexus_upstream_retries_total";
 pub const CIRCUIT_BREAKER_STATE: &str = "nexus_circuit_breaker_state";
 /// `nexus_rate_limited_total{route,limit}` counter.
 pub const RATE_LIMITED_TOTAL: &str = "nexus_rate_limited_total";
+/// `nexus_rate_limit_unknown_client_total{limit}` counter: requests a per-client limit
+/// refused (500) because the server gave no client address.
+pub const RATE_LIMIT_UNKNOWN_CLIENT_TOTAL: &str = "nexus_rate_limit_unknown_client_total";
 /// `nexus_auth_failures_total{route,reason}` counter.
 pub const AUTH_FAILURES_TOTAL: &str = "nexus_auth_failures_total";
 /// `nexus_mirror_requests_total{route,upstream,outcome}` counter.

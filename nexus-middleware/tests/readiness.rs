@@ -34,7 +34,10 @@ where
     assert_pending!(svc.poll_ready(), "still pending when polled again");
     handle.allow(1);
     assert_ready_ok!(svc.poll_ready());
-    let mut res = tokio_test::task::spawn(svc.call(Request::get("/").body(Full::new(Bytes::new())).unwrap()));
+    let mut req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
+    // The peer a server gives (per-client rate limits refuse a request without one).
+    req.extensions_mut().insert(nexus_core::client::PeerAddr(([192, 0, 2, 1], 40000).into()));
+    let mut res = tokio_test::task::spawn(svc.call(req));
     // Polled once, the request reaches the inner service (some layers call it lazily).
     assert_pending!(res.poll());
     let (req, send) = handle.next_request().await.expect("the request reached the inner service");

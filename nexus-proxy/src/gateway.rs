@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use nexus_core::body::GatewayBody;
 use nexus_core::body::LimitedBody;
 use nexus_core::claims::VerifiedClaims;
-use nexus_core::client::PeerAddr;
+use nexus_core::client::peer_of;
 use nexus_core::config::{Config, ConfigError, ConfigErrors};
 use nexus_core::config::{Env, ProcessEnv};
 use nexus_core::error::REQUEST_ID;
@@ -451,13 +451,15 @@ where
     /// and route match (400, 404, 405), then the route's stack (rate limit, JWT,
     /// forward). Never fails: every answer the gateway makes is the JSON of
     /// SPEC §4 with the request's `X-Request-Id`. The client is the
-    /// [`ClientInfo`] in the request's extensions, or else one made from its
-    /// [`PeerAddr`] (with `server.trusted_proxies`), or else 127.0.0.1.
+    /// [`ClientInfo`] in the request's extensions, or else one made from its peer address
+    /// ([`peer_of`]: a `PeerAddr`, or axum's `ConnectInfo` with the `axum` feature; with
+    /// `server.trusted_proxies`), or else [`ClientInfo::unknown`] (a route with a per-client
+    /// rate limit then answers 500, never one bucket for all).
     pub async fn handle(&self, req: Request<B>) -> GatewayResponse<B> {
         let ext = req.extensions();
-        let client = ext.get::<ClientInfo>().cloned().unwrap_or_else(|| {
-            let peer = ext.get::<PeerAddr>().map_or(std::net::Ipv4Addr::LOCALHOST.into(), |p| p.0.ip());
-            ClientInfo::new(peer, &self.trusted)
+        let client = ext.get::<ClientInfo>().cloned().unwrap_or_else(|| match peer_of(ext) {
+            Some(peer) => ClientInfo::new(peer.ip(), &self.trusted),
+            None => ClientInfo::unknown(),
         });
         self.serve(req, &client).await
     }

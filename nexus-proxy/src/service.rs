@@ -1,7 +1,8 @@
 //! tower `Service`s over [`Upstream`] and [`Gateway`], for use in any tower,
-//! hyper or axum stack. The client address comes from a
-//! [`PeerAddr`](nexus_core::client::PeerAddr) in the request extensions (put
-//! it there in your accept loop; without it the client counts as 127.0.0.1).
+//! hyper or axum stack. The client address comes from the request extensions
+//! ([`peer_of`](nexus_core::client::peer_of): a `PeerAddr` your accept loop puts there, or
+//! axum's `ConnectInfo<SocketAddr>` with the `axum` feature). Without one the client is
+//! unknown: `X-Forwarded-For: unknown`, and per-client rate limits answer 500.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -26,12 +27,11 @@ use crate::upstream::{ClientInfo, Upstream};
 use http::{Request, Response};
 use ipnet::IpNet;
 use nexus_core::body::GatewayBody;
-use nexus_core::client::PeerAddr;
+use nexus_core::client::peer_of;
 use nexus_core::config::{Config, ConfigError, ConfigErrors};
 use nexus_core::error::REQUEST_ID;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,8 +40,10 @@ use std::time::Duration;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 fn client_of<B>(req: &Request<B>, trusted: &[IpNet]) -> ClientInfo {
-    let ip = req.extensions().get::<PeerAddr>().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |p| p.0.ip());
-    ClientInfo::new(ip, trusted)
+    match peer_of(req.extensions()) {
+        Some(peer) => ClientInfo::new(peer.ip(), trusted),
+        None => ClientInfo::unknown(),
+    }
 }
 
 /// Forwards every request to one upstream. Errors are answered with the JSON
@@ -278,7 +280,7 @@ mod tests {
 
     fn from(ip: [u8; 4], path: &str) -> Request<Empty<bytes::Bytes>> {
         let mut req = Request::get(path).body(Empty::new()).unwrap();
-        req.extensions_mut().insert(PeerAddr(std::net::SocketAddr::from((ip, 40000))));
+        req.extensions_mut().insert(nexus_core::client::PeerAddr(std::net::SocketAddr::from((ip, 40000))));
         req
     }
 

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use nexus_core::breaker::BreakerConfig;
 use nexus_core::claims::VerifiedClaims;
-use nexus_core::client::PeerAddr;
 use nexus_core::config::UpstreamConfig;
 use nexus_core::retry::RetryPolicy;
 use nexus_health::{ReadinessGate, probe};
@@ -66,8 +65,9 @@ fn app_with_limit(upstream_addr: &str, gate: ReadinessGate, limit: RateLimiter) 
         .route(
             "/api/{*rest}",
             any(forward).layer(
+                // The limit keys on the client IP: with `nexus-middleware`'s `axum` feature it
+                // reads axum's `ConnectInfo` (see `main`'s `into_make_service_with_connect_info`).
                 ServiceBuilder::new()
-                    .map_request(peer_addr)
                     .layer(RateLimitLayer::new(limit).with_metric("api"))
                     .layer(TimeoutLayer::new(Duration::from_secs(10)))
                     .layer(RetryLayer::new(RetryPolicy::default()).with_metric("api"))
@@ -95,14 +95,6 @@ const DEMO_SECRET: &str = "demo secret: set EXAMPLE_JWT_SECRET";
 
 async fn me(Extension(claims): Extension<VerifiedClaims>) -> String {
     format!("hello {}", claims.get_str("sub").unwrap_or_default())
-}
-
-/// The rate limit keys on the client IP: hand it axum's peer address.
-fn peer_addr(mut req: Request) -> Request {
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        req.extensions_mut().insert(PeerAddr(addr));
-    }
-    req
 }
 
 async fn forward(State(s): State<AppState>, req: Request) -> Response {
@@ -152,7 +144,12 @@ mod tests {
     async fn unreachable_upstream_is_a_json_502() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let res = app(&format!("127.0.0.1:{port}"), ReadinessGate::new())
-            .oneshot(Request::get("/api/x").header("x-request-id", "ex-1").body(Body::empty()).unwrap())
+            .oneshot({
+                let mut req = Request::get("/api/x").header("x-request-id", "ex-1").body(Body::empty()).unwrap();
+                // What `into_make_service_with_connect_info` gives each request.
+                req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 40000))));
+                req
+            })
             .await
             .unwrap();
         assert_eq!(res.status(), 502);

@@ -3,8 +3,10 @@
 //! `Router::fallback_service`. Routes, auth, rate limits, breakers, retries,
 //! timeouts, body and header limits, request ids and metrics behave exactly as
 //! in the binary, because it is the binary's own request path. The app keeps
-//! what belongs to a server: its listener, its own routes (`/hello` here), and
-//! handing the peer address to the gateway for per-IP limits.
+//! what belongs to a server: its listener and its own routes (`/hello` here). With
+//! `nexus-proxy`'s `axum` feature the gateway reads the client's address from axum's
+//! `ConnectInfo` (serve with `into_make_service_with_connect_info::<SocketAddr>()`); without an
+//! address, a per-IP limit answers 500 instead of sharing one bucket among all clients.
 //!
 //! Run with
 //!
@@ -18,14 +20,13 @@
 
 use axum::Router;
 use axum::body::Body;
+#[cfg(test)]
 use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
-use nexus_core::client::PeerAddr;
 use nexus_core::config::{Config, ConfigErrors, Env, ProcessEnv};
 use nexus_proxy::{Gateway, GatewayService};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tower::ServiceBuilder;
 
 /// The gateway's config: what an operator would put in `nexus.yaml`.
 fn config(upstream: &str) -> Config {
@@ -65,16 +66,8 @@ routes:
 /// holds the `*_env` secrets (the process environment when run).
 fn app(upstream: &str, env: &dyn Env) -> Result<Router, ConfigErrors> {
     let gateway = Gateway::<Body>::with_env(&config(upstream), nexus_core::rng::Rng::from_entropy(), env)?;
-    let gateway = ServiceBuilder::new().map_request(peer_addr).service(GatewayService::new(Arc::new(gateway)));
+    let gateway = GatewayService::new(Arc::new(gateway));
     Ok(Router::new().route("/hello", get(|| async { "hello from the app" })).fallback_service(gateway))
-}
-
-/// Per-IP limits key on the client address: hand the gateway axum's peer address.
-fn peer_addr(mut req: Request) -> Request {
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        req.extensions_mut().insert(PeerAddr(addr));
-    }
-    req
 }
 
 #[tokio::main]
@@ -174,6 +167,10 @@ mod tests {
             assert_eq!(res.headers()["ratelimit-limit"], "2");
             assert_eq!(json(res).await["error"]["code"], "rate_limited");
         }
+        // A server that gives no client address: refused, not one bucket for everyone.
+        let res = app.clone().oneshot(Request::get("/public").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json(res).await["error"]["code"], "internal_error");
     }
 
     #[tokio::test]

@@ -4,11 +4,11 @@ use super::{Check, Decision, RateLimiter};
 use bytes::Bytes;
 use http::{Request, Response};
 use nexus_core::claims::VerifiedClaims;
-use nexus_core::client::PeerAddr;
+use nexus_core::client::peer_of;
 use nexus_core::error::REQUEST_ID;
 use pin_project_lite::pin_project;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
@@ -22,8 +22,11 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     /// Limit with `limiter`. The client IP (for [`RateLimitKey::ClientIp`](super::RateLimitKey)
-    /// and as the fallback of the other keys) comes from a [`PeerAddr`] in the request's
-    /// extensions; see [`layer_with_peer`](Self::layer_with_peer) for a server that knows it.
+    /// and as the fallback of the other keys) comes from the request's extensions through
+    /// [`peer_of`] (a `PeerAddr`, or axum's `ConnectInfo` with the `axum` feature); without
+    /// one such a request is answered 500 ([`RateLimiter::unknown_client`](super::RateLimiter::unknown_client)),
+    /// never counted in a bucket shared by all. See [`layer_with_peer`](Self::layer_with_peer)
+    /// for a server that knows the peer.
     pub fn new(limiter: RateLimiter) -> Self {
         Self { limiter, rejected: None }
     }
@@ -55,7 +58,9 @@ impl RateLimitLayer {
     /// Wrap `inner` for requests whose client is known to come from `peer` (a server that
     /// builds the service for each request or connection, as the Nexus gateway does, and
     /// so needs no extension to carry the address).
-    pub fn layer_with_peer<S>(&self, inner: S, peer: IpAddr) -> RateLimit<S> {
+    /// `None`: the server knows it does not know the client (see
+    /// [`RateLimiter::try_key_from`]).
+    pub fn layer_with_peer<S>(&self, inner: S, peer: Option<IpAddr>) -> RateLimit<S> {
         RateLimit { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone(), peer: Peer::Known(peer) }
     }
 }
@@ -66,7 +71,7 @@ enum Peer {
     /// A [`PeerAddr`] in the request's extensions.
     Extensions,
     /// Given when the service was made.
-    Known(IpAddr),
+    Known(Option<IpAddr>),
 }
 
 /// The rate-limiting service: 429 without calling `inner` when over the limit.
@@ -95,12 +100,13 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let peer = match self.peer {
-            Peer::Extensions => {
-                req.extensions().get::<PeerAddr>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip())
-            }
+            Peer::Extensions => peer_of(req.extensions()).map(|p| p.ip()),
             Peer::Known(ip) => ip,
         };
-        let key = self.limiter.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), peer);
+        let Some(key) = self.limiter.try_key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), peer) else {
+            // No client address to key on: refused, never one bucket for every client.
+            return ResponseFuture { state: State::Rejected { res: Some(self.limiter.unknown_client(req.headers())) } };
+        };
         let mut check = self.limiter.check(key);
         let state = match check.ready() {
             Some(d) => decided(&mut self.inner, req, d, self.rejected.as_ref()),

@@ -22,13 +22,21 @@
 //!     .service_fn(|_req: http::Request<()>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
 //!     });
-//! // No peer address known here: every request shares the "unknown client" bucket.
-//! assert_eq!(svc.clone().oneshot(http::Request::new(())).await.unwrap().status(), 200);
-//! let second = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+//! // The server gives each request its client's address (or axum's `ConnectInfo`, with the
+//! // `axum` feature); without one a per-client limit answers 500, never one shared bucket.
+//! let from = |ip: [u8; 4]| {
+//!     let mut req = http::Request::new(());
+//!     req.extensions_mut().insert(nexus_core::client::PeerAddr((ip, 40000).into()));
+//!     req
+//! };
+//! assert_eq!(svc.clone().oneshot(from([192, 0, 2, 1])).await.unwrap().status(), 200);
+//! let second = svc.clone().oneshot(from([192, 0, 2, 1])).await.unwrap();
 //! assert_eq!(second.headers()["ratelimit-remaining"], "0");
-//! let third = svc.oneshot(http::Request::new(())).await.unwrap();
+//! let third = svc.clone().oneshot(from([192, 0, 2, 1])).await.unwrap();
 //! assert_eq!(third.status(), 429);
 //! assert_eq!(third.headers()["retry-after"], "30");
+//! assert_eq!(svc.clone().oneshot(from([192, 0, 2, 2])).await.unwrap().status(), 200, "its own bucket");
+//! assert_eq!(svc.oneshot(http::Request::new(())).await.unwrap().status(), 500);
 //! # }
 //! ```
 //!
@@ -50,13 +58,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use ipnet::IpNet;
 use nexus_core::claims::VerifiedClaims;
-use nexus_core::client::{PeerAddr, client_ip};
+use nexus_core::client::{client_ip, peer_of};
 use nexus_core::config::OnBackendError;
 use nexus_core::{ErrorCode, GatewayError};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -66,7 +74,7 @@ use std::time::Duration;
 /// What identifies one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitKey {
-    /// The client IP: the peer address ([`PeerAddr`] in the request extensions), or
+    /// The client IP: the peer address ([`peer_of`]: a `PeerAddr` in the request extensions), or
     /// the right-most untrusted `X-Forwarded-For` hop when the peer is a trusted proxy.
     ClientIp,
     /// The value of this request header (the client IP when absent).
@@ -290,6 +298,8 @@ struct Inner {
     config: RateLimitConfig,
     fixed: Fixed,
     backend: Backend,
+    /// The missing client address was logged once (see `unknown_client`).
+    warned_unknown_client: std::sync::atomic::AtomicBool,
 }
 
 enum Backend {
@@ -326,7 +336,14 @@ impl RateLimiter {
 
     fn with_backend(config: RateLimitConfig, backend: Backend) -> Self {
         let fixed = Fixed::new(config.burst(), config.policy());
-        Self { inner: Arc::new(Inner { config, fixed, backend }) }
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                fixed,
+                backend,
+                warned_unknown_client: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
     }
 
     /// The limit's settings.
@@ -355,11 +372,11 @@ impl RateLimiter {
         }
     }
 
-    /// The key of a request: see [`RateLimitKey`]. A request with no [`PeerAddr`]
-    /// and no other key counts as the unspecified address (one shared bucket).
-    pub fn key_of<'r, B>(&self, req: &'r Request<B>) -> KeyValue<'r> {
-        let peer = req.extensions().get::<PeerAddr>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
-        self.key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), peer)
+    /// The key of a request: see [`RateLimitKey`]; the client's address comes from
+    /// [`peer_of`]. `None` when the key needs an address the server did not give.
+    pub fn key_of<'r, B>(&self, req: &'r Request<B>) -> Option<KeyValue<'r>> {
+        let peer = peer_of(req.extensions()).map(|p| p.ip());
+        self.try_key_from(req.headers(), req.extensions().get::<VerifiedClaims>(), peer)
     }
 
     /// The key from a request's parts (for callers that know the peer otherwise).
@@ -369,15 +386,47 @@ impl RateLimiter {
         claims: Option<&'r VerifiedClaims>,
         peer: IpAddr,
     ) -> KeyValue<'r> {
+        self.try_key_from(headers, claims, Some(peer)).unwrap_or(KeyValue::Ip(peer))
+    }
+
+    /// The key from a request's parts; `None` when it needs the client's address (a
+    /// `client_ip` key, or a header or claim key whose value is missing) and `peer` is not
+    /// known. Such a request must be refused ([`RateLimiter::unknown_client`]), never counted
+    /// in one bucket shared by every client.
+    pub fn try_key_from<'r>(
+        &self,
+        headers: &'r HeaderMap,
+        claims: Option<&'r VerifiedClaims>,
+        peer: Option<IpAddr>,
+    ) -> Option<KeyValue<'r>> {
         let text = match &self.inner.config.key {
             RateLimitKey::ClientIp => None,
             RateLimitKey::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
             RateLimitKey::Claim(c) => claims.and_then(|cl| cl.get_str(c)),
         };
         match text {
-            Some(t) if !t.is_empty() => KeyValue::Text(t),
-            _ => KeyValue::Ip(client_ip(peer, headers, &self.inner.config.trusted_proxies)),
+            Some(t) if !t.is_empty() => Some(KeyValue::Text(t)),
+            _ => Some(KeyValue::Ip(client_ip(peer?, headers, &self.inner.config.trusted_proxies))),
         }
+    }
+
+    /// The answer to a request whose key needs the client's address when the server gave
+    /// none: 500 `internal_error` (a server set-up error, not the client's), counted in
+    /// `nexus_rate_limit_unknown_client_total{limit}` and logged (the first time per limit).
+    pub fn unknown_client<B: From<bytes::Bytes>>(&self, request_headers: &HeaderMap) -> http::Response<B> {
+        metrics::counter!(nexus_core::metric_names::RATE_LIMIT_UNKNOWN_CLIENT_TOTAL, "limit" => self.inner.config.name.clone())
+            .increment(1);
+        if !self.inner.warned_unknown_client.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(
+                limit = %self.inner.config.name,
+                "a request reached a per-client rate limit without the client's address: give the server's \
+                 peer address as nexus_core::client::PeerAddr (or axum's ConnectInfo with the `axum` feature); \
+                 such requests are answered 500"
+            );
+        }
+        nexus_core::GatewayError::new(nexus_core::ErrorCode::Internal)
+            .with_message("the client's address is unknown to the rate limit")
+            .into_response_for(request_headers)
     }
 
     /// Take one request from `key`'s bucket.
@@ -389,9 +438,10 @@ impl RateLimiter {
         }
     }
 
-    /// Take one request from the bucket of `req`'s key.
-    pub fn check_request<B>(&self, req: &Request<B>) -> Check {
-        self.check(self.key_of(req))
+    /// Take one request from the bucket of `req`'s key; `None` when the key needs the
+    /// client's address and the server gave none (answer [`RateLimiter::unknown_client`]).
+    pub fn check_request<B>(&self, req: &Request<B>) -> Option<Check> {
+        Some(self.check(self.key_of(req)?))
     }
 }
 

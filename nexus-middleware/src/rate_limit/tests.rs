@@ -200,3 +200,23 @@ async fn large_limits_and_changed_decisions_write_their_own_numbers() {
     assert_eq!(headers["ratelimit-limit"], "7");
     assert_eq!(headers["ratelimit-policy"], "250000;w=1;burst=250000");
 }
+
+/// Without the client's address a per-client key is refused (500), never one bucket for
+/// every such request; a header key whose header is there needs no address.
+#[tokio::test(start_paused = true)]
+async fn a_request_without_a_client_address_is_refused_not_pooled() {
+    let l = limiter(100, Duration::from_secs(60), "client_ip");
+    let s = svc(&l);
+    for _ in 0..3 {
+        let res = s.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(res.headers()["content-type"], "application/json");
+    }
+    assert_eq!(s.clone().oneshot(from("192.0.2.1")).await.unwrap().status(), 200, "with a peer: counted");
+    let by_header = limiter(100, Duration::from_secs(60), "header:x-api-key");
+    let s = svc(&by_header);
+    let mut req = Request::new(());
+    req.headers_mut().insert("x-api-key", "k1".parse().unwrap());
+    assert_eq!(s.clone().oneshot(req).await.unwrap().status(), 200, "keyed by the header");
+    assert_eq!(s.oneshot(Request::new(())).await.unwrap().status(), 500, "no header, no address");
+}

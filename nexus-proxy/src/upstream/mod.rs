@@ -153,8 +153,9 @@ pub struct ClientInfo {
     pub trusted: bool,
     /// Where upgraded (WebSocket) connections are counted, so shutdown waits for them.
     pub tracker: Option<Tracker>,
-    /// The TCP peer's address (the client IP of rate-limit keys).
-    pub peer: std::net::IpAddr,
+    /// The TCP peer's address (the client IP of rate-limit keys); `None` when the server
+    /// did not say (see [`ClientInfo::unknown`]).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl ClientInfo {
@@ -168,8 +169,15 @@ impl ClientInfo {
             ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             trusted: nexus_core::client::is_trusted(peer, trusted),
             tracker: None,
-            peer,
+            peer: Some(peer),
         }
+    }
+
+    /// A client whose address the server did not give: `X-Forwarded-For: unknown`
+    /// (RFC 7239's word for it), and per-client rate limits answer 500 rather than share
+    /// one bucket among every such request.
+    pub fn unknown() -> Self {
+        Self { ip: HeaderValue::from_static("unknown"), trusted: false, tracker: None, peer: None }
     }
 
     /// Count upgraded connections in `tracker` (a graceful shutdown waits for them).
