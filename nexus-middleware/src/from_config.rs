@@ -177,6 +177,7 @@ impl AuthSpec {
             KeySource::JwksFile(_) => ".jwks_file",
             KeySource::JwksUrl(_) => ".jwks_url",
             KeySource::PublicKeyPem(_) => ".public_key_file",
+            KeySource::Secret(_) => ".secret_env",
             _ => "",
         };
         JwtAuth::new(config).map_err(|e| ConfigError::new(self.path(field), e))

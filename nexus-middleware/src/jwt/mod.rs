@@ -59,6 +59,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, header};
 use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
 use keys::KeyStore;
+
+/// The shortest HMAC secret accepted: 256 bits (RFC 7518 §3.2 for HS256).
+pub const MIN_SECRET: usize = 32;
 use nexus_core::claims::VerifiedClaims;
 use nexus_core::{ErrorCode, GatewayError};
 use serde_json::{Map, Value};
@@ -309,6 +312,29 @@ impl JwtAuth {
     pub fn new(config: JwtConfig) -> Result<Self, String> {
         if config.algorithms.is_empty() {
             return Err("at least one algorithm is required".into());
+        }
+        // Safe by construction: an HMAC secret verifies HS* only and is long enough to be one;
+        // public keys and JWKS verify asymmetric algorithms only (no algorithm confusion).
+        let hmac = |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        match &config.keys {
+            KeySource::Secret(secret) => {
+                if secret.len() < MIN_SECRET {
+                    return Err(format!(
+                        "an HMAC secret must be at least {MIN_SECRET} bytes (RFC 7518 §3.2); this one has {}",
+                        secret.len()
+                    ));
+                }
+                if let Some(a) = config.algorithms.iter().find(|a| !hmac(a)) {
+                    return Err(format!("an HMAC secret verifies HS256, HS384 or HS512 only, not {a:?}"));
+                }
+            }
+            _ => {
+                if let Some(a) = config.algorithms.iter().find(|a| hmac(a)) {
+                    return Err(format!(
+                        "{a:?} needs an HMAC secret; public keys and JWKS verify asymmetric algorithms"
+                    ));
+                }
+            }
         }
         let store = KeyStore::new(&config.keys, config.jwks.clone())?;
         let validations = config

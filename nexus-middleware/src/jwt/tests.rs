@@ -173,11 +173,10 @@ async fn hs256_signed_with_the_rsa_public_key_fails() {
             .unwrap();
     let pem = JwtAuth::new(config(KeySource::PublicKeyPem(RSA1_PUB.to_vec()), vec![Algorithm::RS256])).unwrap();
     expect(&pem, &forged, 401, Reason::BadAlgorithm).await;
-    // Even when a careless policy allows HS256 too, the RSA key is never used as an HMAC secret.
+    // A careless policy that allows HS256 beside a public key is refused when it is built.
     let careless =
-        JwtAuth::new(config(KeySource::PublicKeyPem(RSA1_PUB.to_vec()), vec![Algorithm::RS256, Algorithm::HS256]))
-            .unwrap();
-    expect(&careless, &forged, 401, Reason::UnknownKey).await;
+        JwtAuth::new(config(KeySource::PublicKeyPem(RSA1_PUB.to_vec()), vec![Algorithm::RS256, Algorithm::HS256]));
+    assert!(careless.unwrap_err().contains("HS256 needs an HMAC secret"));
     // The genuine RS256 token passes with the same PEM.
     assert!(pem.verify(with_token(&rs256("any", RSA1, &claims(serde_json::json!({})))).headers()).is_ok());
 }
@@ -269,6 +268,21 @@ async fn hmac_secrets_verify_hs256() {
     assert_eq!(auth.verify(with_token(&bad).headers()).unwrap_err(), Reason::BadSignature);
     let hs512 = encode(&Header::new(Algorithm::HS512), &c, &EncodingKey::from_secret(&secret)).unwrap();
     assert_eq!(auth.verify(with_token(&hs512).headers()).unwrap_err(), Reason::BadAlgorithm);
+}
+
+#[test]
+fn unsafe_policies_are_refused_when_they_are_built() {
+    let secret = |s: &[u8]| KeySource::Secret(s.to_vec());
+    // An HMAC secret with the default algorithms (RS256), or too short, or empty.
+    let default_algs =
+        JwtAuth::new(JwtConfig { keys: secret(b"0123456789abcdef0123456789abcdef"), ..JwtConfig::default() });
+    assert!(default_algs.unwrap_err().contains("HS256, HS384 or HS512 only"));
+    for short in [&b""[..], b"x", b"0123456789abcdef0123456789abcde"] {
+        let e = JwtAuth::new(config(secret(short), vec![Algorithm::HS256])).unwrap_err();
+        assert!(e.contains("at least 32 bytes"), "{} bytes: {e}", short.len());
+    }
+    let jwks_hs = JwtAuth::new(config(KeySource::Jwks(JWKS1.into()), vec![Algorithm::HS256]));
+    assert!(jwks_hs.unwrap_err().contains("needs an HMAC secret"));
 }
 
 #[test]
