@@ -25,6 +25,7 @@ mod names;
 mod server;
 mod sniff;
 mod streams;
+mod write;
 
 pub(crate) use body::RawBody;
 pub(crate) use client::{Client, ExchangeError, RawConn};
@@ -163,7 +164,7 @@ pub mod fuzzing {
         let mut chunked = Vec::new();
         let mut sent = Vec::new();
         for (_, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
-            super::server::encode_chunk(value, &mut chunked);
+            super::write::encode_chunk(value, &mut chunked);
             sent.extend_from_slice(value);
         }
         chunked.extend_from_slice(b"0\r\n\r\n");
