@@ -240,14 +240,20 @@ async fn parser_limits_are_the_json_431_with_a_request_id() {
     assert_eq!(public.count(), 0);
 }
 
+/// An upstream `app` behind one catch-all route, with these `server.limits`.
+async fn one_route_gateway(limits: &str) -> (Upstream, Gateway) {
+    let up = upstream("app").await;
+    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: app\n";
+    let yaml =
+        config(&[("app", up.url())], routes).replace("server:\n", &format!("server:\n  limits: {{ {limits} }}\n"));
+    let gw = gateway(&yaml);
+    (up, gw)
+}
+
 #[tokio::test]
 async fn http2_connections_must_open_a_stream_in_time_and_go_away_when_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = upstream("app").await;
-    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: app\n";
-    let yaml = config(&[("app", up.url())], routes)
-        .replace("server:\n", "server:\n  limits: { header_read_timeout: 1s, h2_idle_timeout: 1s }\n");
-    let gw = gateway(&yaml);
+    let (up, gw) = one_route_gateway("header_read_timeout: 1s, h2_idle_timeout: 1s").await;
 
     // The preface and an empty SETTINGS frame, then nothing: closed after header_read_timeout.
     let started = tokio::time::Instant::now();
@@ -273,4 +279,43 @@ async fn http2_connections_must_open_a_stream_in_time_and_go_away_when_idle() {
     let idle = idle_from.elapsed();
     assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");
     assert!(idle >= std::time::Duration::from_millis(900) && idle < std::time::Duration::from_secs(4), "{idle:?}");
+}
+
+#[tokio::test]
+async fn an_http2_header_block_left_open_after_the_first_stream_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, gw) = one_route_gateway("header_read_timeout: 1s, h2_idle_timeout: 30s").await;
+    /// A frame: 24-bit length, type, flags, stream id.
+    fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0, 0, u8::try_from(payload.len()).unwrap(), kind, flags, 0, 0, 0, stream];
+        f.extend_from_slice(payload);
+        f
+    }
+    // HPACK, static table: GET, http, /, and :authority "a" as a literal.
+    let request = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(0x4, 0, 0, &[]));
+    // Stream 1: a whole request (END_STREAM | END_HEADERS), answered by the upstream.
+    opening.extend(frame(0x1, 0x5, 1, &request));
+    s.write_all(&opening).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Wait for stream 1's answer (a DATA frame with the upstream's name in it).
+    while !seen.windows(3).any(|w| w == b"app") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the first stream is answered");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Stream 3: HEADERS without END_HEADERS, and never the CONTINUATION.
+    let started = tokio::time::Instant::now();
+    s.write_all(&frame(0x1, 0x1, 3, &request[..2])).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(closed.is_ok(), "a header block that never completes closes its connection");
+    assert!(took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(4), "{took:?}");
+    assert_eq!(up.count(), 1, "only the whole request reached the upstream");
 }

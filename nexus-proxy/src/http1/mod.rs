@@ -20,6 +20,7 @@ mod body;
 mod client;
 #[cfg(test)]
 mod differential;
+mod frames;
 mod head;
 mod names;
 mod server;

@@ -185,6 +185,12 @@ impl<H> AsRef<Connection> for Served<H> {
     }
 }
 
+impl<H> AsRef<Streams> for Served<H> {
+    fn as_ref(&self) -> &Streams {
+        &self.streams
+    }
+}
+
 /// How a connection left the lean path.
 #[derive(Debug)]
 enum Outcome {
@@ -262,7 +268,7 @@ impl Server {
         // HTTP/2 with prior knowledge: the stream timers of SPEC §10 apply.
         let h2_prior = prefix.starts_with(H2_PREFACE);
         let served = Arc::new(Served { handler, conn, streams: Arc::new(Streams::default()) });
-        let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&served)));
+        let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&served), h2_prior));
         let watched = Arc::clone(&served);
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let served = Arc::clone(&served);
@@ -291,15 +297,27 @@ impl Server {
                     }
                     return;
                 }
-                () = h2_timer.as_mut(), if h2_prior && !goaway_sent => {
+                // A header block left open at the end of a read: its deadline may come
+                // before the one the timer is armed for.
+                () = watched.streams.block_opened.notified(), if h2_prior => {
+                    let now = tokio::time::Instant::now();
+                    if let Ok(next) = watched.streams.check(now, self.header_read_timeout, self.h2_idle_timeout) {
+                        h2_timer.as_mut().reset(next);
+                    }
+                }
+                () = h2_timer.as_mut(), if h2_prior => {
                     let now = tokio::time::Instant::now();
                     match watched.streams.check(now, self.header_read_timeout, self.h2_idle_timeout) {
                         Ok(next) => h2_timer.as_mut().reset(next),
                         // No stream in time: nothing to finish, the connection just closes.
                         Err(Verdict::Close) => return,
+                        Err(Verdict::Goaway) if goaway_sent => h2_timer.as_mut().reset(now + self.header_read_timeout),
                         Err(Verdict::Goaway) => {
                             connection.as_mut().graceful_shutdown();
                             goaway_sent = true;
+                            // Still watched: a header block left open keeps the connection
+                            // from closing after GOAWAY.
+                            h2_timer.as_mut().reset(now + self.header_read_timeout);
                         }
                     }
                 }

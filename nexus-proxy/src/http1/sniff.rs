@@ -11,8 +11,14 @@
 //!
 //! It also replays the bytes the lean path ([`super::server`]) read before it handed the
 //! connection to hyper (they are scanned like any other).
+//!
+//! A connection that opens with the HTTP/2 preface is followed frame by frame instead
+//! ([`Frames`]): whether a header block is left open at the end of a read goes to the
+//! connection's [`Streams`], whose timer closes a block that does not complete in time.
 
+use super::frames::Frames;
 use super::server::Connection;
+use super::streams::Streams;
 use bytes::Bytes;
 use pin_project_lite::pin_project;
 use std::io;
@@ -213,6 +219,14 @@ fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     rest.strip_prefix(b":")
 }
 
+/// What the sniffer follows.
+#[derive(Debug)]
+enum Follow {
+    Http1(Box<Scan>),
+    H2(Frames),
+    Nothing,
+}
+
 pin_project! {
     /// Wraps a connection's IO; see the module docs.
     #[derive(Debug)]
@@ -221,20 +235,22 @@ pin_project! {
         prefix: Bytes,
         #[pin]
         io: T,
-        scan: Option<Box<Scan>>,
+        follow: Follow,
         conn: Arc<C>,
     }
 }
 
-impl<T, C: AsRef<Connection>> HeadSniffer<T, C> {
-    /// Scan `io`, after replaying `prefix` (bytes already read from it); a conflict is
-    /// marked on `conn`.
-    pub(crate) fn new(prefix: Bytes, io: T, conn: Arc<C>) -> Self {
-        Self { prefix, io, scan: Some(Box::new(Scan::new())), conn }
+impl<T, C: AsRef<Connection> + AsRef<Streams>> HeadSniffer<T, C> {
+    /// Scan `io`, after replaying `prefix` (bytes already read from it): HTTP/2 frames when
+    /// `h2` (the connection opened with the preface), HTTP/1 heads otherwise. A conflict is
+    /// marked on `conn`'s [`Connection`], an open header block on its [`Streams`].
+    pub(crate) fn new(prefix: Bytes, io: T, conn: Arc<C>, h2: bool) -> Self {
+        let follow = if h2 { Follow::H2(Frames::new()) } else { Follow::Http1(Box::new(Scan::new())) };
+        Self { prefix, io, follow, conn }
     }
 }
 
-impl<T: AsyncRead, C: AsRef<Connection>> AsyncRead for HeadSniffer<T, C> {
+impl<T: AsyncRead, C: AsRef<Connection> + AsRef<Streams>> AsyncRead for HeadSniffer<T, C> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
@@ -245,13 +261,22 @@ impl<T: AsyncRead, C: AsRef<Connection>> AsyncRead for HeadSniffer<T, C> {
             buf.put_slice(&this.prefix.split_to(n));
             Poll::Ready(Ok(()))
         };
-        if let Some(scan) = this.scan {
-            if let Some(index) = scan.feed(&buf.filled()[before..]) {
-                (**this.conn).as_ref().conflict_at(index);
+        let read = &buf.filled()[before..];
+        match this.follow {
+            Follow::Http1(scan) => {
+                if let Some(index) = scan.feed(read) {
+                    AsRef::<Connection>::as_ref(&**this.conn).conflict_at(index);
+                }
+                if scan.phase == Phase::Stop {
+                    *this.follow = Follow::Nothing;
+                }
             }
-            if scan.phase == Phase::Stop {
-                *this.scan = None;
+            Follow::H2(frames) if !read.is_empty() => {
+                let blocks = frames.blocks();
+                frames.feed(read);
+                AsRef::<Streams>::as_ref(&**this.conn).header_block(frames.block_open(), frames.blocks() != blocks);
             }
+            Follow::H2(_) | Follow::Nothing => {}
         }
         res
     }
