@@ -279,6 +279,7 @@ async fn http2_connections_must_open_a_stream_in_time_and_go_away_when_idle() {
     let idle = idle_from.elapsed();
     assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");
     assert!(idle >= std::time::Duration::from_millis(900) && idle < std::time::Duration::from_secs(4), "{idle:?}");
+    assert_eq!(up.count(), 1, "the one request reached the upstream");
 }
 
 #[tokio::test]
