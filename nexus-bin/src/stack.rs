@@ -16,7 +16,7 @@ use nexus_core::{ErrorCode, GatewayError};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
-use nexus_proxy::http1::{ClientBody, Connection, Handler};
+use nexus_proxy::http1::{ClientBody, Connection, Handler, Refusal};
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -122,7 +122,7 @@ async fn serve(
 ) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
     // Probes and framing conflicts: the listener's business, before the gateway's.
-    if let Some(res) = precheck(&snap, &shared.gate, &req, conn.framing_conflict()) {
+    if let Some(res) = precheck(&snap, &shared.gate, &req, conn.refusal()) {
         if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
             snap.gateway.record_unmatched(req.method(), res.status().as_u16(), std::time::Duration::ZERO);
         }
@@ -133,13 +133,22 @@ async fn serve(
     snap.gateway.serve(req, client).await
 }
 
-/// Probes and framing conflicts, before the gateway sees the request.
+/// Refused heads and probes, before the gateway sees the request.
 fn precheck(
     snap: &Snapshot,
     gate: &ReadinessGate,
     req: &Request<ClientBody>,
-    framing_conflict: bool,
+    refusal: Option<Refusal>,
 ) -> Option<Response<ResponseBody<ReqBody>>> {
+    // A stand-in for a head the server refused before hyper read it (malformed, too large,
+    // both framings, an unsupported coding): its JSON error, and the connection closes.
+    if let Some(refusal) = refusal {
+        let (code, message) = refusal.error();
+        let mut res: Response<ResponseBody<ReqBody>> =
+            GatewayError::new(code).with_message(message).into_response_for(req.headers());
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
+    }
     // Probes win over any route, so a route can never shadow them.
     if let Some(p) = probe::probe_for(req.uri().path(), &snap.probe_prefix) {
         return Some(match p {
@@ -147,26 +156,14 @@ fn precheck(
             Probe::Readiness => probe::readiness(gate),
         });
     }
-    // The lean server path takes no head with `Transfer-Encoding` or a `Content-Length` other
-    // than 0 (`nexus_proxy::http1`): nothing below applies to its requests.
+    // The lean server path takes no head without `Host`: nothing below applies to its requests.
     if matches!(req.body(), ClientBody::Empty) {
         return None;
     }
-    let headers = req.headers();
     // RFC 9112 §3.2 (the lean path checks its own requests): HTTP/1.1 needs a Host.
-    if req.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
         let mut res: Response<ResponseBody<ReqBody>> =
-            GatewayError::new(ErrorCode::BadRequest).with_message("missing Host").into_response_for(headers);
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Some(res);
-    }
-    // Request smuggling guard: both framings present is refused and the connection closed.
-    if framing_conflict
-        || headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
-    {
-        let mut res: Response<ResponseBody<ReqBody>> = GatewayError::new(ErrorCode::BadRequest)
-            .with_message("conflicting Content-Length and Transfer-Encoding")
-            .into_response_for(headers);
+            GatewayError::new(ErrorCode::BadRequest).with_message("missing Host").into_response_for(req.headers());
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Some(res);
     }

@@ -133,8 +133,8 @@ async fn connect_unknown_codings_and_h2c_upgrades_never_reach_the_upstream_as_su
     assert!(res.contains("\"code\":\"not_implemented\"") && res.contains("x-request-id: "), "{res}");
     // Codings that do not end in chunked cannot frame a request body at all: refused.
     let res = raw(gw.addr, b"POST /x HTTP/1.1\r\nHost: public.test\r\nTransfer-Encoding: gzip\r\n\r\nxx").await;
-    // (hyper's parser refuses it, with a bare 400 for now: docs/security.md, "Not yet".)
-    assert_eq!(status_of(&res), "400", "{res}");
+    assert_eq!(status_of(&res), "501", "{res}");
+    assert!(res.contains("\"code\":\"not_implemented\"") && res.contains("x-request-id: "), "{res}");
     assert_eq!(internal.count() + wild.count() + public.count(), 0);
 
     // An h2c upgrade: the request goes on without it, as plain HTTP/1.1.
@@ -172,6 +172,63 @@ async fn framing_is_checked_on_every_request_of_a_connection() {
     assert!(res.contains("conflicting Content-Length and Transfer-Encoding"), "{res}");
     let paths: Vec<String> = public.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(paths, ["/one", "/two"], "neither the conflicting request nor what it hid reached the upstream");
+}
+
+#[tokio::test]
+async fn heads_hyper_would_refuse_get_the_json_error_on_every_request_of_a_connection() {
+    let (internal, wild, public) = (upstream("internal").await, upstream("wild").await, upstream("public").await);
+    let gw = gateway_with(&edge_config(&internal, &wild, &public), &[("EDGE_SECRET", SECRET)]);
+    let many = format!("GET /many HTTP/1.1\r\nHost: public.test\r\n{}\r\n", "X-F: 1\r\n".repeat(120));
+    let mut huge = b"GET /huge HTTP/1.1\r\nHost: public.test\r\nX-Big: ".to_vec();
+    huge.resize(420_000, b'v');
+    for (what, bad, status, code) in [
+        ("too many fields", many.as_bytes(), "431", "headers_too_large"),
+        ("a head larger than the server reads", &huge[..], "431", "headers_too_large"),
+        ("a malformed head", b"GET /bad HTTP/1.1\r\nHost: public.test\r\nBad Name: x\r\n\r\n", "400", "bad_request"),
+        (
+            "a coding",
+            b"POST /gz HTTP/1.1\r\nHost: public.test\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+            "501",
+            "not_implemented",
+        ),
+    ] {
+        // The first request has a body: hyper reads the connection from there on.
+        let stream = [&b"POST /first HTTP/1.1\r\nHost: public.test\r\nContent-Length: 2\r\n\r\nhi"[..], bad].concat();
+        let res = raw(gw.addr, &stream).await;
+        let statuses: Vec<&str> = res.match_indices("HTTP/1.1 ").map(|(i, _)| &res[i + 9..i + 12]).collect();
+        assert_eq!(statuses, ["200", status], "{what}: {res}");
+        let second = &res[res.rfind("HTTP/1.1 ").unwrap()..];
+        assert!(second.contains(&format!("\"code\":\"{code}\"")), "{what}: the JSON error: {second}");
+        assert!(second.contains("x-request-id: ") && second.contains("connection: close"), "{what}: {second}");
+    }
+    let paths: Vec<String> = public.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(paths, ["/first"; 4], "no refused head reached the upstream");
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_never_gets_a_100_continue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (internal, wild, public) = (upstream("internal").await, upstream("wild").await, upstream("public").await);
+    let gw = gateway_with(&edge_config(&internal, &wild, &public), &[("EDGE_SECRET", SECRET)]);
+    for (version, interim) in [("1.0", false), ("1.1", true)] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST /upload HTTP/{version}\r\nHost: public.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // Wait for an interim answer before sending the body, as a client would.
+        let mut buf = [0u8; 256];
+        let early = tokio::time::timeout(std::time::Duration::from_millis(700), s.read(&mut buf)).await;
+        let got = early.map(|n| String::from_utf8_lossy(&buf[..n.unwrap()]).into_owned()).unwrap_or_default();
+        assert_eq!(got.starts_with("HTTP/1.1 100"), interim, "HTTP/{version}: {got:?}");
+        s.write_all(b"hi").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        let res = String::from_utf8_lossy(&rest);
+        assert!(res.contains(" 200 ") || got.contains(" 200 "), "HTTP/{version}: {got}{res}");
+        let seen = public.last();
+        assert_eq!(seen.headers.contains_key("expect"), interim, "HTTP/{version}: what the upstream saw");
+    }
 }
 
 #[tokio::test]

@@ -73,6 +73,9 @@ impl Edge {
             } else if name == header::UPGRADE || name.as_str().as_bytes().contains(&b'_') || self.claims.contains(name)
             {
                 seen.cleanup = true;
+            } else if name == header::EXPECT {
+                // An HTTP/1.0 request's expectation is ignored (RFC 9110 §10.1.1): dropped.
+                seen.cleanup |= req.version() <= http::Version::HTTP_10;
             }
         }
         let headers = req.headers();
@@ -119,12 +122,15 @@ impl Edge {
     }
 
     /// Remove owned names from client input, keep `Connection` from naming them, and drop
-    /// an `h2c` upgrade, or any upgrade of an HTTP/1.0 request (`no_upgrades`): the request
-    /// goes on without it.
+    /// an `h2c` upgrade, or any upgrade or expectation of an HTTP/1.0 request
+    /// (`no_upgrades`): the request goes on without it.
     fn clean(&self, headers: &mut HeaderMap, no_upgrades: bool) {
         let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.owns(n.as_str())).cloned().collect();
         for name in doomed {
             headers.remove(name);
+        }
+        if no_upgrades {
+            headers.remove(header::EXPECT);
         }
         let h2c = (no_upgrades && headers.contains_key(header::UPGRADE))
             || headers
@@ -169,22 +175,14 @@ impl Edge {
     }
 }
 
-/// `chunked` is the only transfer coding the gateway implements: any other is 501.
+/// `chunked` is the only transfer coding the gateway implements: any other is 501 (the
+/// same judgement the HTTP/1 server's gate makes before hyper reads a head).
 #[allow(clippy::result_large_err)]
 fn check_transfer_codings<R: From<Bytes>>(headers: &HeaderMap) -> Result<(), Response<R>> {
     for value in headers.get_all(header::TRANSFER_ENCODING) {
-        for coding in value.as_bytes().split(|b| *b == b',') {
-            let name = coding.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
-            if name.is_empty() {
-                return Err(refuse(headers, ErrorCode::BadRequest, "empty transfer coding"));
-            }
-            if !name.eq_ignore_ascii_case(b"chunked") {
-                return Err(refuse(
-                    headers,
-                    ErrorCode::NotImplemented,
-                    "only the chunked transfer coding is supported",
-                ));
-            }
+        if let Err(refusal) = crate::http1::only_chunked(value.as_bytes()) {
+            let (code, message) = refusal.error();
+            return Err(refuse(headers, code, message));
         }
     }
     Ok(())
@@ -339,6 +337,10 @@ mod tests {
         *old.version_mut() = http::Version::HTTP_10;
         assert_eq!(admit(&e, &mut old), Ok(()));
         assert!(old.headers().get("upgrade").is_none(), "HTTP/1.0 has no upgrades");
+        let mut expecting = request("/", &[("expect", "100-continue")]);
+        *expecting.version_mut() = http::Version::HTTP_10;
+        assert_eq!(admit(&e, &mut expecting), Ok(()));
+        assert!(expecting.headers().get("expect").is_none(), "an HTTP/1.0 expectation is ignored");
         let mut ws = request("/", &[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(admit(&e, &mut ws), Ok(()));
         assert_eq!(ws.headers()["upgrade"], "websocket");

@@ -31,6 +31,8 @@ mod write;
 pub(crate) use body::RawBody;
 pub(crate) use client::{Client, ExchangeError, RawConn};
 pub use server::{ClientBody, Connection, Handler, Server};
+pub use sniff::Refusal;
+pub(crate) use sniff::only_chunked;
 
 /// The protocol functions, for `fuzz/` (built only under `--cfg fuzzing`). Each checks the
 /// properties its target stands for and panics when one does not hold.
@@ -170,6 +172,15 @@ pub mod fuzzing {
         }
         chunked.extend_from_slice(b"0\r\n\r\n");
         assert_eq!(decode(&chunked, 3), Ok((sent, None, true)));
+    }
+
+    /// Pass `data` through the gate in front of hyper's parser, whole and in pieces of
+    /// `piece` bytes: never a panic, and what hyper would read, and the refusal, are the same
+    /// either way (`data`'s first `prefix` bytes come as the lean path's replay).
+    pub fn gate(data: &[u8], piece: usize, prefix: usize) {
+        let whole = super::sniff::gate_through(data, data.len().max(1), 0);
+        let pieces = super::sniff::gate_through(data, piece.max(1), prefix);
+        assert_eq!(whole, pieces);
     }
 
     fn sorted(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {

@@ -22,9 +22,11 @@
 //! 100-continue, upgrades and h2c stay hyper's, and the server limits hold on both paths:
 //! `header_read_timeout` bounds each head on the lean path exactly as hyper does (from the
 //! moment a head is awaited, so an idle keep-alive connection closes after it too), the
-//! header-size limit is the handler's to check on every request, and the first request head
-//! hyper sees after a hand-off is scanned for framing conflicts as the first head of a
-//! connection is ([`Connection::framing_conflict`]).
+//! header-size limit is the handler's to check on every request, and every head hyper reads
+//! after a hand-off is judged first by the same rules (the sniffer's gate): one hyper would
+//! refuse with a bare 400/431, or accept by dropping `Content-Length` beside
+//! `Transfer-Encoding`, reaches the handler as a stand-in request whose
+//! [`Connection::refusal`] says which JSON error to answer before closing.
 //!
 //! **Shutdown**: the connection watches the [`Phase`]. Stopping closes an idle lean
 //! connection at once; on hyper's side, draining sends HTTP/2 clients GOAWAY (HTTP/1
@@ -32,7 +34,7 @@
 //! gracefully.
 
 use super::head::{Parsed, Scratch, parse_request};
-use super::sniff::HeadSniffer;
+use super::sniff::{HeadSniffer, Refusal};
 use super::streams::{StreamGuard, Streams, Tracked, Verdict};
 use super::write::respond;
 use bytes::{Bytes, BytesMut};
@@ -48,7 +50,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -99,11 +101,11 @@ impl Body for ClientBody {
 /// What a connection has learnt about itself, shared by its requests.
 #[derive(Debug)]
 pub struct Connection {
-    /// The current hyper request's head carried both framings (set before the handler runs).
-    framing_conflict: AtomicBool,
-    /// The index among hyper's requests of the first head the sniffer found both framings
-    /// on (`u64::MAX`: none yet).
-    conflict_at: AtomicU64,
+    /// Why the current hyper request must be refused (a [`Refusal`] as `u8`, 0: it need not).
+    refusal: AtomicU8,
+    /// The index among hyper's requests of the head the gate refused (`u64::MAX`: none), and why.
+    refused_at: AtomicU64,
+    refused_for: AtomicU8,
     /// Requests hyper has handed over on this connection.
     hyper_requests: AtomicU64,
     h2: AtomicBool,
@@ -112,8 +114,9 @@ pub struct Connection {
 impl Default for Connection {
     fn default() -> Self {
         Self {
-            framing_conflict: AtomicBool::new(false),
-            conflict_at: AtomicU64::new(u64::MAX),
+            refusal: AtomicU8::new(0),
+            refused_at: AtomicU64::new(u64::MAX),
+            refused_for: AtomicU8::new(0),
             hyper_requests: AtomicU64::new(0),
             h2: AtomicBool::new(false),
         }
@@ -121,24 +124,35 @@ impl Default for Connection {
 }
 
 impl Connection {
-    /// The request being handled had both `Content-Length` and `Transfer-Encoding` on the
-    /// wire (hyper drops `Content-Length` before the handler sees it; SPEC §4 and §10 want
-    /// such a request refused with 400 and the connection closed).
-    pub fn framing_conflict(&self) -> bool {
-        self.framing_conflict.load(Ordering::Relaxed)
+    /// The request being handled stands in for a head the server refused before hyper read
+    /// it (see [`Refusal`]): answer the refusal's JSON error and close the connection. (For
+    /// a head with both `Content-Length` and `Transfer-Encoding`, among others: hyper would
+    /// drop `Content-Length`, where SPEC §4 and §10 want 400 and close.)
+    pub fn refusal(&self) -> Option<Refusal> {
+        Refusal::from_u8(self.refusal.load(Ordering::Relaxed))
     }
 
-    /// The sniffer found both framings on head number `index` of hyper's part of the
-    /// connection (only the first such head counts: that request closes the connection).
-    pub(super) fn conflict_at(&self, index: u64) {
-        let _ = self.conflict_at.compare_exchange(u64::MAX, index, Ordering::Relaxed, Ordering::Relaxed);
+    /// The gate refused head number `index` of hyper's part of the connection (the last
+    /// head it releases: nothing follows it).
+    pub(super) fn refuse_at(&self, index: u64, why: Refusal) {
+        self.refused_for.store(why as u8, Ordering::Relaxed);
+        self.refused_at.store(index, Ordering::Relaxed);
     }
 
-    /// Called as hyper hands over its next HTTP/1 request: whether that request's head was
-    /// the conflicting one. (HTTP/1 requests are handed over one at a time, in order.)
+    /// The head the gate refused, and why.
+    #[cfg(any(test, fuzzing))]
+    pub(super) fn refused(&self) -> Option<(u64, Refusal)> {
+        let at = self.refused_at.load(Ordering::Relaxed);
+        (at != u64::MAX).then(|| (at, Refusal::from_u8(self.refused_for.load(Ordering::Relaxed)).expect("a refusal")))
+    }
+
+    /// Called as hyper hands over its next HTTP/1 request: whether it is the stand-in for
+    /// the refused head. (HTTP/1 requests are handed over one at a time, in order.)
     fn next_hyper_request(&self) {
         let index = self.hyper_requests.fetch_add(1, Ordering::Relaxed);
-        self.framing_conflict.store(self.conflict_at.load(Ordering::Relaxed) == index, Ordering::Relaxed);
+        let why =
+            if self.refused_at.load(Ordering::Relaxed) == index { self.refused_for.load(Ordering::Relaxed) } else { 0 };
+        self.refusal.store(why, Ordering::Relaxed);
     }
 
     /// The client speaks HTTP/2 (learnt from its first request).
@@ -268,7 +282,7 @@ impl Server {
         // HTTP/2 with prior knowledge: the stream timers of SPEC §10 apply.
         let h2_prior = prefix.starts_with(H2_PREFACE);
         let served = Arc::new(Served { handler, conn, streams: Arc::new(Streams::default()) });
-        let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&served), h2_prior));
+        let io = TokioIo::new(HeadSniffer::new(prefix, stream, Arc::clone(&served), h2_prior, self.max_head));
         let watched = Arc::clone(&served);
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let served = Arc::clone(&served);
