@@ -8,7 +8,8 @@
 #
 # Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
 # [benches/peer-bench.yaml], ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
-# WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), PIN [1].
+# WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), WRK_SCRIPT (a wrk Lua
+# script, e.g. benches/wrk/post.lua: POSTs with a 1 KiB body), PIN [1].
 #
 # It starts a static nginx upstream on 127.0.0.1:18080 (benches/nginx/upstream.conf), nginx as
 # the peer proxy on :18081 (benches/nginx/proxy.conf), Nexus A on :18085 and B on :18086, one
@@ -28,6 +29,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-50 1000}
 WRK_HEADER=${WRK_HEADER:-}
+WRK_SCRIPT=${WRK_SCRIPT:-}
 PIN=${PIN:-1}
 
 die() { echo "peer-bench: $*" >&2; exit 1; }
@@ -73,6 +75,7 @@ fi
 
 header=()
 [[ -n $WRK_HEADER ]] && header=(-H "$WRK_HEADER")
+[[ -n $WRK_SCRIPT ]] && header+=(-s "$WRK_SCRIPT")
 curl_header=()
 [[ -n $WRK_HEADER ]] && curl_header=(-H "$WRK_HEADER")
 for t in "${targets[@]}"; do
@@ -97,7 +100,7 @@ ticks() { # utime+stime of a process and its children (nginx's worker), in clock
 
 samples=$work/samples.tsv
 echo "round	conns	target	rps	p99_ms	cpu_us_per_req" >"$samples"
-echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG targets=${targets[*]} pin=$PIN" >&2
+echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} targets=${targets[*]} pin=$PIN" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in $CONNS; do
     # Rotate the order each round, so no target always runs first (or after the same one).
