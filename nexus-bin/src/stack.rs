@@ -12,7 +12,7 @@ use nexus_core::body::LimitedBody;
 use nexus_core::config::Config;
 use nexus_core::config::ConfigErrors;
 use nexus_core::error::REQUEST_ID;
-use nexus_core::{ErrorCode, GatewayError};
+use nexus_core::{ErrorCode, GatewayError, grpc};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
@@ -89,13 +89,16 @@ pub(crate) async fn handle(
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
+    // A gRPC request gets the listener's own answers (shutdown, prechecks, a panic's 500) as
+    // trailers-only gRPC responses; the gateway does the same for its own.
+    let grpc = grpc::is_grpc(req.headers());
     let phase = shared.shutdown.phase();
     if phase == Phase::Stopping {
         // Listeners are closed: a new request on a connection still open is refused.
         let mut res: Response<ResponseBody<ReqBody>> =
             GatewayError::new(ErrorCode::ShuttingDown).into_response(id.to_str().unwrap_or(""));
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return res;
+        return if grpc { grpc::trailers_only(res) } else { res };
     }
     let inflight = &shared.inflight;
     inflight.increment(1.0);
@@ -105,6 +108,9 @@ pub(crate) async fn handle(
         tracing::error!(request_id = ?id, "panic while serving a request");
         GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
     });
+    if grpc {
+        res = grpc::trailers_only(res);
+    }
     inflight.decrement(1.0);
     res.headers_mut().insert(REQUEST_ID, id);
     if http1 && phase != Phase::Running {

@@ -184,6 +184,9 @@ impl GatewayError {
     }
 
     /// The response: status, `Content-Type: application/json`, `X-Request-Id` and the body.
+    /// The error itself rides along in the response's extensions, so a later step can tell
+    /// the gateway's own answers from an upstream's (a gRPC request gets them as
+    /// [`crate::grpc::trailers_only`] responses).
     pub fn into_response<B: From<Bytes>>(self, request_id: &str) -> Response<B> {
         let mut res = Response::new(B::from(self.to_json(request_id)));
         *res.status_mut() = self.code.status();
@@ -192,6 +195,7 @@ impl GatewayError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(REQUEST_ID, v);
         }
+        res.extensions_mut().insert(self);
         res
     }
 

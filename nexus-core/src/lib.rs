@@ -32,6 +32,7 @@ pub mod config;
 pub mod cookie;
 pub mod error;
 pub mod explain;
+pub mod grpc;
 pub mod metric_names;
 pub mod path;
 pub mod retry;

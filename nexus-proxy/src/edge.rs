@@ -32,6 +32,15 @@ struct Seen {
     /// `Connection` value naming more than options, an `Upgrade`.
     cleanup: bool,
     transfer_encoding: bool,
+    grpc: bool,
+}
+
+/// What [`Edge::admit`] learnt of a request it let through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admitted {
+    /// A gRPC request (`content-type: application/grpc*`): the gateway's own answers to it
+    /// are trailers-only gRPC responses.
+    pub(crate) grpc: bool,
 }
 
 impl Edge {
@@ -50,7 +59,7 @@ impl Edge {
 
     /// Check `req` and clean its head; `Err` is the answer (400, 405, 501).
     #[allow(clippy::result_large_err)]
-    pub(crate) fn admit<B, R: From<Bytes>>(&self, req: &mut Request<B>) -> Result<(), Response<R>> {
+    pub(crate) fn admit<B, R: From<Bytes>>(&self, req: &mut Request<B>) -> Result<Admitted, Response<R>> {
         if req.method() == Method::CONNECT {
             return Err(refuse(
                 req.headers(),
@@ -68,6 +77,8 @@ impl Edge {
                 seen.authorizations += 1;
             } else if name == header::TRANSFER_ENCODING {
                 seen.transfer_encoding = true;
+            } else if name == header::CONTENT_TYPE {
+                seen.grpc = nexus_core::grpc::is_grpc_value(value);
             } else if name == header::CONNECTION {
                 seen.cleanup |= crate::headers::names_other_headers(value.as_bytes());
             } else if name == header::UPGRADE || name.as_str().as_bytes().contains(&b'_') || self.claims.contains(name)
@@ -109,7 +120,7 @@ impl Edge {
             let http10 = req.version() <= http::Version::HTTP_10;
             self.clean(req.headers_mut(), http10);
         }
-        Ok(())
+        Ok(Admitted { grpc: seen.grpc })
     }
 
     /// Whether `name` is the gateway's (exactly, or spelled with `_` for `-`).
@@ -252,7 +263,7 @@ mod tests {
     }
 
     fn admit(edge: &Edge, req: &mut Request<()>) -> Result<(), u16> {
-        edge.admit::<(), Bytes>(req).map_err(|r| r.status().as_u16())
+        edge.admit::<(), Bytes>(req).map(|_| ()).map_err(|r| r.status().as_u16())
     }
 
     fn request(target: &str, fields: &[(&str, &str)]) -> Request<()> {

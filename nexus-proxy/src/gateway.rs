@@ -24,7 +24,7 @@ use nexus_core::config::{Config, ConfigError, ConfigErrors};
 use nexus_core::config::{Env, ProcessEnv};
 use nexus_core::error::REQUEST_ID;
 use nexus_core::router::{Match, RequestInfo, RouteMatch, RouteTable};
-use nexus_core::{ErrorCode, GatewayError};
+use nexus_core::{ErrorCode, GatewayError, grpc};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -473,23 +473,25 @@ where
         client: &'a ClientInfo,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let mut req = req;
-        let refused = match self.edge.admit(&mut req) {
-            Ok(()) => self.check_limits(&req),
-            Err(res) => Some(res),
+        let (refused, grpc) = match self.edge.admit(&mut req) {
+            Ok(admitted) => (self.check_limits(&req), admitted.grpc),
+            Err(res) => (Some(res), grpc::is_grpc(req.headers())),
         };
+        // A gRPC client reads the gateway's own answers as trailers-only gRPC responses.
+        let for_client = move |res| if grpc { grpc::trailers_only(res) } else { res };
         if let Some(res) = refused {
             self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
-            return Either::Left(std::future::ready(res));
+            return Either::Left(std::future::ready(for_client(res)));
         }
         match route_in(&self.table, &mut req) {
             Ok(id) => {
                 // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
                 let req = req.map(|b| LimitedBody::new(b, self.max_body));
-                Either::Right(self.routes[id].serve(req, client))
+                Either::Right(self.routes[id].serve(req, client).map(for_client))
             }
             Err(res) => {
                 self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);
-                Either::Left(std::future::ready(res))
+                Either::Left(std::future::ready(for_client(res)))
             }
         }
     }
