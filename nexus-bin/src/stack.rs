@@ -90,8 +90,9 @@ pub(crate) async fn handle(
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
     // A gRPC request gets the listener's own answers (shutdown, prechecks, a panic's 500) as
-    // trailers-only gRPC responses; the gateway does the same for its own.
-    let grpc = grpc::is_grpc(req.headers());
+    // trailers-only gRPC responses; the gateway does the same for its own. (Not looked up
+    // for the lean path's requests: HTTP/1.1 without a body, which gRPC never is.)
+    let grpc = !matches!(req.body(), ClientBody::Empty) && grpc::is_grpc(req.headers());
     let phase = shared.shutdown.phase();
     if phase == Phase::Stopping {
         // Listeners are closed: a new request on a connection still open is refused.

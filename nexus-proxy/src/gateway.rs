@@ -487,7 +487,7 @@ where
             Ok(id) => {
                 // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
                 let req = req.map(|b| LimitedBody::new(b, self.max_body));
-                Either::Right(self.routes[id].serve(req, client).map(for_client))
+                Either::Right(self.routes[id].serve(req, client, grpc))
             }
             Err(res) => {
                 self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);

@@ -86,10 +86,14 @@ impl<B: RequestBody> RouteStack<B> {
     /// what cloning a built stack costs too) and its future is one static type the server
     /// awaits in place: no boxing, no allocation for the stack. Everything is decided
     /// before the first poll, so the request is held once (see `Upstream::forward_send`).
+    ///
+    /// `grpc`: the request is a gRPC one, and the route's own answers (its Layers' 401, 429,
+    /// the forward's 502/503/504) are turned into trailers-only gRPC responses.
     pub(crate) fn serve<'a>(
         &'a self,
         req: Request<LimitedBody<B>>,
         client: &'a ClientInfo,
+        grpc: bool,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let target = &self.target;
         // Innermost: split side, mirror, then the upstream (balancer, retries, breaker per try).
@@ -115,7 +119,8 @@ impl<B: RequestBody> RouteStack<B> {
         // `max_concurrent_requests` answers 503 at once instead of waiting.
         let ready = svc.poll_ready(&mut Context::from_waker(Waker::noop()));
         debug_assert!(ready.is_ready(), "a route's stack is always ready");
-        svc.call(req).map(|res: Result<_, Infallible>| match res {
+        svc.call(req).map(move |res: Result<_, Infallible>| match res {
+            Ok(res) if grpc => nexus_core::grpc::trailers_only(res),
             Ok(res) => res,
             Err(never) => match never {},
         })

@@ -78,6 +78,10 @@ impl Refusal {
     ];
 
     pub(super) fn from_u8(n: u8) -> Option<Self> {
+        // 0 (no refusal) is every request but a refused one's stand-in: answered first.
+        if n == 0 {
+            return None;
+        }
         Self::ALL.into_iter().find(|r| *r as u8 == n)
     }
 
