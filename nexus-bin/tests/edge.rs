@@ -241,8 +241,9 @@ async fn the_http2_preface_is_taken_only_at_the_start_of_a_connection() {
     assert_eq!(public.count(), 1);
 }
 
-/// An upstream that answers every request with `101 Switching Protocols`.
-async fn switching_upstream() -> std::net::SocketAddr {
+/// An upstream that answers every request (read in one piece) with `answer`, then holds the
+/// connection for two seconds.
+async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -251,11 +252,7 @@ async fn switching_upstream() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nraw bytes",
-                        )
-                        .await;
+                    let _ = s.write_all(answer).await;
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
             });
@@ -266,7 +263,8 @@ async fn switching_upstream() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn an_upstreams_unasked_for_switch_is_a_502_on_both_paths() {
-    let addr = switching_upstream().await;
+    let addr =
+        raw_upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nraw bytes").await;
     let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: sw\n";
     let gw = gateway(&config(&[("sw", format!("http://{addr}"))], routes));
     for (what, request) in [
@@ -276,6 +274,22 @@ async fn an_upstreams_unasked_for_switch_is_a_502_on_both_paths() {
         let res = raw(gw.addr, request).await;
         assert_eq!(status_of(&res), "502", "{what}: {res}");
         assert!(!res.contains("raw bytes"), "{what}: nothing of the switched protocol reaches the client: {res}");
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_answers_in_its_own_http_version_whatever_the_upstream_speaks() {
+    // RFC 9110 §6.2: an intermediary sends its own version, not the upstream's.
+    let addr = raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: old\n";
+    let gw = gateway(&config(&[("old", format!("http://{addr}"))], routes));
+    for (what, request) in [
+        ("lean (no body)", &b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..]),
+        ("hyper (a body)", b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+    ] {
+        let res = raw(gw.addr, request).await;
+        assert!(res.starts_with("HTTP/1.1 200 "), "{what}: {res}");
+        assert!(res.ends_with("ok"), "{what}: {res}");
     }
 }
 

@@ -262,6 +262,14 @@ where
     upstream.forward_send(req, client, timeout).await
 }
 
+/// An upstream's response as the gateway sends it: in the gateway's own HTTP version, not
+/// the upstream's (RFC 9110 §6.2; an HTTP/1.0 upstream's answer is sent as HTTP/1.1, with
+/// hyper framing it for the client's version).
+pub(crate) fn own_version<T>(mut res: Response<T>) -> Response<T> {
+    *res.version_mut() = http::Version::HTTP_11;
+    res
+}
+
 /// The client's answer to a forward: the upstream's response, or the JSON of SPEC §4
 /// for a failed one (502, 503 with `Retry-After`, 504), labelled with the upstream.
 fn answer<B: RequestBody>(
@@ -270,7 +278,7 @@ fn answer<B: RequestBody>(
     rid: Option<&HeaderValue>,
 ) -> Response<ResponseBody<B>> {
     match sent {
-        Ok(res) => res.map(GatewayBody::stream),
+        Ok(res) => own_version(res).map(GatewayBody::stream),
         Err(e) => {
             tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
             let id = rid.and_then(|v| v.to_str().ok()).unwrap_or("");
