@@ -13,7 +13,10 @@
 //! ```
 
 pub mod check;
+pub mod layer;
 pub mod probe;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shutdown;
 pub mod upstream;
 

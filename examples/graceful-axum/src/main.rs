@@ -1,8 +1,10 @@
-//! Zero-downtime shutdown for a plain axum service with Nexus's health pieces:
-//! `/readyz` turns 503 on SIGTERM, the server keeps serving for a drain delay
-//! (so the load balancer stops sending), then stops accepting and waits for
-//! in-flight requests *and* WebSockets (which axum's own graceful shutdown
-//! forgets once they are upgraded) up to a grace period.
+//! Zero-downtime shutdown for a plain axum service with Nexus's health pieces, in a few
+//! lines: [`ProbesLayer`] answers `/healthz` and `/readyz`, and [`GracefulServer`] runs SPEC
+//! §8's sequence on SIGTERM or SIGINT — `/readyz` turns 503 at once, requests are still
+//! served for the drain delay (HTTP/1 answers carry `Connection: close`, HTTP/2 gets GOAWAY,
+//! so keep-alive clients move to another instance), then the listener closes, in-flight
+//! requests finish, and the process waits for WebSockets too (which axum's own graceful
+//! shutdown forgets once they are upgraded) up to the grace period, then exits 0.
 //!
 //! Run with
 //!
@@ -10,36 +12,41 @@
 //! cargo run --manifest-path examples/Cargo.toml -p example-graceful-axum
 //! curl -i http://127.0.0.1:3001/readyz      # 200; after `kill -TERM <pid>`: 503 for the drain delay
 //! ```
+//!
+//! `GRACEFUL_ADDR` (default `127.0.0.1:3001`), `GRACEFUL_DRAIN_MS` (5000) and
+//! `GRACEFUL_GRACE_MS` (30000) change the address and the two delays.
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
+use nexus_health::ReadinessGate;
 use nexus_health::check::Readiness;
+use nexus_health::layer::ProbesLayer;
+use nexus_health::serve::GracefulServer;
 use nexus_health::shutdown::Shutdown;
-use nexus_health::{ReadinessGate, probe};
 use std::time::Duration;
 
-#[derive(Clone)]
-struct AppState {
-    readiness: Readiness,
-    shutdown: Shutdown,
-}
-
-/// The app: probes, and a WebSocket echo whose connections shutdown waits for.
+/// The app: a slow endpoint, a WebSocket echo whose connections shutdown waits for, and
+/// the probes in front of everything.
 fn app(gate: ReadinessGate, shutdown: Shutdown) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { probe::liveness::<Body>() }))
-        .route("/readyz", get(|State(s): State<AppState>| async move { s.readiness.response::<Body>().await }))
+        .route("/work/{ms}", get(work))
         .route("/ws", get(ws))
-        .with_state(AppState { readiness: Readiness::new(gate), shutdown })
+        .with_state(shutdown)
+        .layer(ProbesLayer::new(Readiness::new(gate)))
 }
 
-async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// Answers after `ms` milliseconds (a request still in flight when the signal comes).
+async fn work(Path(ms): Path<u64>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("worked {ms} ms\n")
+}
+
+async fn ws(State(shutdown): State<Shutdown>, upgrade: WebSocketUpgrade) -> Response {
     // Counted from the upgrade until the socket closes.
-    let tracked = s.shutdown.tracker().track();
+    let tracked = shutdown.tracker().track();
     upgrade.on_upgrade(move |socket| async move {
         let _tracked = tracked;
         echo(socket).await;
@@ -54,51 +61,43 @@ async fn echo(mut socket: WebSocket) {
     }
 }
 
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+}
+
 #[tokio::main]
-async fn main() {
-    let (drain_delay, grace) = (Duration::from_secs(5), Duration::from_secs(30));
-    let gate = ReadinessGate::new();
-    let shutdown = Shutdown::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await.expect("bind 127.0.0.1:3001");
-    gate.set_ready();
-    println!("listening on http://127.0.0.1:3001");
-    let signal_gate = gate.clone();
-    let coordinator = shutdown.clone();
-    let stop_accepting = async move {
-        let _ = tokio::signal::ctrl_c().await;
-        signal_gate.set_draining();
-        coordinator.drain();
-        tokio::time::sleep(drain_delay).await;
-        coordinator.stop();
-    };
-    axum::serve(listener, app(gate, shutdown.clone())).with_graceful_shutdown(stop_accepting).await.expect("server");
-    // HTTP requests are done; upgraded sockets may still be open.
-    if !shutdown.tracker().wait_idle(grace).await {
-        eprintln!("grace period over with {} WebSockets open", shutdown.tracker().active());
-    }
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::var("GRACEFUL_ADDR").unwrap_or_else(|_| "127.0.0.1:3001".into());
+    let (gate, shutdown) = (ReadinessGate::new(), Shutdown::new());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    GracefulServer::new(gate.clone(), shutdown.clone())
+        .drain_delay(env_ms("GRACEFUL_DRAIN_MS", 5_000))
+        .grace_period(env_ms("GRACEFUL_GRACE_MS", 30_000))
+        .serve(listener, app(gate, shutdown))
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
     #[tokio::test]
-    async fn readiness_follows_the_drain() {
+    async fn readiness_follows_the_gate_and_routes_stay_reachable() {
         let gate = ReadinessGate::new();
         let shutdown = Shutdown::new();
-        let get = |gate: &ReadinessGate| {
-            app(gate.clone(), shutdown.clone()).oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        let get = |gate: &ReadinessGate, path: &str| {
+            app(gate.clone(), shutdown.clone()).oneshot(Request::get(path).body(Body::empty()).unwrap())
         };
-        assert_eq!(get(&gate).await.unwrap().status(), 503, "not ready before start-up is done");
+        assert_eq!(get(&gate, "/readyz").await.unwrap().status(), 503, "not ready before start-up is done");
         gate.set_ready();
-        assert_eq!(get(&gate).await.unwrap().status(), 200);
+        assert_eq!(get(&gate, "/readyz").await.unwrap().status(), 200);
+        assert_eq!(get(&gate, "/healthz").await.unwrap().status(), 200);
+        assert_eq!(get(&gate, "/work/1").await.unwrap().status(), 200);
         gate.set_draining();
-        assert_eq!(get(&gate).await.unwrap().status(), 503);
-        let tracked = shutdown.tracker().track();
-        assert!(!shutdown.tracker().wait_idle(Duration::from_millis(10)).await, "a tracked socket holds shutdown");
-        drop(tracked);
-        assert!(shutdown.tracker().wait_idle(Duration::from_millis(10)).await);
+        assert_eq!(get(&gate, "/readyz").await.unwrap().status(), 503);
     }
 }
