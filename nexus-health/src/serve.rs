@@ -225,7 +225,7 @@ impl Signals {
         Ok(Self::Unix(signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
     }
 
-    /// The next signal.
+    /// The next signal (cancel-safe: a dropped call loses nothing).
     async fn next(&mut self) {
         match self {
             Self::Unix(term, int) => {
@@ -234,8 +234,13 @@ impl Signals {
                     _ = int.recv() => {}
                 }
             }
-            Self::Given(first) => match first.take() {
-                Some(signal) => signal.await,
+            // Polled in place, so a `select!` that drops this future (a connection was
+            // accepted first) does not drop the caller's signal with it.
+            Self::Given(first) => match first.as_mut() {
+                Some(signal) => {
+                    signal.as_mut().await;
+                    *first = None;
+                }
                 None => std::future::pending().await,
             },
         }
