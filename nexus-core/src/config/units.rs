@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use std::fmt;
 use std::str::FromStr;
 
-/// A duration written as a string: `250ms`, `5s`, `1m`, `1h` (humantime syntax).
+/// A duration written as a string: `250ms`, `5s`, `1m`, `1h` (or several: `1m30s`).
 ///
 /// ```
 /// use nexus_core::config::Duration;
@@ -46,16 +46,54 @@ impl From<Duration> for std::time::Duration {
 impl FromStr for Duration {
     type Err = String;
 
+    /// Exactly the documented forms: whole numbers with a unit of `ms`, `s`, `m` or `h`,
+    /// one or more of them (`250ms`, `5s`, `1m30s`), nothing else: `5 seconds`, `1.5s`,
+    /// `2d` or `30` (no unit) are errors rather than a guess.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Duration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"250ms\", \"5s\", \"1m\""))
+        let invalid =
+            |why: &str| format!("invalid duration {s:?} ({why}); write e.g. \"250ms\", \"5s\", \"1m\", \"1h\"");
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err(invalid("empty"));
+        }
+        let mut total = std::time::Duration::ZERO;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(invalid("a number must come first"));
+            }
+            let n: u64 = rest[..digits].parse().map_err(|_| invalid("too large"))?;
+            rest = &rest[digits..];
+            let (part, unit_len) = if rest.starts_with("ms") {
+                (Some(std::time::Duration::from_millis(n)), 2)
+            } else if rest.starts_with('s') {
+                (Some(std::time::Duration::from_secs(n)), 1)
+            } else if rest.starts_with('m') {
+                (n.checked_mul(60).map(std::time::Duration::from_secs), 1)
+            } else if rest.starts_with('h') {
+                (n.checked_mul(3600).map(std::time::Duration::from_secs), 1)
+            } else {
+                return Err(invalid("the unit must be ms, s, m or h"));
+            };
+            rest = &rest[unit_len..];
+            total = part.and_then(|p| total.checked_add(p)).ok_or_else(|| invalid("too large"))?;
+        }
+        Ok(Duration(total))
     }
 }
 
 impl fmt::Display for Duration {
+    /// In the largest unit that is exact (`90s` is `90s`, `120s` is `2m`), so what is shown
+    /// parses back to the same duration (sub-millisecond parts are not shown).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        let ms = self.0.as_millis();
+        match ms {
+            0 => f.write_str("0s"),
+            _ if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            _ if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            _ if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
     }
 }
 
@@ -181,8 +219,25 @@ mod tests {
         for (s, ms) in [("250ms", 250), ("5s", 5000), ("1m", 60_000), ("1h", 3_600_000)] {
             assert_eq!(s.parse::<Duration>().unwrap().as_std().as_millis(), ms);
         }
-        assert!("5 parsecs".parse::<Duration>().is_err());
-        assert!("".parse::<Duration>().is_err());
+        assert_eq!("1m30s".parse::<Duration>().unwrap().as_std().as_millis(), 90_000);
+        // Only the documented forms: no words, spaces, fractions, other units or bare numbers.
+        for bad in
+            ["5 parsecs", "", "5 seconds", "1m 30s", "1.5s", "2d", "1y", "30", "s", "-1s", "99999999999999999999h"]
+        {
+            let err = bad.parse::<Duration>().expect_err(bad);
+            assert!(err.contains("write e.g."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_display_in_a_form_that_parses_back() {
+        for (ms, shown) in
+            [(0, "0s"), (250, "250ms"), (1500, "1500ms"), (90_000, "90s"), (120_000, "2m"), (7_200_000, "2h")]
+        {
+            let d = Duration::from_millis(ms);
+            assert_eq!(d.to_string(), shown);
+            assert_eq!(shown.parse::<Duration>().unwrap(), d);
+        }
     }
 
     #[test]
