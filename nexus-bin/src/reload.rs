@@ -140,13 +140,18 @@ impl Reloader {
                 ));
             }
         }
-        // Listener settings are fixed when the listeners start.
+        // Listener settings are fixed when the listeners start; logging and the admin token
+        // when the process starts. (A reload that changed them and said "ok" would lie.)
         let (old, new) = (&running.config.server, &config.server);
+        let (was, now) = (&running.config, &config);
         for (key, changed) in [
             ("server.reuse_port", old.reuse_port != new.reuse_port),
             ("server.limits.header_read_timeout", old.limits.header_read_timeout != new.limits.header_read_timeout),
             ("server.limits.h2_idle_timeout", old.limits.h2_idle_timeout != new.limits.h2_idle_timeout),
             ("server.limits.max_header_bytes", old.limits.max_header_bytes != new.limits.max_header_bytes),
+            ("logging.level", was.logging.level != now.logging.level),
+            ("logging.format", was.logging.format != now.logging.format),
+            ("admin.token_env", was.admin.token_env != now.admin.token_env),
         ] {
             if changed {
                 errors.push(ConfigError::new(key, "changing it needs a restart; nothing was applied"));

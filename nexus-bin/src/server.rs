@@ -176,7 +176,8 @@ pub(crate) async fn serve(
         let _ = tx.send((main_addr, admin_addr));
     }
 
-    let code = shutdown_sequence(config, &gate, &shutdown, &mut signals).await;
+    // The shutdown timings are the running config's (a reload may have changed them).
+    let code = shutdown_sequence(&reloader, &gate, &shutdown, &mut signals).await;
     // Stopping: listeners close, connections finish what they have.
     shutdown.stop();
     let _ = main_task.await;
@@ -187,7 +188,7 @@ pub(crate) async fn serve(
     if code != ExitCode::SUCCESS {
         return code;
     }
-    let grace = config.server.shutdown.grace_period.as_std();
+    let grace = reloader.current().config.server.shutdown.grace_period.as_std();
     let open = shutdown.tracker().active();
     tracing::info!(open, ?grace, "listeners closed; waiting for open connections");
     tokio::select! {
@@ -219,7 +220,7 @@ fn bind_failed(key: &str, addr: SocketAddr, e: &std::io::Error) -> ExitCode {
 /// SIGTERM/SIGINT: readiness 503 at once, keep serving for `drain_delay`, then
 /// return so listeners close. A second signal during the delay exits 1.
 async fn shutdown_sequence(
-    config: &Config,
+    reloader: &Reloader,
     gate: &ReadinessGate,
     shutdown: &Shutdown,
     signals: &mut Signals,
@@ -227,7 +228,7 @@ async fn shutdown_sequence(
     signals.recv().await;
     gate.set_draining();
     shutdown.drain();
-    let delay = config.server.shutdown.drain_delay.as_std();
+    let delay = reloader.current().config.server.shutdown.drain_delay.as_std();
     tracing::info!(?delay, "shutdown signal: readiness is now 503; draining");
     tokio::select! {
         () = tokio::time::sleep(delay) => ExitCode::SUCCESS,

@@ -63,6 +63,20 @@ async fn a_changed_listener_address_is_refused_rather_than_half_applied() {
 }
 
 #[tokio::test]
+async fn settings_taken_at_start_are_refused_by_a_reload_not_silently_kept() {
+    let up = upstream("app").await;
+    let gw = gateway(&routes(&up, "/v1"));
+    // (`logging.*` is refused the same way; the harness's --log-level/--log-format win over the file.)
+    let changed = format!("admin:\n  token_env: OTHER_TOKEN\n{}", routes(&up, "/v2"));
+    gw.write_config(&changed);
+    let (status, _, body) = post_json(&gw.admin_url("/admin/reload"), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors = body["errors"].to_string();
+    assert!(errors.contains("admin.token_env") && errors.contains("needs a restart"), "{body}");
+    assert_eq!(get(&gw.url("/v1/x")).await.0, StatusCode::OK, "nothing of the new file applied");
+}
+
+#[tokio::test]
 async fn rollback_restores_the_previous_version_and_pins_it() {
     let up = upstream("app").await;
     let gw = gateway(&routes(&up, "/v1"));
