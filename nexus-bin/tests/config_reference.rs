@@ -13,7 +13,7 @@ fn reference() -> Value {
     let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
     let start = page.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
     let end = start + page[start..].find("```").expect("the block's end");
-    yaml_document(page[start..end].as_bytes()).expect("the block is YAML")
+    yaml_document(&page.as_bytes()[start..end]).expect("the block is YAML")
 }
 
 /// Every key path of `v` (`routes[].paths[].type`).
