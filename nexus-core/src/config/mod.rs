@@ -265,31 +265,85 @@ fn entries<T: DeserializeOwned>(
     }
 }
 
-/// Deserialize one value, turning serde's first error into a [`ConfigError`] with a full path.
+/// Deserialize one value and report every error in it, each with its full path: after an
+/// error at a key, the key is set aside and the rest is read again (at most a few dozen
+/// times), so an unknown key does not hide a bad duration beside it. `None` when nothing
+/// could be read; otherwise what could be read (without the bad keys) so the semantic checks
+/// still run on it, the errors already recorded keeping the config from being used.
 fn section<T: DeserializeOwned>(prefix: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
-    let v = if v.is_null() { Value::Object(Map::new()) } else { v };
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let mut path = prefix.to_string();
-            for seg in e.path() {
-                use serde_path_to_error::Segment;
-                match seg {
-                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-                    Segment::Map { key } => {
-                        path.push('.');
-                        path.push_str(key);
-                    }
-                    Segment::Enum { variant } => {
-                        path.push('.');
-                        path.push_str(variant);
-                    }
-                    Segment::Unknown => {}
+    let mut v = if v.is_null() { Value::Object(Map::new()) } else { v };
+    let mut set_aside: Vec<String> = Vec::new();
+    for _ in 0..32 {
+        let e = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let segments: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+        let mut path = prefix.to_string();
+        for seg in &segments {
+            use serde_path_to_error::Segment;
+            match seg {
+                Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                Segment::Map { key } => {
+                    path.push('.');
+                    path.push_str(key);
                 }
+                Segment::Enum { variant } => {
+                    path.push('.');
+                    path.push_str(variant);
+                }
+                Segment::Unknown => {}
             }
-            errors.push(describe_serde_error(path, &e.into_inner().to_string()));
-            None
         }
+        let error = describe_serde_error(path, &e.into_inner().to_string());
+        // A key set aside that was required: its own error already says what is wrong.
+        if set_aside.contains(&error.path) {
+            return None;
+        }
+        // Where to go on from: the key the error is at (an unknown key names itself).
+        let key_path = error.path.strip_prefix(prefix).map(|p| p.trim_start_matches('.').to_string());
+        errors.push(error);
+        let key_path = key_path.filter(|p| !p.is_empty())?;
+        if !remove_at(&mut v, &key_path) {
+            return None;
+        }
+        set_aside.push(format!("{prefix}.{key_path}"));
+    }
+    None
+}
+
+/// Remove the key at `path` (`a.b[2].c`) from `v`; whether there was one.
+fn remove_at(v: &mut Value, path: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    for dotted in path.split('.') {
+        let mut rest = dotted;
+        while let Some(open) = rest.find('[') {
+            if open > 0 {
+                parts.push(&rest[..open]);
+            }
+            let close = rest[open..].find(']').map_or(rest.len(), |c| open + c + 1);
+            parts.push(&rest[open..close]);
+            rest = &rest[close..];
+        }
+        if !rest.is_empty() {
+            parts.push(rest);
+        }
+    }
+    let Some((last, parents)) = parts.split_last() else { return false };
+    let mut at = v;
+    for part in parents {
+        let next = match part.strip_prefix('[').and_then(|p| p.strip_suffix(']')) {
+            Some(index) => index.parse::<usize>().ok().and_then(|i| at.get_mut(i)),
+            None => at.get_mut(*part),
+        };
+        match next {
+            Some(n) => at = n,
+            None => return false,
+        }
+    }
+    match (last.strip_prefix('[').and_then(|p| p.strip_suffix(']')), at) {
+        (None, Value::Object(map)) => map.remove(*last).is_some(),
+        _ => false,
     }
 }
 
@@ -319,7 +373,59 @@ fn describe_serde_error(mut path: String, msg: &str) -> ConfigError {
         path.push_str(&key);
         return ConfigError::new(path, "is required");
     }
-    ConfigError::new(path, msg.to_string())
+    ConfigError::new(path, plain_words(msg))
+}
+
+/// serde's type words in the config's words: `expected usize` is "a whole number",
+/// `struct UpstreamConfig with 8 elements` is "a mapping".
+fn plain_words(msg: &str) -> String {
+    fn kind(word: &str) -> String {
+        let word = word.trim();
+        if word.starts_with("struct ") || word == "a map" || word == "map" {
+            return "a mapping".into();
+        }
+        if word == "a sequence" || word == "sequence" {
+            return "a list".into();
+        }
+        if ["usize", "u64", "u32", "u16", "u8"].contains(&word) {
+            return "a whole number".into();
+        }
+        if ["i64", "i32", "f64", "f32"].contains(&word) {
+            return "a number".into();
+        }
+        if word == "a boolean" || word == "bool" {
+            return "true or false".into();
+        }
+        if let Some(s) = word.strip_prefix("string ") {
+            return format!("the string {s}");
+        }
+        if let Some(n) = word.strip_prefix("integer ").or_else(|| word.strip_prefix("floating point ")) {
+            return format!("the number {}", n.trim_matches('`'));
+        }
+        if let Some(b) = word.strip_prefix("boolean ") {
+            return b.trim_matches('`').to_string();
+        }
+        if word == "unit value" || word == "null" {
+            return "nothing".into();
+        }
+        word.to_string()
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: ")
+        && let Some((found, expected)) = rest.split_once(", expected ")
+    {
+        return format!("expected {}, found {}", kind(expected), kind(found));
+    }
+    if let Some(rest) = msg.strip_prefix("invalid length ")
+        && let Some((_, expected)) = rest.split_once(", expected ")
+    {
+        return format!("expected {}, found a list", kind(expected));
+    }
+    if let Some(rest) = msg.strip_prefix("invalid value: ")
+        && let Some((found, expected)) = rest.split_once(", expected ")
+    {
+        return format!("{} is out of range for {}", kind(found), kind(expected));
+    }
+    msg.to_string()
 }
 
 #[cfg(test)]

@@ -124,3 +124,29 @@ fn summary_uses_correct_plurals() {
     .unwrap();
     assert_eq!(c.summary(), "1 route, 2 upstreams");
 }
+
+#[test]
+fn errors_in_one_entry_do_not_hide_each_other_or_the_checks_after_them() {
+    let e = errors(json!({
+        "server": { "bogus": 1, "limits": { "request_timeout": "5 seconds" } },
+        "upstreams": {
+            "a": { "endpoints": [{ "url": "http://127.0.0.1:1" }], "max_concurrent_requests": "many" },
+            "b": [],
+        },
+        "routes": [
+            { "name": "one", "paths": [{ "path": "/b" }], "upstream": "nope", "timeout": "3 parsecs", "colour": "red" },
+        ],
+    }));
+    let got: Vec<(String, String)> = e.0.iter().map(|e| (e.path.clone(), e.message.clone())).collect();
+    let find = |path: &str| got.iter().find(|(p, _)| p == path).map(|(_, m)| m.as_str());
+    // An unknown key and a bad value in the same section, both reported.
+    assert!(find("server.bogus").is_some_and(|m| m.starts_with("unknown key")), "{got:?}");
+    assert!(find("server.limits.request_timeout").is_some_and(|m| m.contains("5 seconds")), "{got:?}");
+    // In the config's words, not serde's.
+    assert_eq!(find("upstreams.a.max_concurrent_requests"), Some("expected a whole number, found the string \"many\""));
+    assert_eq!(find("upstreams.b"), Some("expected a mapping, found a list"));
+    // A route with two bad keys still has its reference checked.
+    assert!(find("routes[0].timeout").is_some() && find("routes[0].colour").is_some(), "{got:?}");
+    assert!(find("routes[0].upstream").is_some_and(|m| m.contains("unknown upstream \"nope\"")), "{got:?}");
+    assert_eq!(got.len(), 7, "one error each, nothing twice: {got:?}");
+}
