@@ -51,6 +51,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/admin/rollback", post(rollback))
         .route("/admin/explain", get(explain))
         .route("/admin/upstreams", get(upstreams))
+        .route("/admin/routes", get(routes))
         .fallback(|headers: HeaderMap| async move {
             GatewayError::new(ErrorCode::RouteNotFound).into_response_for::<axum::body::Body>(&headers)
         })
@@ -101,6 +102,32 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
         })
         .collect();
     axum::Json(json!({ "upstreams": upstreams })).into_response()
+}
+
+/// The running routes in precedence order (SPEC §9's shape).
+async fn routes(State(s): State<AdminState>) -> Response {
+    let snapshot = s.reloader.shared().snapshot.load_full();
+    let routes: Vec<Value> = snapshot.gateway.table().in_precedence_order().into_iter().map(route_json).collect();
+    axum::Json(json!({ "routes": routes })).into_response()
+}
+
+fn route_json(route: &nexus_core::router::Route) -> Value {
+    let c = route.config();
+    let mut r = json!({
+        "name": c.name,
+        "host": c.host,
+        "paths": c.paths.iter().map(|p| json!({ "path": p.path, "type": p.kind })).collect::<Vec<_>>(),
+        "methods": c.methods,
+        "headers": c.headers,
+        "auth": c.auth,
+        "rate_limit": c.rate_limit,
+        "timeout": c.timeout.map(|t| t.to_string()),
+    });
+    match (&c.upstream, &c.split) {
+        (_, Some(split)) => r["split"] = json!(split),
+        (upstream, None) => r["upstream"] = json!(upstream),
+    }
+    r
 }
 
 async fn config(State(s): State<AdminState>) -> Response {

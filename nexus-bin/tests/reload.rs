@@ -172,6 +172,28 @@ async fn requests_in_flight_finish_on_the_config_they_started_with() {
 }
 
 #[tokio::test]
+async fn admin_routes_lists_the_running_routes_in_precedence_order() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let routes = "  - name: catch-all\n    paths: [{ path: /, type: prefix }]\n    upstream: a\n\
+                  \x20 - name: health\n    paths: [{ path: /health, type: exact }]\n    methods: [GET]\n    upstream: a\n\
+                  \x20 - name: api-canary\n    host: api.example.com\n    paths: [{ path: /api }]\n    timeout: 2s\n\
+                  \x20   split: [{ upstream: a, weight: 90 }, { upstream: b, weight: 10 }]\n";
+    let gw = gateway(&config(&[("a", a.url()), ("b", b.url())], routes));
+    let v = get_json(&gw.admin_url("/admin/routes")).await;
+    let names: Vec<&str> = v["routes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["api-canary", "health", "catch-all"], "exact host, then exact path, then the prefix");
+    let canary = &v["routes"][0];
+    assert_eq!(canary["host"], "api.example.com");
+    assert_eq!(canary["paths"], serde_json::json!([{ "path": "/api", "type": "prefix" }]));
+    assert_eq!(canary["split"][1], serde_json::json!({ "upstream": "b", "weight": 10 }));
+    assert!(canary.get("upstream").is_none() && canary["timeout"] == "2s" && canary["auth"].is_null(), "{canary}");
+    assert_eq!(
+        (&v["routes"][1]["methods"], &v["routes"][2]["upstream"]),
+        (&serde_json::json!(["GET"]), &serde_json::json!("a"))
+    );
+}
+
+#[tokio::test]
 async fn admin_upstreams_shows_endpoints_and_live_in_flight_counts() {
     let up = upstream("app").await;
     let gw = gateway(&routes(&up, "/"));

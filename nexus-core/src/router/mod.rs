@@ -300,6 +300,36 @@ impl RouteTable {
         &self.routes
     }
 
+    /// The routes in precedence order (SPEC §8), as `GET /admin/routes` lists them: host
+    /// (exact, then wildcards with the longer suffix first, then none), then the route's
+    /// highest-precedence path (exact, then longer prefixes, then regexes), more required
+    /// headers, a method list before any method, and config order. (A request is matched
+    /// path by path; a route with several paths is placed by its strongest one.)
+    pub fn in_precedence_order(&self) -> Vec<&Route> {
+        let key = |r: &Route| {
+            let host = match r.config.host.as_deref() {
+                Some(h) if h.starts_with('*') => (1, std::cmp::Reverse(h.len())),
+                Some(_) => (0, std::cmp::Reverse(0)),
+                None => (2, std::cmp::Reverse(0)),
+            };
+            let path = r
+                .config
+                .paths
+                .iter()
+                .map(|p| match p.kind {
+                    PathKind::Exact => (0, std::cmp::Reverse(p.path.len())),
+                    PathKind::Prefix => (1, std::cmp::Reverse(p.path.trim_end_matches('/').len())),
+                    PathKind::Regex => (2, std::cmp::Reverse(0)),
+                })
+                .min()
+                .unwrap_or((3, std::cmp::Reverse(0)));
+            (host, path, std::cmp::Reverse(r.headers.len()), r.methods.is_none(), r.id)
+        };
+        let mut routes: Vec<&Route> = self.routes.iter().collect();
+        routes.sort_by_key(|r| key(r));
+        routes
+    }
+
     /// How many routes.
     pub fn len(&self) -> usize {
         self.routes.len()
