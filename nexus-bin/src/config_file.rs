@@ -5,6 +5,9 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// The `source` of a config built into the binary (`nexus demo`): nothing to re-read.
+pub(crate) const BUILT_IN: &str = "(built-in demo)";
+
 /// A config that passed validation, with where and when it came from.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadedConfig {

@@ -86,7 +86,7 @@ pub(crate) fn run(overrides: Overrides) -> ExitCode {
         crate::logging::init(&config.logging);
         let loaded = LoadedConfig {
             version: crate::config_file::version_of(b"nexus demo"),
-            source: "(built-in demo)".into(),
+            source: crate::config_file::BUILT_IN.into(),
             loaded_at: std::time::SystemTime::now(),
             config,
         };

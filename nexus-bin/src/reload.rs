@@ -107,6 +107,10 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Reload {
+        // A config built into the binary never changes: a reload finds it as it is.
+        if self.source.as_os_str() == config_file::BUILT_IN {
+            return Reload::Unchanged;
+        }
         let bytes = match std::fs::read(&self.source) {
             Ok(b) => b,
             Err(e) => return Reload::Failed(one("", format!("cannot read {}: {e}", self.source.display()))),

@@ -102,11 +102,15 @@ async fn demo_serves_both_versions_and_exits_0_on_sigterm() {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("nexus demo is running: gateway http://") {
-                let _ = tx.send(rest.split(',').next().unwrap().to_string());
+                let (gw, admin) = rest.split_once(", admin http://").unwrap();
+                let _ = tx.send((gw.to_string(), admin.to_string()));
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("demo did not start");
+    let (addr, admin) = rx.recv_timeout(Duration::from_secs(20)).expect("demo did not start");
+    // The built-in config has nothing to re-read: a reload finds it unchanged.
+    let (status, _, body) = support::post_json(&format!("http://{admin}/admin/reload"), None).await;
+    assert_eq!((status.as_u16(), &body["result"]), (200, &serde_json::json!("unchanged")), "{body}");
     let (mut v1, mut v2) = (0, 0);
     for _ in 0..200 {
         let (status, _, text) = support::get(&format!("http://{addr}/")).await;
