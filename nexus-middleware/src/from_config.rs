@@ -180,7 +180,7 @@ impl AuthSpec {
             KeySource::Secret(_) => ".secret_env",
             _ => "",
         };
-        JwtAuth::new(config).map_err(|e| ConfigError::new(self.path(field), e))
+        JwtAuth::new(config).map_err(|e| ConfigError::new(self.path(field), e.to_string()))
     }
 
     fn path(&self, field: &str) -> String {

@@ -307,11 +307,36 @@ struct RawHeader {
     kid: Option<String>,
 }
 
+/// Why a [`JwtConfig`] cannot make a [`JwtAuth`]: each is a policy that could never verify
+/// a token safely, refused when it is built rather than at the first request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtConfigError {
+    /// `algorithms` is empty.
+    #[error("at least one algorithm is required")]
+    NoAlgorithm,
+    /// An HMAC secret shorter than [`MIN_SECRET`] bytes.
+    #[error("an HMAC secret must be at least {MIN_SECRET} bytes (RFC 7518 §3.2); this one has {0}")]
+    ShortSecret(usize),
+    /// An HMAC secret beside an asymmetric algorithm (the `[RS256]` default, say).
+    #[error("an HMAC secret verifies HS256, HS384 or HS512 only, not {0:?}")]
+    SecretWithAsymmetric(Algorithm),
+    /// An HS* algorithm beside public keys or a JWKS (algorithm confusion).
+    #[error("{0:?} needs an HMAC secret; public keys and JWKS verify asymmetric algorithms")]
+    HmacWithoutSecret(Algorithm),
+    /// The keys could not be read (a PEM or JWKS that does not parse, a bad JWKS URL).
+    #[error("{0}")]
+    Keys(String),
+}
+
 impl JwtAuth {
     /// Load the keys (a JWKS URL is fetched in the background) and prepare validation.
-    pub fn new(config: JwtConfig) -> Result<Self, String> {
+    ///
+    /// # Errors
+    /// A policy that could never verify safely ([`JwtConfigError`]).
+    pub fn new(config: JwtConfig) -> Result<Self, JwtConfigError> {
         if config.algorithms.is_empty() {
-            return Err("at least one algorithm is required".into());
+            return Err(JwtConfigError::NoAlgorithm);
         }
         // Safe by construction: an HMAC secret verifies HS* only and is long enough to be one;
         // public keys and JWKS verify asymmetric algorithms only (no algorithm confusion).
@@ -319,24 +344,19 @@ impl JwtAuth {
         match &config.keys {
             KeySource::Secret(secret) => {
                 if secret.len() < MIN_SECRET {
-                    return Err(format!(
-                        "an HMAC secret must be at least {MIN_SECRET} bytes (RFC 7518 §3.2); this one has {}",
-                        secret.len()
-                    ));
+                    return Err(JwtConfigError::ShortSecret(secret.len()));
                 }
                 if let Some(a) = config.algorithms.iter().find(|a| !hmac(a)) {
-                    return Err(format!("an HMAC secret verifies HS256, HS384 or HS512 only, not {a:?}"));
+                    return Err(JwtConfigError::SecretWithAsymmetric(*a));
                 }
             }
             _ => {
                 if let Some(a) = config.algorithms.iter().find(|a| hmac(a)) {
-                    return Err(format!(
-                        "{a:?} needs an HMAC secret; public keys and JWKS verify asymmetric algorithms"
-                    ));
+                    return Err(JwtConfigError::HmacWithoutSecret(*a));
                 }
             }
         }
-        let store = KeyStore::new(&config.keys, config.jwks.clone())?;
+        let store = KeyStore::new(&config.keys, config.jwks.clone()).map_err(JwtConfigError::Keys)?;
         let validations = config
             .algorithms
             .iter()

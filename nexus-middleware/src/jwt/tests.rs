@@ -176,7 +176,7 @@ async fn hs256_signed_with_the_rsa_public_key_fails() {
     // A careless policy that allows HS256 beside a public key is refused when it is built.
     let careless =
         JwtAuth::new(config(KeySource::PublicKeyPem(RSA1_PUB.to_vec()), vec![Algorithm::RS256, Algorithm::HS256]));
-    assert!(careless.unwrap_err().contains("HS256 needs an HMAC secret"));
+    assert_eq!(careless.unwrap_err(), JwtConfigError::HmacWithoutSecret(Algorithm::HS256));
     // The genuine RS256 token passes with the same PEM.
     assert!(pem.verify(with_token(&rs256("any", RSA1, &claims(serde_json::json!({})))).headers()).is_ok());
 }
@@ -276,13 +276,18 @@ fn unsafe_policies_are_refused_when_they_are_built() {
     // An HMAC secret with the default algorithms (RS256), or too short, or empty.
     let default_algs =
         JwtAuth::new(JwtConfig { keys: secret(b"0123456789abcdef0123456789abcdef"), ..JwtConfig::default() });
-    assert!(default_algs.unwrap_err().contains("HS256, HS384 or HS512 only"));
+    assert_eq!(default_algs.unwrap_err(), JwtConfigError::SecretWithAsymmetric(Algorithm::RS256));
     for short in [&b""[..], b"x", b"0123456789abcdef0123456789abcde"] {
         let e = JwtAuth::new(config(secret(short), vec![Algorithm::HS256])).unwrap_err();
-        assert!(e.contains("at least 32 bytes"), "{} bytes: {e}", short.len());
+        assert_eq!(e, JwtConfigError::ShortSecret(short.len()));
+        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
     }
     let jwks_hs = JwtAuth::new(config(KeySource::Jwks(JWKS1.into()), vec![Algorithm::HS256]));
-    assert!(jwks_hs.unwrap_err().contains("needs an HMAC secret"));
+    assert_eq!(jwks_hs.unwrap_err(), JwtConfigError::HmacWithoutSecret(Algorithm::HS256));
+    let none = JwtAuth::new(config(KeySource::Jwks(JWKS1.into()), vec![]));
+    assert_eq!(none.unwrap_err(), JwtConfigError::NoAlgorithm);
+    let garbage = JwtAuth::new(config(KeySource::Jwks("not json".into()), vec![Algorithm::RS256]));
+    assert!(matches!(garbage.unwrap_err(), JwtConfigError::Keys(_)));
 }
 
 #[test]
