@@ -35,3 +35,5 @@ pub const CONFIG_RELOADS_TOTAL: &str = "nexus_config_reloads_total";
 pub const CONFIG_VERSION_INFO: &str = "nexus_config_version_info";
 /// `nexus_build_info{version}` gauge.
 pub const BUILD_INFO: &str = "nexus_build_info";
+/// `nexus_jwt_cache_requests_total{result}` counter: verified-token cache lookups, `hit` or `miss`.
+pub const JWT_CACHE_REQUESTS_TOTAL: &str = "nexus_jwt_cache_requests_total";

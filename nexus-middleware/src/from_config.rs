@@ -21,7 +21,7 @@
 //! assert_eq!(limiter.config().requests, 10);
 //! ```
 
-use crate::jwt::{JwtAuth, JwtConfig, KeySource, TokenSource};
+use crate::jwt::{JwksOptions, JwtAuth, JwtConfig, KeySource, TokenSource};
 use crate::rate_limit::{RateLimitConfig, RateLimiter};
 use ipnet::IpNet;
 use nexus_core::config::{self as file, ConfigError, Env};
@@ -166,7 +166,8 @@ impl AuthSpec {
             required_claims: j.required_claims.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             token_sources,
             strip_authorization: j.strip_authorization,
-            ..JwtConfig::default()
+            jwks: JwksOptions { unknown_kid_cooldown: j.unknown_kid_cooldown.as_std(), ..JwksOptions::default() },
+            cache_size: j.cache_size,
         })
     }
 

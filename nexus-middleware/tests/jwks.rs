@@ -69,13 +69,13 @@ async fn issuer(doc: &'static str, delay: Duration) -> Issuer {
     issuer
 }
 
-fn auth(url: &str, min_refetch: Duration) -> JwtAuth {
+fn auth(url: &str, cooldown: Duration) -> JwtAuth {
     JwtAuth::new(JwtConfig {
         algorithms: vec![Algorithm::RS256],
         keys: KeySource::JwksUrl(url.into()),
         jwks: JwksOptions {
             min_refresh: Duration::from_millis(200),
-            min_refetch_interval: min_refetch,
+            unknown_kid_cooldown: cooldown,
             fetch_timeout: Duration::from_secs(2),
             ..JwksOptions::default()
         },
@@ -158,4 +158,37 @@ async fn a_flood_of_unknown_kids_does_not_flood_the_issuer() {
     let fetched = iss.fetches.load(Ordering::SeqCst) - before;
     // One shared refetch (plus, at most, the background refresh that max-age=1 s schedules).
     assert!((1..=2).contains(&fetched), "{fetched} fetches for 200 requests with unknown kids");
+}
+
+#[tokio::test]
+async fn a_key_published_right_after_start_up_is_accepted_at_once() {
+    // The default cooldown (5 s): the start-up fetch must not start it.
+    let iss = issuer(JWKS1, Duration::ZERO).await;
+    let auth = auth(&iss.url, Duration::from_secs(5));
+    assert!(auth.authenticate(&token("key-1", RSA1)).await.is_ok(), "the start-up fetch");
+    // The start-up fetch is over (and requests that came before it waited for it).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    *iss.doc.lock().unwrap() = JWKS12;
+    assert!(auth.authenticate(&token("key-2", RSA2)).await.is_ok(), "no blind window after start-up");
+}
+
+#[tokio::test]
+async fn distinct_unknown_kids_cost_one_fetch_per_cooldown() {
+    let iss = issuer(JWKS1, Duration::from_millis(50)).await;
+    let auth = auth(&iss.url, Duration::from_secs(5));
+    assert!(auth.authenticate(&token("key-1", RSA1)).await.is_ok());
+    let before = iss.fetches.load(Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (a, h) = (auth.clone(), token(&format!("random-{i}"), RSA1));
+        tasks.push(tokio::spawn(async move { a.authenticate(&h).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap_err(), Reason::UnknownKey);
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let fetched = iss.fetches.load(Ordering::SeqCst) - before;
+    // One unknown-kid fetch (plus, at most, the background refresh that max-age=1 s schedules).
+    assert!((1..=2).contains(&fetched), "{fetched} fetches for 200 distinct unknown kids");
 }

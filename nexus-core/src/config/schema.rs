@@ -481,6 +481,14 @@ pub struct JwtConfig {
     /// Remove `Authorization` before forwarding. Default false.
     #[serde(default)]
     pub strip_authorization: bool,
+    /// Verified tokens kept, so a token seen before is not verified again (expiry and
+    /// required claims are still checked on every use). 0 turns the cache off. Default 10000.
+    #[serde(default = "default_jwt_cache_size")]
+    pub cache_size: usize,
+    /// At most one JWKS fetch per this long caused by tokens naming an unknown `kid`
+    /// (start-up and periodic fetches do not count). Default `5s`.
+    #[serde(default = "default_unknown_kid_cooldown")]
+    pub unknown_kid_cooldown: Duration,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -520,6 +528,14 @@ pub struct RateLimitConfig {
 
 fn default_backend_timeout() -> Duration {
     Duration::from_millis(100)
+}
+
+fn default_jwt_cache_size() -> usize {
+    10_000
+}
+
+fn default_unknown_kid_cooldown() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_rl_key() -> String {

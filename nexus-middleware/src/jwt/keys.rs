@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -121,9 +122,19 @@ pub(crate) struct KeyStore {
     current: ArcSwap<KeySet>,
     source: Source,
     options: JwksOptions,
-    /// When keys were last (re)loaded on demand; one refetch at a time, at most one per
-    /// `min_refetch_interval`, and every waiting request shares its result.
+    /// When keys were last fetched because of an unknown `kid`; one fetch at a time, at
+    /// most one such per `unknown_kid_cooldown`, and every waiting request shares its
+    /// result. (The start-up and periodic fetches take the lock but leave the time alone.)
     refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped after every change of the key set: a verified-token cache entry made under an
+    /// older generation is not used.
+    generation: AtomicU64,
+}
+
+/// Whether the keys were loaded when the store was made.
+enum SourceKind {
+    Loaded,
+    Url,
 }
 
 enum Source {
@@ -145,6 +156,7 @@ impl std::fmt::Debug for KeyStore {
 
 impl KeyStore {
     pub(crate) fn new(source: &KeySource, options: JwksOptions) -> Result<Arc<Self>, String> {
+        let source_kind = if matches!(source, KeySource::JwksUrl(_)) { SourceKind::Url } else { SourceKind::Loaded };
         let (set, source) = match source {
             KeySource::Secret(s) => (KeySet::secret(s), Source::Fixed),
             KeySource::PublicKeyPem(pem) => (KeySet::pem(pem)?, Source::Fixed),
@@ -162,6 +174,8 @@ impl KeyStore {
             source,
             options,
             refetch: tokio::sync::Mutex::new(None),
+            // 0: nothing loaded yet (a JWKS URL before its first fetch).
+            generation: AtomicU64::new(u64::from(!matches!(source_kind, SourceKind::Url))),
         });
         if !matches!(store.source, Source::Fixed)
             && let Ok(handle) = tokio::runtime::Handle::try_current()
@@ -175,6 +189,12 @@ impl KeyStore {
         self.current.load()
     }
 
+    /// The key set's generation. Read it *before* [`keys`](Self::keys): a result verified
+    /// with those keys is then never filed under a newer generation than theirs.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Reload because a token named a key we do not have. Returns whether the set changed.
     pub(crate) async fn refetch(&self) -> bool {
         if matches!(self.source, Source::Fixed) {
@@ -186,10 +206,14 @@ impl KeyStore {
             // Another request's refetch finished while this one waited: use its result.
             return true;
         }
-        if last.is_some_and(|at| at.elapsed() < self.options.min_refetch_interval) {
+        if last.is_some_and(|at| at.elapsed() < self.options.unknown_kid_cooldown) {
             return false;
         }
-        *last = Some(Instant::now());
+        // Before the first keys arrived, a token's kid is not "unknown" yet: this fetch stands
+        // in for the start-up one and starts no cooldown.
+        if self.generation() > 0 {
+            *last = Some(Instant::now());
+        }
         self.reload().await.is_ok()
     }
 
@@ -209,6 +233,7 @@ impl KeyStore {
             Ok((set, max_age)) => {
                 tracing::debug!(keys = set.len(), "JWT keys loaded");
                 self.current.store(Arc::new(set));
+                self.generation.fetch_add(1, Ordering::Release);
                 Ok(max_age)
             }
             Err(e) => {
@@ -248,15 +273,15 @@ async fn refresher(store: Weak<KeyStore>) {
             Source::Url(_) => {
                 let o = &s.options;
                 // The first fetch holds the refetch lock: requests that arrive before
-                // the keys do wait for it instead of failing or fetching again.
+                // the keys do wait for it instead of failing or fetching again. It does not
+                // start the unknown-kid cooldown: a key the issuer publishes right after
+                // start-up is fetched at once when a token names it.
                 let guard = if first { Some(s.refetch.lock().await) } else { None };
                 let result = s.reload().await;
-                if let Some(mut g) = guard {
-                    *g = Some(Instant::now());
-                }
+                drop(guard);
                 match result {
                     Ok(max_age) => max_age.unwrap_or(o.refresh_interval).clamp(o.min_refresh, o.max_refresh),
-                    Err(_) => o.min_refetch_interval.max(Duration::from_secs(1)),
+                    Err(_) => o.unknown_kid_cooldown.max(Duration::from_secs(1)),
                 }
             }
         };

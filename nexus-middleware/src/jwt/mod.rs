@@ -117,8 +117,9 @@ pub struct JwksOptions {
     pub min_refresh: Duration,
     /// See `min_refresh`.
     pub max_refresh: Duration,
-    /// Least time between two refetches caused by unknown `kid`s. Default 30 s.
-    pub min_refetch_interval: Duration,
+    /// Least time between two fetches caused by tokens naming an unknown `kid` (start-up
+    /// and periodic fetches do not count, so they never delay a rotation). Default 5 s.
+    pub unknown_kid_cooldown: Duration,
     /// Timeout of one fetch. Default 5 s.
     pub fetch_timeout: Duration,
     /// How often a JWKS file is checked for changes. Default 1 s.
@@ -131,7 +132,7 @@ impl Default for JwksOptions {
             refresh_interval: Duration::from_secs(300),
             min_refresh: Duration::from_secs(60),
             max_refresh: Duration::from_secs(86_400),
-            min_refetch_interval: Duration::from_secs(30),
+            unknown_kid_cooldown: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(5),
             file_poll_interval: Duration::from_secs(1),
         }
@@ -162,6 +163,8 @@ pub struct JwtConfig {
     pub strip_authorization: bool,
     /// Key refresh settings.
     pub jwks: JwksOptions,
+    /// Verified tokens kept (see [`JwtAuth`]); 0: every request is verified. Default 10,000.
+    pub cache_size: usize,
 }
 
 impl Default for JwtConfig {
@@ -177,6 +180,7 @@ impl Default for JwtConfig {
             token_sources: vec![TokenSource::Authorization],
             strip_authorization: false,
             jwks: JwksOptions::default(),
+            cache_size: 10_000,
         }
     }
 }
@@ -298,6 +302,29 @@ struct Inner {
     store: Arc<KeyStore>,
     /// One prepared `Validation` per allowed algorithm (no per-request setup).
     validations: Vec<(Algorithm, Validation)>,
+    /// Verified tokens by the whole token (`None`: `cache_size` 0).
+    cache: Option<quick_cache::sync::Cache<Box<str>, Verified>>,
+    /// `nexus_jwt_cache_requests_total{result="hit"}` and `{result="miss"}`.
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+}
+
+/// A token that passed verification, as the cache keeps it.
+#[derive(Debug, Clone)]
+struct Verified {
+    /// The key set's generation it was verified under (a newer one makes it a miss).
+    generation: u64,
+    claims: VerifiedClaims,
+    /// `exp` and `nbf`, seconds since the epoch: checked again on every use.
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// A numeric claim as whole seconds.
+fn seconds(claims: &Map<String, Value>, name: &str) -> Option<u64> {
+    let v = claims.get(name)?;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
 #[derive(serde::Deserialize)]
@@ -379,7 +406,10 @@ impl JwtAuth {
                 (alg, v)
             })
             .collect();
-        Ok(Self { inner: Arc::new(Inner { config, store, validations }) })
+        let cache = (config.cache_size > 0).then(|| quick_cache::sync::Cache::new(config.cache_size));
+        let counter = |result: &'static str| metrics::counter!(nexus_core::metric_names::JWT_CACHE_REQUESTS_TOTAL, "result" => result);
+        let (hits, misses) = (counter("hit"), counter("miss"));
+        Ok(Self { inner: Arc::new(Inner { config, store, validations, cache, hits, misses }) })
     }
 
     /// The policy.
@@ -400,11 +430,58 @@ impl JwtAuth {
 
     /// Verify with the keys in force now (no waiting). `UnknownKey` may pass
     /// after [`JwtAuth::authenticate`] refetches the keys.
+    ///
+    /// A token verified before under the same key set comes from the cache (`cache_size`):
+    /// its signature is not checked again, its `exp`/`nbf` (with leeway) and the required
+    /// claims are, on every use.
     pub fn verify(&self, headers: &HeaderMap) -> Result<VerifiedClaims, Reason> {
         let token = self.token(headers).filter(|t| !t.is_empty()).ok_or(Reason::Missing)?;
+        let claims = self.verified(token)?;
+        self.check_required(claims.as_map())?;
+        Ok(claims)
+    }
+
+    /// `token`'s claims: from the cache when it was verified under the keys in force now,
+    /// else verified (and kept).
+    fn verified(&self, token: &str) -> Result<VerifiedClaims, Reason> {
+        let inner = &*self.inner;
+        let Some(cache) = &inner.cache else {
+            return self.verify_token(token).map(VerifiedClaims::new);
+        };
+        // Before the keys are read (see `KeyStore::generation`).
+        let generation = inner.store.generation();
+        if let Some(v) = cache.get(token).filter(|v| v.generation == generation) {
+            inner.hits.increment(1);
+            self.check_times(v.exp, v.nbf)?;
+            return Ok(v.claims);
+        }
+        inner.misses.increment(1);
         let claims = self.verify_token(token)?;
-        self.check_required(&claims)?;
-        Ok(VerifiedClaims::new(claims))
+        let (exp, nbf) = (seconds(&claims, "exp"), seconds(&claims, "nbf"));
+        let claims = VerifiedClaims::new(claims);
+        if let Some(exp) = exp {
+            cache.insert(token.into(), Verified { generation, claims: claims.clone(), exp, nbf });
+        }
+        Ok(claims)
+    }
+
+    /// Tokens in the cache.
+    #[cfg(test)]
+    fn cached(&self) -> u64 {
+        self.inner.cache.as_ref().map_or(0, |c| c.len() as u64)
+    }
+
+    /// `exp` and `nbf` of a cached token against the clock, as verification checks them.
+    fn check_times(&self, exp: u64, nbf: Option<u64>) -> Result<(), Reason> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let leeway = self.inner.config.leeway.as_secs();
+        if exp.saturating_add(leeway) < now {
+            return Err(Reason::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(Reason::NotYetValid);
+        }
+        Ok(())
     }
 
     /// Verify, refetching the keys once (shared, rate-limited) when the token

@@ -295,3 +295,40 @@ fn a_jwks_with_a_secret_key_is_not_trusted_for_hmac() {
     let set = keys::KeySet::jwks(br#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#).unwrap();
     assert_eq!(set.len(), 0);
 }
+
+#[tokio::test]
+async fn a_cached_token_is_still_checked_for_expiry_and_required_claims() {
+    let auth = JwtAuth::new(JwtConfig {
+        leeway: Duration::ZERO,
+        ..config(KeySource::Jwks(JWKS1.into()), vec![Algorithm::RS256])
+    })
+    .unwrap();
+    // Valid for one more second.
+    let short = rs256("key-1", RSA1, &claims(serde_json::json!({ "exp": now() + 1 })));
+    assert!(auth.verify(with_token(&short).headers()).is_ok());
+    assert!(auth.verify(with_token(&short).headers()).is_ok(), "the second use is a cache hit");
+    assert_eq!(auth.cached(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(auth.verify(with_token(&short).headers()).unwrap_err(), Reason::Expired, "cached, and expired");
+    // Required claims are checked on every use, cached or not.
+    let no_scope = rs256("key-1", RSA1, &claims(serde_json::json!({ "scope": "write" })));
+    for _ in 0..2 {
+        assert_eq!(auth.verify(with_token(&no_scope).headers()).unwrap_err(), Reason::Forbidden);
+    }
+    // A token that fails verification is never cached.
+    let forged = rs256("key-1", RSA2, &claims(serde_json::json!({})));
+    assert_eq!(auth.verify(with_token(&forged).headers()).unwrap_err(), Reason::BadSignature);
+    assert_eq!(auth.cached(), 2, "the short token and the one without the scope, not the forged one");
+}
+
+#[test]
+fn cache_size_0_verifies_every_request() {
+    let auth =
+        JwtAuth::new(JwtConfig { cache_size: 0, ..config(KeySource::Jwks(JWKS1.into()), vec![Algorithm::RS256]) })
+            .unwrap();
+    let token = rs256("key-1", RSA1, &claims(serde_json::json!({})));
+    for _ in 0..3 {
+        assert!(auth.verify(with_token(&token).headers()).is_ok());
+    }
+    assert_eq!(auth.cached(), 0);
+}
