@@ -1,5 +1,5 @@
 //! End-to-end latency of the `nexus` binary: RPS, P50/P95/P99/P99.9 and errors
-//! for four scenarios, measured with a load generator written on hyper.
+//! for five scenarios, measured with a load generator written on hyper.
 //!
 //! ```sh
 //! cargo bench -p nexus-benches --bench p99                      # all scenarios, 5 s each
@@ -12,7 +12,10 @@
 //! - `bare_proxy`: through `nexus` with one route;
 //! - `full_chain`: through `nexus` with request id, metrics, a rate limit, a circuit breaker
 //!   and HS256 JWT verification on the route;
-//! - `c1000`: the full chain with 1,000 concurrent connections.
+//! - `c1000`: the full chain with 1,000 concurrent connections;
+//! - `jwt_misses`: the full chain with 20,000 distinct tokens taken in turn, twice the
+//!   verified-token cache: every request is verified (the miss-heavy case beside
+//!   `full_chain`'s one token, which the cache serves).
 //!
 //! Two load models: closed loop (every connection sends its next request when the last
 //! answer arrives, like `hey -c N`), and open loop (requests are due at a fixed rate and
@@ -171,15 +174,23 @@ fn full_config(up: SocketAddr) -> String {
     )
 }
 
-fn token() -> String {
-    let claims = serde_json::json!({"sub": "bench-user", "iss": "bench", "aud": "nexus", "exp": 4_000_000_000u64});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
+/// `Authorization` values for `n` distinct tokens (`sub` differs).
+fn tokens(n: usize) -> Tokens {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    let all: Vec<http::HeaderValue> = (0..n)
+        .map(|i| {
+            let claims =
+                serde_json::json!({"sub": format!("bench-user-{i}"), "iss": "bench", "aud": "nexus", "exp": 4_000_000_000u64});
+            let token = jsonwebtoken::encode(&header, &claims, &key).expect("token");
+            http::HeaderValue::try_from(format!("Bearer {token}")).expect("header value")
+        })
+        .collect();
+    Arc::from(all)
 }
+
+/// The `Authorization` values a scenario sends, in turn.
+type Tokens = Arc<[http::HeaderValue]>;
 
 #[derive(Debug, Default)]
 struct Sample {
@@ -191,11 +202,12 @@ struct Sample {
 /// at `start + offset + k * interval`, and its latency counts from then.
 async fn connection(
     addr: SocketAddr,
-    auth: Option<Arc<str>>,
+    auth: Option<Tokens>,
     start: Instant,
     end: Instant,
     interval: Option<Duration>,
     offset: Duration,
+    first_token: usize,
 ) -> Sample {
     let mut sample = Sample::default();
     let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
@@ -223,7 +235,9 @@ async fn connection(
         k += 1;
         let mut req = Request::get("/bench").header("host", "bench.local");
         if let Some(t) = &auth {
-            req = req.header("authorization", format!("Bearer {t}"));
+            // Connections start at different tokens and take the next one each request.
+            let i = (first_token + usize::try_from(k).unwrap_or(0)) % t.len();
+            req = req.header("authorization", t[i].clone());
         }
         let req = req.body(Empty::<Bytes>::new()).expect("request");
         if sender.ready().await.is_err() {
@@ -265,7 +279,7 @@ struct Result_ {
 async fn run(
     scenario: &str,
     addr: SocketAddr,
-    auth: Option<Arc<str>>,
+    auth: Option<Tokens>,
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
@@ -278,7 +292,9 @@ async fn run(
         // Spread the open-loop connections over one interval so requests are evenly due.
         let offset = interval
             .map_or(Duration::ZERO, |iv| iv * u32::try_from(i).unwrap_or(0) / u32::try_from(connections).unwrap_or(1));
-        tasks.push(tokio::spawn(connection(addr, auth.clone(), start, end, interval, offset)));
+        // Spread the connections over the tokens (each takes the next one per request).
+        let first_token = auth.as_ref().map_or(0, |t| i * t.len() / connections.max(1));
+        tasks.push(tokio::spawn(connection(addr, auth.clone(), start, end, interval, offset, first_token)));
     }
     let mut all = Vec::new();
     let mut errors = 0;
@@ -326,12 +342,14 @@ fn main() {
         let up = upstream().await;
         let bare = gateway(&bin, &bare_config(up));
         let full = gateway(&bin, &full_config(up));
-        let token: Arc<str> = token().into();
-        let scenarios: Vec<(&str, SocketAddr, Option<Arc<str>>, usize)> = vec![
+        let token = tokens(1);
+        let many = tokens(20_000);
+        let scenarios: Vec<(&str, SocketAddr, Option<Tokens>, usize)> = vec![
             ("direct", up, None, o.connections),
             ("bare_proxy", bare.addr, None, o.connections),
             ("full_chain", full.addr, Some(Arc::clone(&token)), o.connections),
             ("c1000", full.addr, Some(Arc::clone(&token)), 1000),
+            ("jwt_misses", full.addr, Some(many), o.connections),
         ];
         println!("nexus p99 bench: {} s per run, upstream {up}", o.duration.as_secs_f64());
         let mut results = Vec::new();
