@@ -261,16 +261,21 @@ async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
+/// One catch-all route to the upstream named `raw`.
+const RAW_ROUTE: &str = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: raw\n";
+
+/// The same request on the lean path (no body) and on hyper's (a body).
+const BOTH_PATHS: [(&str, &[u8]); 2] = [
+    ("lean (no body)", b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("hyper (a body)", b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+];
+
 #[tokio::test]
 async fn an_upstreams_unasked_for_switch_is_a_502_on_both_paths() {
     let addr =
         raw_upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nraw bytes").await;
-    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: sw\n";
-    let gw = gateway(&config(&[("sw", format!("http://{addr}"))], routes));
-    for (what, request) in [
-        ("lean (no body)", &b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..]),
-        ("hyper (a body)", b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
-    ] {
+    let gw = gateway(&config(&[("raw", format!("http://{addr}"))], RAW_ROUTE));
+    for (what, request) in BOTH_PATHS {
         let res = raw(gw.addr, request).await;
         assert_eq!(status_of(&res), "502", "{what}: {res}");
         assert!(!res.contains("raw bytes"), "{what}: nothing of the switched protocol reaches the client: {res}");
@@ -281,12 +286,8 @@ async fn an_upstreams_unasked_for_switch_is_a_502_on_both_paths() {
 async fn the_gateway_answers_in_its_own_http_version_whatever_the_upstream_speaks() {
     // RFC 9110 §6.2: an intermediary sends its own version, not the upstream's.
     let addr = raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let routes = "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: old\n";
-    let gw = gateway(&config(&[("old", format!("http://{addr}"))], routes));
-    for (what, request) in [
-        ("lean (no body)", &b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..]),
-        ("hyper (a body)", b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
-    ] {
+    let gw = gateway(&config(&[("raw", format!("http://{addr}"))], RAW_ROUTE));
+    for (what, request) in BOTH_PATHS {
         let res = raw(gw.addr, request).await;
         assert!(res.starts_with("HTTP/1.1 200 "), "{what}: {res}");
         assert!(res.ends_with("ok"), "{what}: {res}");
