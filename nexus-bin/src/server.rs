@@ -5,7 +5,7 @@ use crate::reload::{self, Reloader};
 use crate::stack::{self, Shared};
 use nexus_core::config::{Config, Overrides};
 use nexus_health::ReadinessGate;
-use nexus_health::shutdown::{Phase, Shutdown};
+use nexus_health::shutdown::Shutdown;
 use nexus_proxy::ClientInfo;
 use nexus_proxy::http1::Server;
 use std::net::SocketAddr;
@@ -281,7 +281,9 @@ fn server(config: &Config) -> Server {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server) {
     let server = Arc::new(server);
-    let mut phase = shared.shutdown.subscribe();
+    // `stopping` looks at the current phase first: a worker thread that starts after the
+    // shutdown began (a loaded machine, drain_delay 0) still closes its copy of the listener.
+    let mut stopping = std::pin::pin!(nexus_health::shutdown::stopping(shared.shutdown.subscribe()));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -293,12 +295,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server)
                     continue;
                 }
             },
-            changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() == Phase::Stopping {
-                    break;
-                }
-                continue;
-            }
+            _ = stopping.as_mut() => break,
         };
         let _ = stream.set_nodelay(true);
         let tracked = shared.shutdown.tracker().track();
@@ -319,6 +316,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server)
 #[cfg(test)]
 mod tests {
     use super::worker_count;
+
+    #[tokio::test]
+    async fn an_accept_loop_started_after_shutdown_closes_its_listener() {
+        // A worker thread can start its loop after a quick SIGTERM (drain_delay 0s) has
+        // already reached Stopping: it must still close its copy of the listener.
+        let yaml = b"upstreams:\n  a:\n    endpoints: [{ url: http://127.0.0.1:1 }]\nroutes:\n  - name: r\n    paths: [{ path: / }]\n    upstream: a\n";
+        let config = nexus_core::config::Config::from_yaml(yaml).unwrap();
+        let shared = super::stack::shared(&config, super::ReadinessGate::new()).unwrap();
+        shared.shutdown.drain();
+        shared.shutdown.stop();
+        let listener = super::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ended = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::accept_loop(listener, std::sync::Arc::clone(&shared), super::server(&config)),
+        )
+        .await;
+        assert!(ended.is_ok(), "the accept loop did not see the shutdown");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is still open");
+    }
 
     #[test]
     fn worker_count_takes_a_number_or_defaults_to_the_cpus() {

@@ -190,6 +190,8 @@ async fn connection<S, B>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     let mut conn = pin!(conn);
     let mut phase = shutdown.subscribe();
+    // A connection accepted while draining looks at the phase once at the start.
+    phase.mark_changed();
     let mut told = false;
     loop {
         tokio::select! {

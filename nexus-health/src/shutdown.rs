@@ -146,6 +146,28 @@ impl Shutdown {
     }
 }
 
+/// Resolves once `phase` is [`Phase::Stopping`] (or its [`Shutdown`] is gone), looking at
+/// the current phase first: a loop that subscribes after the shutdown began still stops,
+/// where `changed()` alone would wait for a change that already happened.
+///
+/// ```
+/// use nexus_health::shutdown::{Shutdown, stopping};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let shutdown = Shutdown::new();
+/// shutdown.stop();
+/// // Subscribed after the change, and still resolves.
+/// stopping(shutdown.subscribe()).await;
+/// # }
+/// ```
+pub async fn stopping(mut phase: watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() != Phase::Stopping {
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

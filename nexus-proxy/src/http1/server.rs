@@ -355,7 +355,7 @@ async fn serve_lean<H: Handler>(
     handler: &H,
     conn: &Connection,
     (header_read_timeout, max_head): (Duration, usize),
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) -> Outcome {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
@@ -367,13 +367,7 @@ async fn serve_lean<H: Handler>(
     // Nothing served yet on this connection.
     let mut fresh = true;
     let mut timer = pin!(tokio::time::sleep(header_read_timeout));
-    let mut stopping = pin!(async move {
-        while *phase.borrow_and_update() != Phase::Stopping {
-            if phase.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    let mut stopping = pin!(nexus_health::shutdown::stopping(phase));
     loop {
         // Read one head, within header_read_timeout (hyper's semantics: from the moment a
         // head is awaited, so an idle keep-alive connection closes after it too).
