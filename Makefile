@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps check-deploy lint fmt clippy bench bench-router bench-p99 peer-bench fuzz fuzz-ci docker-build demo clean
+.PHONY: all build release test test-deps check-deploy check-features package lint fmt clippy bench bench-router bench-p99 peer-bench fuzz fuzz-ci docker-build demo clean
 
 all: build
 
@@ -27,6 +27,14 @@ test: test-deps
 ## Only the delivery checks.
 check-deploy: test-deps
 	./scripts/check-deploy.sh
+
+## Every feature combination a user may pick, checked (not built); see scripts/check-features.sh.
+check-features:
+	./scripts/check-features.sh
+
+## Each published crate packaged as crates.io would take it, and built from the package.
+package:
+	$(CARGO) package --workspace --exclude nexus-benches --allow-dirty
 
 lint: fmt clippy
 

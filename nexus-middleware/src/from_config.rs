@@ -21,6 +21,7 @@
 //! assert_eq!(limiter.config().requests, 10);
 //! ```
 
+#[cfg(feature = "jwt")]
 use crate::jwt::{JwksOptions, JwtAuth, JwtConfig, KeySource, TokenSource};
 use crate::rate_limit::{RateLimitConfig, RateLimiter};
 use ipnet::IpNet;
@@ -93,7 +94,7 @@ impl LimitSpec {
             Some(_) => {
                 return Err(ConfigError::new(
                     self.path(".backend"),
-                    "this build of nexus-middleware has no redis feature",
+                    "backend: redis needs nexus-middleware's `redis` feature, which this build does not have",
                 ));
             }
         };
@@ -105,7 +106,9 @@ impl LimitSpec {
     }
 }
 
-/// `auth.jwt.<name>` with its HMAC secret read from the environment.
+/// `auth.jwt.<name>` with its HMAC secret read from the environment (feature `jwt`).
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthSpec {
     name: String,
@@ -113,6 +116,7 @@ pub struct AuthSpec {
     secret: Option<String>,
 }
 
+#[cfg(feature = "jwt")]
 impl AuthSpec {
     /// Read the secret `secret_env` names, when it names one.
     pub fn resolve(name: &str, jwt: &file::JwtConfig, env: &dyn Env) -> Result<Self, ConfigError> {
@@ -213,6 +217,31 @@ mod tests {
         assert_eq!(spec.config().unwrap().requests, 5);
     }
 
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn a_redis_limit_without_the_feature_is_an_error_naming_it() {
+        let c = config(serde_json::json!({
+            "rate_limits": { "shared": { "requests": 5, "per": "1s", "backend": "redis", "redis_url_env": "RL_URL" } },
+        }));
+        let env = HashMap::from([("RL_URL".to_string(), "redis://127.0.0.1:6379".to_string())]);
+        let err = LimitSpec::resolve("shared", &c.rate_limits["shared"], &[], &env).unwrap().build().unwrap_err();
+        assert_eq!(err.path, "rate_limits.shared.backend");
+        assert!(err.message.contains("`redis` feature"), "{}", err.message);
+    }
+
+    #[cfg(all(feature = "jwt", not(feature = "jwks-url")))]
+    #[test]
+    fn a_jwks_url_without_the_feature_is_an_error_naming_it() {
+        let c = config(serde_json::json!({
+            "auth": { "jwt": { "idp": { "jwks_url": "https://issuer.example.com/jwks" } } },
+        }));
+        let spec = AuthSpec::resolve("idp", &c.auth.jwt["idp"], &HashMap::new()).unwrap();
+        let err = spec.build().unwrap_err();
+        assert_eq!(err.path, "auth.jwt.idp.jwks_url");
+        assert!(err.message.contains("`jwks-url` feature"), "{}", err.message);
+    }
+
+    #[cfg(feature = "jwt")]
     #[test]
     fn an_hmac_policy_reads_its_secret_and_changes_when_it_does() {
         let c = config(serde_json::json!({

@@ -36,6 +36,8 @@ macro_rules! inner_service_accessors {
 
 pub mod circuit_breaker;
 pub mod from_config;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
 pub mod rate_limit;
 pub mod request_id;
@@ -45,6 +47,7 @@ pub mod test_util;
 pub mod timeout;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+#[cfg(feature = "jwt")]
 pub use jwt::{JwtAuth, JwtAuthLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
 pub use request_id::{RequestId, RequestIdLayer};

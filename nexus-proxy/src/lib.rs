@@ -21,6 +21,39 @@
 //! # let _ = res;
 //! # }
 //! ```
+//!
+//! ## One dependency for the whole gateway
+//!
+//! The crates the gateway is built from are re-exported, so `nexus-proxy` alone in
+//! `[dependencies]` is enough to mount the config-built gateway and to use any of its
+//! Layers, probes or config types:
+//!
+//! ```
+//! use nexus_proxy::config::Config;
+//! use nexus_proxy::nexus_middleware::{RateLimitLayer, RateLimiter};
+//! use nexus_proxy::nexus_middleware::rate_limit::RateLimitConfig;
+//! let config = Config::from_json(serde_json::json!({ "routes": [] })).unwrap();
+//! assert!(config.routes.is_empty());
+//! let limit = RateLimitConfig { requests: 10, per: std::time::Duration::from_secs(1), ..Default::default() };
+//! let limiter = RateLimiter::local(limit).unwrap();
+//! let _layer = RateLimitLayer::new(limiter);
+//! ```
+//!
+//! Features (all on by default): `redis` (shared rate limits), `jwks-url` (JWKS fetched
+//! over HTTPS with rustls), `yaml` (`Config::from_yaml`); `axum` (off) also reads the client
+//! address from axum's `ConnectInfo`. A config that needs a feature this build lacks is
+//! refused when the gateway is built, with the field path and the feature's name.
+
+pub use nexus_core;
+pub use nexus_health;
+pub use nexus_middleware;
+
+/// The verified claims JWT authentication leaves on a request.
+pub use nexus_core::claims::VerifiedClaims;
+/// The client's address, as a server puts it on a request.
+pub use nexus_core::client::PeerAddr;
+/// The config model and its validation (`nexus_core::config`).
+pub use nexus_core::config;
 
 pub mod balance;
 pub mod body;

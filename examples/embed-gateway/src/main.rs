@@ -23,7 +23,7 @@ use axum::body::Body;
 #[cfg(test)]
 use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
-use nexus_core::config::{Config, ConfigErrors, Env, ProcessEnv};
+use nexus_proxy::config::{Config, ConfigErrors, Env, ProcessEnv};
 use nexus_proxy::{Gateway, GatewayService};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ routes:
 /// The app: its own `/hello`, and everything else through the gateway. `env`
 /// holds the `*_env` secrets (the process environment when run).
 fn app(upstream: &str, env: &dyn Env) -> Result<Router, ConfigErrors> {
-    let gateway = Gateway::<Body>::with_env(&config(upstream), nexus_core::rng::Rng::from_entropy(), env)?;
+    let gateway = Gateway::<Body>::with_env(&config(upstream), nexus_proxy::nexus_core::rng::Rng::from_entropy(), env)?;
     let gateway = GatewayService::new(Arc::new(gateway));
     Ok(Router::new().route("/hello", get(|| async { "hello from the app" })).fallback_service(gateway))
 }

@@ -100,7 +100,9 @@ impl<'a> IntoIterator for &'a ConfigErrors {
 }
 
 /// A YAML document as the JSON value [`Config::from_json`] reads (see
-/// [`Config::from_yaml`]; the binary applies its overrides between the two).
+/// [`Config::from_yaml`]; the binary applies its overrides between the two). Feature `yaml`.
+#[cfg(feature = "yaml")]
+#[cfg_attr(docsrs, doc(cfg(feature = "yaml")))]
 pub fn yaml_document(bytes: &[u8]) -> Result<Value, ConfigErrors> {
     let one = |message: String| ConfigErrors(vec![ConfigError::new("", message)]);
     // An empty file is a file caught mid-write (or truncated by mistake), never a config:
@@ -138,7 +140,7 @@ impl Config {
     /// Parse and validate a YAML document, the file format of the `nexus` binary: an empty
     /// document, a syntax error (with its line and column) and a key given twice in one
     /// mapping (a second `routes:` would silently replace the first) are errors; then as
-    /// [`from_json`](Self::from_json).
+    /// [`from_json`](Self::from_json). Feature `yaml` (on by default).
     ///
     /// ```
     /// use nexus_core::config::Config;
@@ -146,6 +148,8 @@ impl Config {
     /// let errors = Config::from_yaml(yaml).unwrap_err().to_string();
     /// assert!(errors.contains("duplicate entry with key \"routes\""), "{errors}");
     /// ```
+    #[cfg(feature = "yaml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "yaml")))]
     pub fn from_yaml(bytes: &[u8]) -> Result<Config, ConfigErrors> {
         Self::from_json(yaml_document(bytes)?)
     }

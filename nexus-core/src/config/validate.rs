@@ -169,19 +169,13 @@ fn validate_jwt(p: &str, j: &JwtConfig, err: &mut impl FnMut(String, String)) {
         err(format!("{p}.algorithms"), "secret_env only works with HS256, HS384 or HS512".into());
     }
     if let Some(u) = &j.jwks_url {
-        match url::Url::parse(u) {
+        match crate::upstream::AbsoluteUrl::parse(u) {
             Ok(url) => {
-                let loopback = match url.host() {
-                    Some(url::Host::Domain(d)) => d == "localhost",
-                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
-                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
-                    None => false,
-                };
-                if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                if url.scheme != "https" && !(url.scheme == "http" && url.is_loopback()) {
                     err(format!("{p}.jwks_url"), "must be https (plain http only on loopback)".into());
                 }
             }
-            Err(e) => err(format!("{p}.jwks_url"), format!("invalid URL {u:?}: {e}")),
+            Err(e) => err(format!("{p}.jwks_url"), e),
         }
     }
     if let Some(h) = &j.token_header

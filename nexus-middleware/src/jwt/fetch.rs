@@ -1,25 +1,34 @@
 //! Fetching a JWKS over HTTP(S): hyper's pooled client with rustls (webpki
 //! roots), a timeout, a size cap, and the `Cache-Control: max-age` it answers.
+//! Only with the `jwks-url` feature; without it a JWKS URL is a build error that
+//! names the feature.
 
 use super::keys::KeySet;
-use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::Uri;
 use std::time::Duration;
+#[cfg(feature = "jwks-url")]
+use {
+    bytes::Bytes,
+    http::{Request, StatusCode, header},
+    http_body_util::{BodyExt, Empty, Limited},
+    hyper_rustls::HttpsConnector,
+    hyper_util::client::legacy::Client,
+    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_util::rt::TokioExecutor,
+};
 
 /// Largest JWKS document accepted.
+#[cfg(feature = "jwks-url")]
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
+#[cfg(feature = "jwks-url")]
 pub(crate) struct Fetcher {
     url: Uri,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     timeout: Duration,
 }
 
+#[cfg(feature = "jwks-url")]
 impl Fetcher {
     pub(crate) fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         let url: Uri = url.parse().map_err(|e| format!("invalid JWKS URL {url:?}: {e}"))?;
@@ -56,7 +65,28 @@ impl Fetcher {
     }
 }
 
+/// Without the `jwks-url` feature there is nothing to fetch with: no value of this type exists.
+#[cfg(not(feature = "jwks-url"))]
+pub(crate) enum Fetcher {}
+
+#[cfg(not(feature = "jwks-url"))]
+impl Fetcher {
+    pub(crate) fn new(url: &str, _timeout: Duration) -> Result<Self, String> {
+        Err(format!("fetching the JWKS URL {url:?} needs nexus-middleware's `jwks-url` feature"))
+    }
+
+    pub(crate) fn url(&self) -> &Uri {
+        match *self {}
+    }
+
+    #[allow(clippy::unused_async)]
+    pub(crate) async fn fetch(&self) -> Result<(KeySet, Option<Duration>), String> {
+        match *self {}
+    }
+}
+
 /// `max-age=N` from a `Cache-Control` value (`no-store`/`no-cache` mean 0).
+#[cfg_attr(not(feature = "jwks-url"), allow(dead_code))]
 fn max_age(v: &str) -> Option<Duration> {
     v.split(',').map(str::trim).find_map(|d| {
         if d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache") {

@@ -59,7 +59,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use ipnet::IpNet;
 use nexus_core::claims::VerifiedClaims;
 use nexus_core::client::{client_ip, peer_of};
-use nexus_core::config::OnBackendError;
 use nexus_core::{ErrorCode, GatewayError};
 use std::borrow::Cow;
 use std::fmt;
@@ -366,6 +365,8 @@ impl RateLimiter {
     }
 
     /// Drop the keys whose bucket is full again (done periodically by itself).
+    // Without the `redis` feature, `Local` is the only backend.
+    #[allow(irrefutable_let_patterns)]
     pub fn sweep(&self) {
         if let Backend::Local(l) = &self.inner.backend {
             l.sweep();
@@ -484,19 +485,6 @@ impl Future for Check {
             CheckState::Ready(d) => Poll::Ready(d.take().expect("Check polled after completion")),
             CheckState::Pending(f) => f.as_mut().poll(cx),
         }
-    }
-}
-
-/// What a backend failure decides.
-fn on_error(on: OnBackendError, limit: u32, fixed: Fixed) -> Decision {
-    Decision {
-        allowed: on == OnBackendError::Allow,
-        limit,
-        remaining: 0,
-        reset_secs: 0,
-        retry_after_secs: 1,
-        backend_error: true,
-        fixed,
     }
 }
 

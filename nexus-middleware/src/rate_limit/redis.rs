@@ -4,7 +4,7 @@
 //! answer in time, `on_backend_error` decides and the failure is logged (at
 //! most once every ten seconds, so an outage does not flood the log).
 
-use super::{BoxDecision, Decision, Fixed, KeyValue, RateLimitConfig, RateLimitError, ceil_secs, on_error};
+use super::{BoxDecision, Decision, Fixed, KeyValue, RateLimitConfig, RateLimitError, ceil_secs};
 use nexus_core::config::OnBackendError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -164,5 +164,18 @@ impl Shared {
                 "rate-limit backend (Redis) failed; applying on_backend_error"
             );
         }
+    }
+}
+
+/// What a backend failure decides.
+fn on_error(on: OnBackendError, limit: u32, fixed: Fixed) -> Decision {
+    Decision {
+        allowed: on == OnBackendError::Allow,
+        limit,
+        remaining: 0,
+        reset_secs: 0,
+        retry_after_secs: 1,
+        backend_error: true,
+        fixed,
     }
 }
