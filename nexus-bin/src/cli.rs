@@ -1,7 +1,7 @@
 //! The command line of SPEC §2.
 
 use crate::config_file::{self, LoadedConfig};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use nexus_core::config::{Env, Overrides, ProcessEnv};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,20 +15,39 @@ struct Cli {
     /// Config file (YAML). Env NEXUS_CONFIG wins over this flag.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Main listener address, e.g. 0.0.0.0:8080 (env NEXUS_LISTEN wins).
-    #[arg(long, global = true, value_name = "ADDR")]
-    listen: Option<String>,
-    /// Admin listener address, e.g. 127.0.0.1:9090 (env NEXUS_ADMIN_LISTEN wins).
-    #[arg(long, global = true, value_name = "ADDR")]
-    admin_listen: Option<String>,
-    /// Log level or tracing filter (env NEXUS_LOG_LEVEL wins).
-    #[arg(long, global = true, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// json or text (env NEXUS_LOG_FORMAT wins).
-    #[arg(long, global = true, value_name = "FORMAT")]
-    log_format: Option<String>,
+    #[command(flatten)]
+    serve: ServeFlags,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The flags of a running gateway: taken by `nexus` and `nexus demo`, not by `validate` or
+/// `explain`, which never listen or log (they would be accepted and ignored).
+#[derive(Debug, Clone, Args)]
+struct ServeFlags {
+    /// Main listener address, e.g. 0.0.0.0:8080 (env NEXUS_LISTEN wins).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin listener address, e.g. 127.0.0.1:9090 (env NEXUS_ADMIN_LISTEN wins).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Log level or tracing filter (env NEXUS_LOG_LEVEL wins).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// json or text (env NEXUS_LOG_FORMAT wins).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+impl ServeFlags {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,16 +65,20 @@ enum Command {
         headers: Vec<String>,
     },
     /// Gateway plus two demo upstreams (v1, v2) on loopback, to try at once.
-    Demo,
+    Demo {
+        #[command(flatten)]
+        serve: ServeFlags,
+    },
 }
 
 impl Cli {
+    /// The running gateway's flags: `nexus demo --listen X` or `nexus --listen X demo`
+    /// (the subcommand's win).
     fn flag_overrides(&self) -> Overrides {
-        Overrides {
-            listen: self.listen.clone(),
-            admin_listen: self.admin_listen.clone(),
-            log_level: self.log_level.clone(),
-            log_format: self.log_format.clone(),
+        let top = self.serve.overrides();
+        match &self.command {
+            Some(Command::Demo { serve }) => serve.overrides().over(top),
+            _ => top,
         }
     }
 
@@ -109,7 +132,7 @@ pub(crate) fn run() -> ExitCode {
                 }
             }
         }
-        Some(Command::Demo) => crate::demo::run(overrides),
+        Some(Command::Demo { .. }) => crate::demo::run(overrides),
         None => {
             let path = cli.config_path(&env).or_else(|| {
                 let default = PathBuf::from("/etc/nexus/nexus.yaml");

@@ -83,6 +83,25 @@ fn explain_names_the_route_offline() {
 }
 
 #[test]
+fn validate_and_explain_take_no_listener_or_log_flags() {
+    // They never listen or log: a flag they would accept and ignore is refused instead.
+    let help = String::from_utf8_lossy(&nexus(&["validate", "--help"]).stdout).into_owned();
+    assert!(help.contains("--config"), "{help}");
+    for flag in ["--listen", "--admin-listen", "--log-level", "--log-format"] {
+        assert!(!help.contains(flag), "validate --help lists {flag}:\n{help}");
+    }
+    let out = nexus(&["validate", "--config", "x.yaml", "--listen", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The gateway and the demo still take them.
+    let top = String::from_utf8_lossy(&nexus(&["--help"]).stdout).into_owned();
+    let demo = String::from_utf8_lossy(&nexus(&["demo", "--help"]).stdout).into_owned();
+    for flag in ["--listen", "--admin-listen", "--log-level", "--log-format"] {
+        assert!(top.contains(flag) && demo.contains(flag), "{flag} missing:\n{top}\n{demo}");
+    }
+}
+
+#[test]
 fn version_flag_prints_the_version() {
     let out = nexus(&["--version"]);
     assert!(out.status.success());

@@ -52,4 +52,15 @@ pub use jwt::{JwtAuth, JwtAuthLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
 pub use request_id::{RequestId, RequestIdLayer};
 pub use retry::{Retry, RetryLayer};
-pub use timeout::{Timeout, TimeoutLayer};
+pub use timeout::{GatewayTimeout, GatewayTimeoutLayer};
+
+// The `nexus-core` types the Layers take or leave on a request, so that using a Layer needs
+// no second crate: the breaker's and retry's settings, the verified claims, the peer address.
+/// The circuit breaker's settings (from `nexus-core`).
+pub use nexus_core::breaker::BreakerConfig;
+/// What JWT authentication leaves on a request (from `nexus-core`).
+pub use nexus_core::claims::VerifiedClaims;
+/// The client's address, as a server puts it on a request (from `nexus-core`).
+pub use nexus_core::client::PeerAddr;
+/// The retry policy and budget (from `nexus-core`).
+pub use nexus_core::retry::{RetryBudget, RetryPolicy};

@@ -7,9 +7,9 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use nexus_middleware::timeout::TimeoutLayer;
+//! use nexus_middleware::timeout::GatewayTimeoutLayer;
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-//! let svc = ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_secs(2))).service_fn(|_req: http::Request<()>| async {
+//! let svc = ServiceBuilder::new().layer(GatewayTimeoutLayer::new(Duration::from_secs(2))).service_fn(|_req: http::Request<()>| async {
 //!     tokio::time::sleep(Duration::from_secs(5)).await;
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
 //! });
@@ -30,36 +30,44 @@ use std::time::Duration;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-/// Adds a [`Timeout`] to a service.
+/// This Layer's first name, which it shared with tower's and tower-http's.
+#[deprecated(note = "renamed GatewayTimeoutLayer: tower and tower-http have a TimeoutLayer too")]
+pub type TimeoutLayer = GatewayTimeoutLayer;
+
+/// This service's first name.
+#[deprecated(note = "renamed GatewayTimeout")]
+pub type Timeout<S> = GatewayTimeout<S>;
+
+/// Adds a [`GatewayTimeout`] to a service.
 #[derive(Debug, Clone, Copy)]
-pub struct TimeoutLayer {
+pub struct GatewayTimeoutLayer {
     timeout: Duration,
 }
 
-impl TimeoutLayer {
+impl GatewayTimeoutLayer {
     /// Answer 504 after `timeout`.
     pub const fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
+impl<S> Layer<S> for GatewayTimeoutLayer {
+    type Service = GatewayTimeout<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout { inner, timeout: self.timeout }
+        GatewayTimeout { inner, timeout: self.timeout }
     }
 }
 
 /// The timeout service.
 #[derive(Debug, Clone)]
-pub struct Timeout<S> {
+pub struct GatewayTimeout<S> {
     inner: S,
     timeout: Duration,
 }
 
-inner_service_accessors!(Timeout);
+inner_service_accessors!(GatewayTimeout);
 
-impl<S, B, ResB> Service<Request<B>> for Timeout<S>
+impl<S, B, ResB> Service<Request<B>> for GatewayTimeout<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     ResB: From<Bytes>,
@@ -79,7 +87,7 @@ where
 }
 
 pin_project! {
-    /// Response future of [`Timeout`].
+    /// Response future of [`GatewayTimeout`].
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -118,10 +126,12 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     fn slow(ms: u64) -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> {
-        ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(100))).service_fn(move |_req| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
-        })
+        ServiceBuilder::new().layer(GatewayTimeoutLayer::new(Duration::from_millis(100))).service_fn(
+            move |_req| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]

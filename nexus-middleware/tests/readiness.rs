@@ -11,7 +11,9 @@ use nexus_core::breaker::BreakerConfig;
 use nexus_core::retry::RetryPolicy;
 use nexus_middleware::jwt::{Algorithm, JwtAuth, JwtConfig, KeySource};
 use nexus_middleware::rate_limit::{RateLimitConfig, RateLimiter};
-use nexus_middleware::{CircuitBreakerLayer, JwtAuthLayer, RateLimitLayer, RequestIdLayer, RetryLayer, TimeoutLayer};
+use nexus_middleware::{
+    CircuitBreakerLayer, GatewayTimeoutLayer, JwtAuthLayer, RateLimitLayer, RequestIdLayer, RetryLayer,
+};
 use std::time::Duration;
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{Layer, Service};
@@ -72,7 +74,7 @@ async fn jwt_auth() {
 
 #[tokio::test]
 async fn timeout() {
-    passes_readiness_through(TimeoutLayer::new(Duration::from_secs(5))).await;
+    passes_readiness_through(GatewayTimeoutLayer::new(Duration::from_secs(5))).await;
 }
 
 #[tokio::test]

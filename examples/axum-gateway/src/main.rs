@@ -25,7 +25,7 @@ use nexus_core::retry::RetryPolicy;
 use nexus_health::{ReadinessGate, probe};
 use nexus_middleware::jwt::{Algorithm, JwtAuth, JwtAuthLayer, JwtConfig, KeySource};
 use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
-use nexus_middleware::{CircuitBreakerLayer, RequestIdLayer, RetryLayer, TimeoutLayer};
+use nexus_middleware::{CircuitBreakerLayer, GatewayTimeoutLayer, RequestIdLayer, RetryLayer};
 use nexus_proxy::{ClientInfo, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +69,7 @@ fn app_with_limit(upstream_addr: &str, gate: ReadinessGate, limit: RateLimiter) 
                 // reads axum's `ConnectInfo` (see `main`'s `into_make_service_with_connect_info`).
                 ServiceBuilder::new()
                     .layer(RateLimitLayer::new(limit).with_metric("api"))
-                    .layer(TimeoutLayer::new(Duration::from_secs(10)))
+                    .layer(GatewayTimeoutLayer::new(Duration::from_secs(10)))
                     .layer(RetryLayer::new(RetryPolicy::default()).with_metric("api"))
                     .layer(CircuitBreakerLayer::new(BreakerConfig::default())),
             ),

@@ -13,11 +13,10 @@
 
 use axum::http::StatusCode;
 use axum::{Extension, Router, routing::get};
-use nexus_core::{breaker::BreakerConfig, claims::VerifiedClaims};
 use nexus_health::{ReadinessGate, check::Readiness, layer::ProbesLayer, serve::GracefulServer, shutdown::Shutdown};
-use nexus_middleware::CircuitBreakerLayer;
 use nexus_middleware::jwt::{Algorithm, JwtAuth, JwtAuthLayer, JwtConfig, KeySource};
 use nexus_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
+use nexus_middleware::{BreakerConfig, CircuitBreakerLayer, VerifiedClaims};
 use std::time::Duration;
 
 /// The service: `requests` per minute per client IP (the address `GracefulServer` gives each
