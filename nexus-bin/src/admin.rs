@@ -87,9 +87,11 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
                 // Without a circuit_breaker block there is no breaker: traffic always passes.
                 "circuit": u.circuit_state().map_or("closed", nexus_core::breaker::State::as_str),
                 "in_flight": u.in_flight(),
-                "endpoints": u.endpoints().iter().map(|e| json!({
+                "endpoints": u.endpoints().iter().enumerate().map(|(i, e)| json!({
                     "url": e.url(),
                     "healthy": e.is_healthy(),
+                    // Outlier detection's ejection, as wall-clock time; null while in rotation.
+                    "ejected_until": u.ejected_for(i).map(|left| crate::reload::rfc3339(std::time::SystemTime::now() + left)),
                     "in_flight": e.in_flight(),
                     "idle_connections": e.idle_connections(),
                     "last_check": e.health().last_check().map(|c| json!({

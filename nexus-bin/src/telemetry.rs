@@ -70,6 +70,19 @@ fn describe() {
     describe_gauge!(VERSION_INFO, "1 for the running config version.");
     describe_gauge!(INFLIGHT, "Requests being served.");
     describe_gauge!(BUILD_INFO, "Build information.");
+    use nexus_core::metric_names as m;
+    describe_gauge!(m::UPSTREAM_ENDPOINT_EJECTED, "1 while outlier detection keeps the endpoint out of balancing.");
+    describe_counter!(m::OUTLIER_EJECTIONS_TOTAL, "Ejections by outlier detection, by endpoint.");
+    describe_counter!(m::UPSTREAM_RETRIES_TOTAL, "Retries sent to an upstream.");
+    describe_gauge!(m::CIRCUIT_BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open.");
+    describe_counter!(m::RATE_LIMITED_TOTAL, "Requests refused by a rate limit (429), by route and limit.");
+    describe_counter!(
+        m::RATE_LIMIT_UNKNOWN_CLIENT_TOTAL,
+        "Requests a per-client limit refused for want of a client address."
+    );
+    describe_counter!(m::AUTH_FAILURES_TOTAL, "Requests refused by JWT authentication, by route and reason.");
+    describe_counter!(m::MIRROR_REQUESTS_TOTAL, "Mirrored copies, by route, upstream and outcome.");
+    describe_counter!(m::JWT_CACHE_REQUESTS_TOTAL, "Verified-token cache lookups, hit or miss.");
 }
 
 /// Mark `version` as the running config (and `previous`, if any, as not).

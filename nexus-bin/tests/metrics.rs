@@ -11,11 +11,17 @@ use support::*;
 async fn metrics_have_the_spec_names_and_pass_promtool() {
     let up = upstream("app").await;
     let dead = format!("http://127.0.0.1:{}", closed_port());
-    let gw = gateway(&config(
+    // `dead` has outlier detection, so its ejection series exist too (and need help text).
+    let yaml = config(
         &[("app", up.url()), ("dead", dead)],
         "  - name: api\n    paths: [{ path: /api }]\n    strip_prefix: true\n    upstream: app\n\
          \x20 - name: broken\n    paths: [{ path: /broken }]\n    upstream: dead\n",
-    ));
+    )
+    .replace(
+        "\nroutes:",
+        "\n    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\nroutes:",
+    );
+    let gw = gateway(&yaml);
     for _ in 0..3 {
         assert_eq!(get(&gw.url("/api/x")).await.0, StatusCode::OK);
     }
@@ -38,6 +44,8 @@ async fn metrics_have_the_spec_names_and_pass_promtool() {
         r#"outcome="success"} 3"#,
         r#"outcome="error"} 1"#,
         r#"nexus_upstream_endpoint_healthy{upstream="app",endpoint=""#,
+        r#"nexus_upstream_endpoint_ejected{upstream="dead",endpoint=""#,
+        r#"nexus_outlier_ejections_total{upstream="dead",endpoint=""#,
         r#"nexus_config_reloads_total{result="ok"} 0"#,
         "nexus_config_version_info{version=",
         "nexus_inflight_requests",
@@ -45,6 +53,7 @@ async fn metrics_have_the_spec_names_and_pass_promtool() {
     ] {
         assert!(text.contains(needle), "missing {needle}\n{text}");
     }
+    assert!(!text.contains(r#"nexus_upstream_endpoint_ejected{upstream="app""#), "no series without outlier detection");
     assert!(!text.contains("/healthz"), "probes are not counted under their path");
     assert!(!text.contains("route=\"/"), "routes are labelled by name, never by raw path");
 

@@ -14,6 +14,11 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "nexus_upstream_requests_total";
 /// `nexus_upstream_endpoint_healthy{upstream,endpoint}` gauge.
 pub const UPSTREAM_ENDPOINT_HEALTHY: &str = "nexus_upstream_endpoint_healthy";
+/// `nexus_upstream_endpoint_ejected{upstream,endpoint}` gauge: 1 while outlier detection has
+/// the endpoint out of rotation.
+pub const UPSTREAM_ENDPOINT_EJECTED: &str = "nexus_upstream_endpoint_ejected";
+/// `nexus_outlier_ejections_total{upstream,endpoint}` counter.
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "nexus_outlier_ejections_total";
 /// `nexus_upstream_retries_total{upstream}` counter.
 pub const UPSTREAM_RETRIES_TOTAL: &str = "nexus_upstream_retries_total";
 /// `nexus_circuit_breaker_state{upstream}` gauge: 0 closed, 1 half-open, 2 open.

@@ -1,7 +1,9 @@
 //! Load balancing across an upstream's endpoints, lock-free: weighted round
 //! robin (a precomputed smooth schedule and one atomic counter), weighted
-//! random, and least-request by power of two choices. Every random choice
-//! draws from a seedable [`Rng`], so tests are reproducible.
+//! random, and least-request and peak-EWMA by power of two choices (the caller's
+//! `load` is requests in flight, or the peak-EWMA latency × (in flight + 1): see
+//! [`nexus_core::ewma`]). Every random choice draws from a seedable [`Rng`], so tests
+//! are reproducible.
 //!
 //! ```
 //! use nexus_proxy::balance::{Balancer, Rng};
@@ -25,9 +27,17 @@ pub struct Balancer {
 
 #[derive(Debug)]
 enum Kind {
-    RoundRobin { schedule: Box<[u32]>, next: AtomicUsize },
-    Random { cumulative: Box<[u64]> },
-    LeastRequest { weighted: Box<[u32]> },
+    RoundRobin {
+        schedule: Box<[u32]>,
+        next: AtomicUsize,
+    },
+    Random {
+        cumulative: Box<[u64]>,
+    },
+    /// Power of two choices by the caller's load: least-request and peak-EWMA.
+    LeastRequest {
+        weighted: Box<[u32]>,
+    },
 }
 
 impl Balancer {
@@ -49,7 +59,7 @@ impl Balancer {
                         .collect(),
                 }
             }
-            LoadBalancing::LeastRequest => Kind::LeastRequest {
+            LoadBalancing::LeastRequest | LoadBalancing::PeakEwma => Kind::LeastRequest {
                 weighted: weights.iter().enumerate().filter(|(_, w)| **w > 0).map(|(i, _)| i as u32).collect(),
             },
         };
@@ -57,9 +67,10 @@ impl Balancer {
     }
 
     /// Pick an endpoint among those `healthy` says yes to; `load` gives an
-    /// endpoint's requests in flight (for least-request). `None` when no
-    /// endpoint with weight above 0 is healthy.
-    pub fn pick(&self, rng: &Rng, healthy: impl Fn(usize) -> bool, load: impl Fn(usize) -> usize) -> Option<usize> {
+    /// endpoint's load for least-request (requests in flight) and peak-EWMA (latency
+    /// × (in flight + 1)); the others do not call it. `None` when no endpoint with weight
+    /// above 0 is healthy.
+    pub fn pick(&self, rng: &Rng, healthy: impl Fn(usize) -> bool, load: impl Fn(usize) -> u64) -> Option<usize> {
         match &self.kind {
             Kind::RoundRobin { schedule, next } => {
                 let len = schedule.len();

@@ -75,6 +75,8 @@ pub struct RouteTarget<B> {
     sides: Box<[(Arc<Upstream<B>>, u64)]>,
     total: u64,
     sticky: Option<StickyKey>,
+    /// `on_unavailable: fallback`: a side with no endpoint in rotation gives its share away.
+    fallback: bool,
     timeout: Duration,
     mirror: Option<Mirror<B>>,
     rng: Rng,
@@ -144,8 +146,41 @@ impl<B> RouteTarget<B> {
             Some(key) => fnv1a(key.as_bytes()) % self.total,
             None => rng.below(self.total),
         };
-        let i = self.sides.partition_point(|(_, c)| *c <= point);
-        &self.sides[i.min(self.sides.len() - 1)].0
+        let i = self.sides.partition_point(|(_, c)| *c <= point).min(self.sides.len() - 1);
+        if self.fallback && !self.sides[i].0.has_endpoint_in_rotation() {
+            return self.fall_back(i, point);
+        }
+        &self.sides[i].0
+    }
+
+    /// Side `out` has no endpoint in rotation: the same point on the weight line of the
+    /// other sides that have one (a sticky key keeps landing on one side); `out` itself
+    /// (503) when none has.
+    fn fall_back(&self, out: usize, point: u64) -> &Arc<Upstream<B>> {
+        let mut prev = 0;
+        let available: Vec<(usize, u64)> = self
+            .sides
+            .iter()
+            .enumerate()
+            .map(|(i, (u, c))| {
+                let w = c - prev;
+                prev = *c;
+                (i, if i != out && w > 0 && u.has_endpoint_in_rotation() { w } else { 0 })
+            })
+            .filter(|(_, w)| *w > 0)
+            .collect();
+        let total: u64 = available.iter().map(|(_, w)| w).sum();
+        if total == 0 {
+            return &self.sides[out].0;
+        }
+        let mut at = point % total;
+        for (i, w) in available {
+            if at < w {
+                return &self.sides[i].0;
+            }
+            at -= w;
+        }
+        &self.sides[out].0
     }
 }
 
@@ -411,6 +446,7 @@ where
                 sides: sides.into_boxed_slice(),
                 total: acc.max(1),
                 sticky: rc.sticky.as_deref().and_then(StickyKey::parse),
+                fallback: rc.on_unavailable == nexus_core::config::OnUnavailable::Fallback,
                 timeout: rc.timeout.map_or(default_timeout, nexus_core::config::Duration::as_std),
                 rng: Rng::seeded(rng.next_u64()),
             });

@@ -122,21 +122,36 @@ impl RouteMetrics {
     }
 }
 
-/// `nexus_upstream_requests_total` counters of one endpoint, by outcome.
+/// `nexus_upstream_requests_total` counters of one endpoint, by outcome, and its
+/// outlier-detection gauge and counter.
 #[derive(Debug)]
 pub(crate) struct EndpointMetrics {
     pub(crate) success: Counter,
     pub(crate) error: Counter,
     pub(crate) timeout: Counter,
+    /// `nexus_upstream_endpoint_ejected` / `nexus_outlier_ejections_total`: registered only
+    /// for upstreams with outlier detection (no series of zeros for the others).
+    pub(crate) ejected: Option<(metrics::Gauge, Counter)>,
 }
 
 impl EndpointMetrics {
-    pub(crate) fn new(upstream: &str, endpoint: &str) -> Self {
+    pub(crate) fn new(upstream: &str, endpoint: &str, outliers: bool) -> Self {
         let c = |outcome: &'static str| {
             metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "upstream" => upstream.to_string(),
                 "endpoint" => endpoint.to_string(), "outcome" => outcome)
         };
-        Self { success: c("success"), error: c("error"), timeout: c("timeout") }
+        let labels = [("upstream", upstream.to_string()), ("endpoint", endpoint.to_string())];
+        Self {
+            success: c("success"),
+            error: c("error"),
+            timeout: c("timeout"),
+            ejected: outliers.then(|| {
+                (
+                    metrics::gauge!(nexus_core::metric_names::UPSTREAM_ENDPOINT_EJECTED, &labels),
+                    metrics::counter!(nexus_core::metric_names::OUTLIER_EJECTIONS_TOTAL, &labels),
+                )
+            }),
+        }
     }
 }
 

@@ -197,6 +197,40 @@ pub struct UpstreamConfig {
     /// Retries; absent = none.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// Passive outlier detection: endpoints that keep failing are ejected for a while; absent = none.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+}
+
+/// `outlier_detection:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    /// 5xx answers in a row that eject an endpoint. Default 5.
+    #[serde(default = "default_five")]
+    pub consecutive_5xx: u32,
+    /// Gateway errors in a row (connect errors, timeouts, 502/503/504) that eject an endpoint. Default 3.
+    #[serde(default = "default_three")]
+    pub consecutive_gateway_errors: u32,
+    /// The n-th ejection in a row lasts n × this. Default `30s`.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Duration,
+    /// The longest ejection. Default `300s`.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Duration,
+    /// Never more than this share (percent) of the endpoints ejected at once. Default 50.
+    #[serde(default = "default_fifty")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_fifty() -> u32 {
+    50
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_max_concurrent() -> usize {
@@ -233,6 +267,9 @@ pub enum LoadBalancing {
     LeastRequest,
     /// Weighted random.
     Random,
+    /// Power of two random choices, the one with the lower peak-EWMA latency × (in flight + 1):
+    /// load-aware, and an endpoint that fails fast counts as slow (see `nexus_core::ewma`).
+    PeakEwma,
 }
 
 /// `health_check:`.
@@ -591,6 +628,10 @@ pub struct RouteConfig {
     /// `header:NAME`, `cookie:NAME` or `claim:NAME`: the same key lands on the same side of a split.
     #[serde(default)]
     pub sticky: Option<String>,
+    /// A split side whose endpoints are all out (health checks, outlier detection): `fail`
+    /// answers 503, `fallback` gives its share to the other sides. Default `fail`.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
     /// Shadow traffic; responses discarded.
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
@@ -630,6 +671,17 @@ pub enum PathKind {
     Prefix,
     /// A regular expression over the whole normalised path.
     Regex,
+}
+
+/// `on_unavailable:` of a route with a `split`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// The side's share is answered 503 (`no_healthy_upstream`), so the canary's metrics show it.
+    #[default]
+    Fail,
+    /// The side's share goes to the other sides, by their weights.
+    Fallback,
 }
 
 /// One side of a weighted split.

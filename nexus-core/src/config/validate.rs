@@ -127,6 +127,27 @@ fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, S
             err(format!("{p}.circuit_breaker.open_timeout"), "must be greater than 0".into());
         }
     }
+    if let Some(o) = &u.outlier_detection {
+        for (k, v) in
+            [("consecutive_5xx", o.consecutive_5xx), ("consecutive_gateway_errors", o.consecutive_gateway_errors)]
+        {
+            if v == 0 {
+                err(format!("{p}.outlier_detection.{k}"), "must be at least 1".into());
+            }
+        }
+        if o.base_ejection_time.is_zero() {
+            err(format!("{p}.outlier_detection.base_ejection_time"), "must be greater than 0".into());
+        }
+        if o.max_ejection_time < o.base_ejection_time {
+            err(format!("{p}.outlier_detection.max_ejection_time"), "must not be less than base_ejection_time".into());
+        }
+        if o.max_ejection_percent > 100 {
+            err(
+                format!("{p}.outlier_detection.max_ejection_percent"),
+                format!("{} is over 100", o.max_ejection_percent),
+            );
+        }
+    }
     if let Some(r) = &u.retry {
         if !(r.backoff_factor.is_finite() && r.backoff_factor >= 1.0) {
             err(format!("{p}.retry.backoff_factor"), "must be a number of at least 1.0".into());
@@ -259,6 +280,9 @@ fn validate_route(p: &str, r: &RouteConfig, c: &Config, info: &ParseInfo, err: &
                 }
             }
         }
+    }
+    if r.on_unavailable == super::OnUnavailable::Fallback && r.split.is_none() {
+        err(format!("{p}.on_unavailable"), "fallback needs a split (another side to fall back to)".into());
     }
     if let Some(s) = &r.sticky
         && let Err(e) = check_key(s, &[], &["header:", "cookie:", "claim:"])

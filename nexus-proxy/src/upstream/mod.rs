@@ -21,7 +21,9 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use nexus_core::BoxError;
 use nexus_core::breaker::{BreakerConfig, State};
-use nexus_core::config::UpstreamConfig;
+use nexus_core::config::{LoadBalancing, UpstreamConfig};
+use nexus_core::ewma::PeakEwma;
+use nexus_core::outlier::{Answer, OutlierConfig, Outliers};
 use nexus_core::retry::{RetryBudget, RetryPolicy, is_idempotent};
 use nexus_core::upstream::{EndpointAddr, parse_endpoint_url};
 use nexus_health::shutdown::Tracker;
@@ -41,6 +43,8 @@ pub struct Endpoint<B> {
     health: Arc<EndpointHealth>,
     healthy_gauge: metrics::Gauge,
     metrics: EndpointMetrics,
+    /// Peak-EWMA latency (fed only under `load_balancing: peak_ewma`).
+    ewma: Arc<PeakEwma>,
     pool: EndpointPool<SendBody<B>>,
 }
 
@@ -201,6 +205,14 @@ pub struct Upstream<B> {
     /// `CircuitBreakerLayer`'s).
     breaker: Option<SharedBreaker>,
     retry: Option<UpstreamRetry>,
+    /// Passive outlier detection; `None` without an `outlier_detection` block.
+    outliers: Option<Outliers>,
+    /// `load_balancing: peak_ewma`: answers feed the endpoints' latency estimates.
+    peak_ewma: bool,
+    /// The clock of ejections and latency estimates.
+    clock: Epoch,
+    /// The endpoints' weights (0: parked).
+    weights: Box<[u32]>,
 }
 
 impl<B> Upstream<B>
@@ -229,6 +241,7 @@ where
         previous: Option<&Self>,
     ) -> Result<Self, String> {
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        let mut outlier_states = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
             let addr = parse_endpoint_url(&e.url)?;
             let pool = EndpointPool::new(addr.authority().to_string(), config.max_concurrent_requests.min(4096));
@@ -239,9 +252,18 @@ where
                 .filter(|_| config.health_check.is_some())
                 .map_or_else(|| Arc::new(EndpointHealth::new()), |old| Arc::clone(&old.health));
             healthy_gauge.set(if health.is_healthy() { 1.0 } else { 0.0 });
+            let same = previous.and_then(|p| p.endpoints().iter().position(|old| old.url == e.url));
+            // Latency estimates and ejections of an endpoint that stays carry over a reload.
+            let ewma =
+                same.map_or_else(|| Arc::new(PeakEwma::new()), |i| Arc::clone(&previous.unwrap().endpoints()[i].ewma));
+            outlier_states.push(
+                same.and_then(|i| previous.and_then(|p| p.outliers.as_ref()).map(|o| Arc::clone(o.state(i))))
+                    .unwrap_or_default(),
+            );
             endpoints.push(Endpoint {
                 url: e.url.clone(),
-                metrics: EndpointMetrics::new(name, addr.authority()),
+                metrics: EndpointMetrics::new(name, addr.authority(), config.outlier_detection.is_some()),
+                ewma,
                 addr,
                 in_flight: AtomicUsize::new(0),
                 health,
@@ -284,6 +306,10 @@ where
                 }
             }),
             timeout: config.timeout.map(nexus_core::config::Duration::as_std),
+            outliers: config.outlier_detection.as_ref().map(|o| Outliers::with_states(OutlierConfig::from(o), outlier_states)),
+            peak_ewma: config.load_balancing == LoadBalancing::PeakEwma,
+            weights: config.endpoints.iter().map(|e| e.weight).collect(),
+            clock: previous.map_or_else(Epoch::start, |p| p.clock),
         })
     }
 
@@ -320,12 +346,24 @@ where
             return Err(ProxyError::new(ErrorKind::Overloaded, None));
         }
         let eps = &shared.endpoints;
-        let healthy = |i: usize| eps[i].is_healthy();
+        // The clock is read only when an endpoint may be ejected or latencies are compared.
+        let maybe_out = self.outliers.as_ref().filter(|o| o.maybe_ejected());
+        let now = if self.peak_ewma || maybe_out.is_some() { self.clock.now() } else { Duration::ZERO };
+        let ejected = maybe_out.filter(|o| o.any_ejected(now));
+        let healthy = |i: usize| eps[i].is_healthy() && !ejected.is_some_and(|o| o.is_ejected(i, now));
+        let load = |i: usize| {
+            let in_flight = eps[i].in_flight() as u64;
+            if self.peak_ewma {
+                // Peak-EWMA latency (ns) × (in flight + 1).
+                (eps[i].ewma.cost_ns(now) as u64).saturating_mul(in_flight + 1)
+            } else {
+                in_flight
+            }
+        };
         // A retry avoids the endpoints already tried, while another healthy one exists.
-        let fresh = (avoid != 0)
-            .then(|| self.balancer.pick(&self.rng, |i| healthy(i) && !tried(avoid, i), |i| eps[i].in_flight()))
-            .flatten();
-        let Some(i) = fresh.or_else(|| self.balancer.pick(&self.rng, healthy, |i| eps[i].in_flight())) else {
+        let fresh =
+            (avoid != 0).then(|| self.balancer.pick(&self.rng, |i| healthy(i) && !tried(avoid, i), load)).flatten();
+        let Some(i) = fresh.or_else(|| self.balancer.pick(&self.rng, healthy, load)) else {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             return Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, None));
         };
@@ -404,35 +442,94 @@ where
             }
         };
         let index = guard.endpoint;
+        let sent_at = self.peak_ewma.then(|| self.clock.now());
         let send = self.send(guard, req, client, deadline);
         Either::Right(async move {
             let result = send.await;
             let m = &self.shared.endpoints[index].metrics;
             // Failures for the breaker: 5xx from the upstream, connect errors, timeouts
             // (not the client's own body errors).
-            let failed = match &result {
+            let answer = match &result {
                 Ok(res) if res.status().is_server_error() => {
                     m.error.increment(1);
-                    true
+                    Answer::of_status(res.status().as_u16())
                 }
                 Ok(_) => {
                     m.success.increment(1);
-                    false
+                    Answer::Success
                 }
                 Err(e) if e.is_timeout() => {
                     m.timeout.increment(1);
-                    true
+                    Answer::GatewayError
                 }
                 Err(e) => {
                     m.error.increment(1);
-                    !e.is_client()
+                    if e.is_client() { Answer::Neutral } else { Answer::GatewayError }
                 }
             };
-            if let Some(p) = permit {
-                p.record(!failed);
+            let failed = matches!(answer, Answer::ServerError | Answer::GatewayError);
+            let mut counts_for_breaker = true;
+            if self.outliers.is_some() || sent_at.is_some() {
+                counts_for_breaker = self.observe(index, answer, sent_at);
+            }
+            match permit {
+                // Failures of an ejected endpoint are not the upstream's: the permit goes
+                // back uncounted (one bad endpoint never opens the whole upstream's breaker).
+                Some(p) if counts_for_breaker || !failed => p.record(!failed),
+                _ => {}
             }
             (result, Some(index))
         })
+    }
+
+    /// Feed endpoint `index`'s answer to outlier detection (first, so that the breaker
+    /// does not count the failure that ejects it) and to its latency estimate. Whether the
+    /// answer counts for the upstream's breaker: not when the endpoint is ejected.
+    fn observe(&self, index: usize, answer: Answer, sent_at: Option<Duration>) -> bool {
+        let now = self.clock.now();
+        if let Some(sent) = sent_at {
+            let failed = matches!(answer, Answer::ServerError | Answer::GatewayError);
+            self.shared.endpoints[index].ewma.observe(now.saturating_sub(sent), failed, now);
+        }
+        let Some(outliers) = &self.outliers else { return true };
+        if let Some(until) = outliers.record(index, answer, now) {
+            let e = &self.shared.endpoints[index];
+            let Some((gauge, ejections)) = &e.metrics.ejected else { return false };
+            gauge.set(1.0);
+            ejections.increment(1);
+            let length = until.saturating_sub(now);
+            tracing::warn!(upstream = %self.shared.name, endpoint = %e.authority(), ?length,
+                "outlier detection: endpoint ejected");
+            // The gauge goes back to 0 when the ejection ends (unless a new one began).
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (gauge, state, clock) = (gauge.clone(), Arc::clone(outliers.state(index)), self.clock);
+                rt.spawn(async move {
+                    tokio::time::sleep(length).await;
+                    if !state.is_ejected(clock.now()) {
+                        gauge.set(0.0);
+                    }
+                });
+            }
+        }
+        !outliers.is_ejected(index, now)
+    }
+}
+
+impl<B> Upstream<B> {
+    /// Whether balancing may pick some endpoint now: one with weight above 0 that active
+    /// checks call healthy and outlier detection has not ejected.
+    pub fn has_endpoint_in_rotation(&self) -> bool {
+        let now = self.outliers.as_ref().map(|_| self.clock.now()).unwrap_or_default();
+        self.shared.endpoints.iter().enumerate().any(|(i, e)| {
+            self.weights[i] > 0 && e.is_healthy() && !self.outliers.as_ref().is_some_and(|o| o.is_ejected(i, now))
+        })
+    }
+
+    /// When endpoint `i`'s ejection ends (time since this upstream's clock started);
+    /// `None` when it is in rotation or there is no outlier detection.
+    pub fn ejected_for(&self, i: usize) -> Option<Duration> {
+        let now = self.clock.now();
+        self.outliers.as_ref()?.state(i).ejected_until(now).map(|until| until.saturating_sub(now))
     }
 }
 

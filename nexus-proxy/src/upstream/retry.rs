@@ -36,11 +36,11 @@ impl Epoch {
         Self(tokio::time::Instant::now())
     }
 
-    fn now(self) -> Duration {
+    pub(super) fn now(self) -> Duration {
         self.at(tokio::time::Instant::now())
     }
 
-    fn at(self, instant: tokio::time::Instant) -> Duration {
+    pub(super) fn at(self, instant: tokio::time::Instant) -> Duration {
         instant.saturating_duration_since(self.0)
     }
 }
