@@ -110,6 +110,28 @@ async fn a_failing_endpoint_is_ejected_comes_back_and_is_ejected_longer_next_tim
 }
 
 #[tokio::test]
+async fn an_ejection_survives_a_reload_that_keeps_the_endpoint() {
+    let (good, bad) = (fixed(200, Duration::ZERO).await, fixed(500, Duration::ZERO).await);
+    let outlier = "    outlier_detection: { consecutive_5xx: 2, base_ejection_time: 30s }\n";
+    let gw = gateway(&config(&[(&good.url, 1), (&bad.url, 1)], outlier));
+    statuses(&gw, 6).await;
+    assert_eq!(bad.hits(), 2);
+    // Another route added: the upstream is rebuilt, its endpoints' state carried over.
+    gw.write_config(&format!(
+        "{}  - name: other\n    paths: [{{ path: /other }}]\n    upstream: app\n",
+        config(&[(&good.url, 1), (&bad.url, 1)], outlier)
+    ));
+    let (status, _, v) = post_json(&gw.admin_url("/admin/reload"), None).await;
+    // ("unchanged" when the file watch got there first.)
+    assert!(status.is_success() && ["ok", "unchanged"].contains(&v["result"].as_str().unwrap_or("")), "{v}");
+    assert!(get(&gw.url("/other")).await.0.is_success(), "the new config runs");
+    statuses(&gw, 6).await;
+    assert_eq!(bad.hits(), 2, "the reload put an ejected endpoint back");
+    let eps = &get_json(&gw.admin_url("/admin/upstreams")).await["upstreams"][0]["endpoints"];
+    assert!(eps[1]["ejected_until"].is_string(), "{eps}");
+}
+
+#[tokio::test]
 async fn max_ejection_percent_keeps_an_endpoint_in_rotation() {
     let (a, b) = (fixed(500, Duration::ZERO).await, fixed(500, Duration::ZERO).await);
     let gw = gateway(&config(
