@@ -70,7 +70,7 @@ def nexus_validate(config_text, where):
 
 
 def check_termination(docs, where):
-    configs = {d["metadata"]["name"]: d["data"]["nexus.yaml"] for d in docs if d.get("kind") == "ConfigMap"}
+    configs = {d["metadata"]["name"]: d["data"]["nexus.yaml"] for d in docs if d.get("kind") == "ConfigMap" and "nexus.yaml" in d.get("data", {})}
     for d in docs:
         if d.get("kind") not in ("Deployment", "Rollout"):
             continue
@@ -111,7 +111,8 @@ def chart_checks():
             "ingress": {"enabled": True, "className": "nginx", "hosts": [{"host": "api.example.com"}],
                         "tls": [{"secretName": "api-tls", "hosts": ["api.example.com"]}]},
             "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 30, "targetRequestsPerSecond": 500},
-            "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+            "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                        "grafanaDashboard": {"enabled": True}},
             "shutdown": {"drainDelaySeconds": 10, "gracePeriodSeconds": 60, "terminationMarginSeconds": 5},
             "config": {
                 "server": {"trusted_proxies": ["10.0.0.0/8"]},
@@ -131,14 +132,20 @@ def chart_checks():
     }
     with open(os.path.join(CHART, "files/nexus-alerts.yaml")) as f:
         alerts = yaml.safe_load(f)
+    with open(os.path.join(CHART, "files/nexus-dashboard.json")) as f:
+        dashboard = json.load(f)
     for label, values in sets.items():
         docs = render_chart(values, label)
         kinds = sorted(d["kind"] for d in docs)
         check("Deployment" in kinds and "Service" in kinds and "ConfigMap" in kinds, f"helm ({label}): {kinds}")
         validate_objects(docs, f"helm ({label})")
         for d in docs:
-            if d["kind"] == "ConfigMap":
+            if d["kind"] == "ConfigMap" and "nexus.yaml" in d["data"]:
                 nexus_validate(d["data"]["nexus.yaml"], f"helm ({label}) ConfigMap")
+            if d["kind"] == "ConfigMap" and "nexus-dashboard.json" in d["data"]:
+                check(json.loads(d["data"]["nexus-dashboard.json"]) == dashboard
+                      and d["metadata"]["labels"].get("grafana_dashboard") == "1",
+                      f"helm ({label}): dashboard ConfigMap == files/nexus-dashboard.json, labelled for Grafana")
             if d["kind"] == "PrometheusRule":
                 check(d["spec"] == alerts, f"helm ({label}): PrometheusRule spec == files/nexus-alerts.yaml")
         check_termination(docs, f"helm ({label})")
@@ -211,9 +218,46 @@ def promql_checks():
         check(os.path.isdir(os.path.join(ROOT, src)), f"argocd {name}: source path {src} exists")
 
 
+def exported_metrics():
+    """The metric names the gateway exports: nexus_core::metric_names, defined once."""
+    with open(os.path.join(ROOT, "nexus-core/src/metric_names.rs")) as f:
+        names = set(re.findall(r'pub const \w+: &str = "(\w+)";', f.read()))
+    check(len(names) > 10, f"{len(names)} metric names read from nexus-core/src/metric_names.rs")
+    return names | {n + s for n in names for s in ("_bucket", "_sum", "_count")}
+
+
+def dashboard_checks():
+    """deployments/grafana/nexus-dashboard.json: well-formed, unique panel ids, every query
+    valid PromQL (promtool, Grafana's interval variables filled in), every metric exported."""
+    path = os.path.join(ROOT, "deployments/grafana/nexus-dashboard.json")
+    with open(path) as f:
+        dash = json.load(f)
+    panels = dash["panels"]
+    ids = [p["id"] for p in panels]
+    check(len(ids) == len(set(ids)), f"dashboard: unique panel ids {ids}")
+    check(len({p["gridPos"]["y"] * 100 + p["gridPos"]["x"] for p in panels}) == len(panels),
+          "dashboard: no two panels at one grid position")
+    exported = exported_metrics()
+    rules = []
+    for p in panels:
+        for t in p.get("targets", []):
+            q = t["expr"]
+            for var, value in (("$__rate_interval", "5m"), ("$__range", "1h"), ("$route", ".*")):
+                q = q.replace(var, value)
+            named = set(re.findall(r"\b((?:nexus|http)_[a-z0-9_]+)\b", q))
+            check(named and named <= exported, f"dashboard panel {p['id']} names exported metrics {sorted(named)}")
+            rules.append({"record": f"nexus:dashboard:panel{p['id']}_{t['refId']}", "expr": q})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+    r = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    check(r.returncode == 0, f"promtool check rules on {len(rules)} dashboard queries {r.stderr.strip()}")
+
+
 chart_checks()
 kustomize_checks()
 promql_checks()
+dashboard_checks()
 if failures:
     print(f"\n{len(failures)} deployment check(s) failed:", *failures, sep="\n  ")
     sys.exit(1)
