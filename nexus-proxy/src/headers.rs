@@ -197,10 +197,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Set `X-Forwarded-For`, `-Proto` and `-Host` on a request going upstream.
 ///
-/// `client` is the peer's IP as a header value (cache it per connection).
+/// `client` is the peer's IP as a header value (cache it per connection); `proto` is
+/// `"http"` or `"https"` (how the request reached the gateway).
 /// From an untrusted peer, `-Proto` and `-Host` are overwritten; from a trusted
 /// proxy, values it sent are kept. `-For` is always appended to.
-pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, trusted_peer: bool, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    trusted_peer: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
     let appended = lines.next().map(|first| {
         // Fold every earlier line into one, in order, then append this hop.
@@ -219,7 +226,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, trusted_peer
     };
     headers.insert(X_FORWARDED_FOR, value);
     if !trusted_peer || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !trusted_peer || !headers.contains_key(&X_FORWARDED_HOST) {
         match host {
@@ -237,7 +244,13 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, trusted_peer
 /// (no upgrade) and then [`set_forwarded`] would leave them, without changing the map: the
 /// lean upstream exchange encodes straight from the client's map. The headers that a
 /// `Connection` value names must already be gone (see [`HeadScan::names_others`]).
-pub(crate) fn write_upstream_fields(headers: &HeaderMap, client: &HeaderValue, trusted_peer: bool, out: &mut Vec<u8>) {
+pub(crate) fn write_upstream_fields(
+    headers: &HeaderMap,
+    client: &HeaderValue,
+    trusted_peer: bool,
+    proto: &'static str,
+    out: &mut Vec<u8>,
+) {
     let field = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -271,7 +284,7 @@ pub(crate) fn write_upstream_fields(headers: &HeaderMap, client: &HeaderValue, t
     out.extend_from_slice(client.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !trusted_peer || !has_proto {
-        field(out, b"x-forwarded-proto", b"http");
+        field(out, b"x-forwarded-proto", proto.as_bytes());
     }
     if (!trusted_peer || !has_host)
         && let Some(host) = headers.get(header::HOST)
@@ -319,14 +332,14 @@ mod tests {
                 let mut expected = h.clone();
                 remove_hop_by_hop(&mut expected, false);
                 let host = expected.get(header::HOST).cloned();
-                set_forwarded(&mut expected, &client, trusted, host.as_ref());
+                set_forwarded(&mut expected, &client, trusted, "http", host.as_ref());
 
                 let mut map = h.clone();
                 if HeadScan::of(&map).names_others {
                     remove_hop_by_hop(&mut map, false);
                 }
                 let mut wire = Vec::new();
-                write_upstream_fields(&map, &client, trusted, &mut wire);
+                write_upstream_fields(&map, &client, trusted, "http", &mut wire);
                 let mut got: Vec<String> =
                     String::from_utf8(wire).unwrap().split_terminator("\r\n").map(str::to_string).collect();
                 got.sort();
@@ -402,13 +415,14 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         h.insert(X_FORWARDED_HOST, "evil".parse().unwrap());
         let host = HeaderValue::from_static("api.example.com");
-        set_forwarded(&mut h, &HeaderValue::from_static("9.9.9.9"), false, Some(&host));
+        set_forwarded(&mut h, &HeaderValue::from_static("9.9.9.9"), false, "http", Some(&host));
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 9.9.9.9");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
         h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
-        set_forwarded(&mut h, &HeaderValue::from_static("3.3.3.3"), false, None);
+        set_forwarded(&mut h, &HeaderValue::from_static("3.3.3.3"), false, "https", None);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 9.9.9.9, 2.2.2.2, 3.3.3.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "https", "a request that came over TLS");
         assert!(!h.contains_key(X_FORWARDED_HOST));
     }
 
@@ -417,7 +431,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         h.insert(X_FORWARDED_HOST, "public.example.com".parse().unwrap());
-        set_forwarded(&mut h, &HeaderValue::from_static("10.0.0.1"), true, Some(&HeaderValue::from_static("internal")));
+        set_forwarded(
+            &mut h,
+            &HeaderValue::from_static("10.0.0.1"),
+            true,
+            "http",
+            Some(&HeaderValue::from_static("internal")),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "public.example.com");

@@ -205,7 +205,7 @@ pub(crate) fn encode_head(parts: &request::Parts, client: &Client<'_>, out: &mut
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    crate::headers::write_upstream_fields(&parts.headers, client.ip, client.trusted, out);
+    crate::headers::write_upstream_fields(&parts.headers, client.ip, client.trusted, client.proto, out);
     let body_expected = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if body_expected && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
@@ -220,6 +220,8 @@ pub(crate) struct Client<'a> {
     pub(crate) ip: &'a HeaderValue,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto/-Host` are kept).
     pub(crate) trusted: bool,
+    /// `X-Forwarded-Proto`: `"http"` or `"https"`.
+    pub(crate) proto: &'static str,
 }
 
 #[cfg(test)]
@@ -274,10 +276,12 @@ mod tests {
         let mut c = conn.take().unwrap();
         let ip = HeaderValue::from_static("10.1.2.3");
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let head = c.exchange(parts, Client { ip: &ip, trusted: false }, deadline).await.map_err(|e| match e {
-            ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e) => e,
-            ExchangeError::TimedOut => io::ErrorKind::TimedOut.into(),
-        })?;
+        let head = c.exchange(parts, Client { ip: &ip, trusted: false, proto: "http" }, deadline).await.map_err(
+            |e| match e {
+                ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e) => e,
+                ExchangeError::TimedOut => io::ErrorKind::TimedOut.into(),
+            },
+        )?;
         let mut body = RawBody::new(c, &head);
         let mut data = BytesMut::new();
         let mut trailers = None;
@@ -409,7 +413,7 @@ mod tests {
         // Each exchange finds the timer armed for (and fired at) the previous deadline.
         for wait in [Duration::from_millis(300), Duration::from_millis(200), Duration::from_millis(400)] {
             let started = Instant::now();
-            let r = c.exchange(&get("/"), Client { ip: &ip, trusted: false }, started + wait).await;
+            let r = c.exchange(&get("/"), Client { ip: &ip, trusted: false, proto: "http" }, started + wait).await;
             assert!(matches!(r, Err(ExchangeError::TimedOut)), "{r:?}");
             let took = started.elapsed();
             assert!(took >= wait && took < wait + Duration::from_secs(1), "{wait:?}: {took:?}");
@@ -440,7 +444,7 @@ mod tests {
     #[test]
     fn body_less_requests_get_a_zero_length_only_where_a_body_is_expected() {
         let ip = HeaderValue::from_static("1.2.3.4");
-        let client = Client { ip: &ip, trusted: true };
+        let client = Client { ip: &ip, trusted: true, proto: "http" };
         let mut out = Vec::new();
         let mut post = get("/p");
         post.method = Method::POST;

@@ -139,7 +139,7 @@ pub mod fuzzing {
         parts.headers = map;
         let ip = HeaderValue::from_static("192.0.2.1");
         let mut out = Vec::new();
-        super::client::encode_head(&parts, &super::Client { ip: &ip, trusted }, &mut out);
+        super::client::encode_head(&parts, &super::Client { ip: &ip, trusted, proto: "http" }, &mut out);
 
         let mut slots = [httparse::EMPTY_HEADER; 256];
         let mut parsed = httparse::Request::new(&mut slots);
@@ -152,7 +152,7 @@ pub mod fuzzing {
         let mut expected = parts.headers.clone();
         crate::headers::remove_hop_by_hop(&mut expected, false);
         let host = expected.get(header::HOST).cloned();
-        crate::headers::set_forwarded(&mut expected, &ip, trusted, host.as_ref());
+        crate::headers::set_forwarded(&mut expected, &ip, trusted, "http", host.as_ref());
         if matches!(method, Method::POST | Method::PUT | Method::PATCH)
             && !expected.contains_key(header::CONTENT_LENGTH)
         {

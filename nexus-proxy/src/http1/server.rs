@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -207,11 +207,11 @@ impl<H> AsRef<Streams> for Served<H> {
 
 /// How a connection left the lean path.
 #[derive(Debug)]
-enum Outcome {
+enum Outcome<S> {
     /// Closed (by either side, a timeout, shutdown, or an error).
     Closed,
     /// The rest of the connection is hyper's: the bytes read and not consumed yet come first.
-    Handoff(Bytes, TcpStream),
+    Handoff(Bytes, S),
 }
 
 /// The HTTP/1.1 (and, through hyper, HTTP/2 cleartext) server of a listener.
@@ -269,8 +269,13 @@ impl Server {
     }
 
     /// Serve `stream` with `handler` until it closes, following `phase` (see the module
-    /// docs): the lean path first, hyper for what it does not take.
-    pub async fn serve_connection<H: Handler>(&self, stream: TcpStream, handler: H, mut phase: watch::Receiver<Phase>) {
+    /// docs): the lean path first, hyper for what it does not take. Any byte stream: a TCP
+    /// connection, or a TLS one after its handshake (ALPN `h2` then starts with the preface).
+    pub async fn serve_connection<H, S>(&self, stream: S, handler: H, mut phase: watch::Receiver<Phase>)
+    where
+        H: Handler,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let conn = Connection::default();
         let (prefix, stream) =
             match serve_lean(stream, &handler, &conn, (self.header_read_timeout, self.max_head), phase.clone()).await {
@@ -350,13 +355,13 @@ impl Server {
 }
 
 /// Serve `stream` on the lean path until it closes or needs hyper.
-async fn serve_lean<H: Handler>(
-    mut stream: TcpStream,
+async fn serve_lean<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     handler: &H,
     conn: &Connection,
     (header_read_timeout, max_head): (Duration, usize),
     phase: watch::Receiver<Phase>,
-) -> Outcome {
+) -> Outcome<S> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut scratch = Scratch::default();
@@ -436,7 +441,7 @@ async fn serve_lean<H: Handler>(
 
 /// Answer the JSON error of SPEC §4 with a new request id, for a head that never became a
 /// request; the caller closes the connection.
-async fn refuse(stream: &mut TcpStream, wbuf: &mut Vec<u8>, code: ErrorCode, message: &'static str) {
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, wbuf: &mut Vec<u8>, code: ErrorCode, message: &'static str) {
     let id = nexus_middleware::request_id::generate();
     let mut res: Response<http_body_util::Full<Bytes>> =
         GatewayError::new(code).with_message(message).into_response(id.to_str().unwrap_or(""));

@@ -12,14 +12,13 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::SystemTime;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// The write buffer is sent once it holds this much of a streamed body.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 /// Write `res`; `Ok(true)` when the connection can take another request.
-pub(super) async fn respond<B>(
-    stream: &mut TcpStream,
+pub(super) async fn respond<B, S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
     wbuf: &mut Vec<u8>,
     res: http::Response<B>,
     head_request: bool,
@@ -223,7 +222,7 @@ mod tests {
     async fn written(res: http::Response<http_body_util::Full<Bytes>>, head: bool) -> (String, bool) {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
         let keep = respond(&mut server, &mut Vec::new(), res, head, false).await.unwrap();
         drop(server);

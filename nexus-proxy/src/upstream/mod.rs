@@ -160,6 +160,8 @@ pub struct ClientInfo {
     /// The TCP peer's address (the client IP of rate-limit keys); `None` when the server
     /// did not say (see [`ClientInfo::unknown`]).
     pub peer: Option<std::net::IpAddr>,
+    /// The request arrived over TLS: `X-Forwarded-Proto: https` upstream.
+    pub https: bool,
 }
 
 impl ClientInfo {
@@ -174,6 +176,7 @@ impl ClientInfo {
             trusted: nexus_core::client::is_trusted(peer, trusted),
             tracker: None,
             peer: Some(peer),
+            https: false,
         }
     }
 
@@ -181,7 +184,18 @@ impl ClientInfo {
     /// (RFC 7239's word for it), and per-client rate limits answer 500 rather than share
     /// one bucket among every such request.
     pub fn unknown() -> Self {
-        Self { ip: HeaderValue::from_static("unknown"), trusted: false, tracker: None, peer: None }
+        Self { ip: HeaderValue::from_static("unknown"), trusted: false, tracker: None, peer: None, https: false }
+    }
+
+    /// Mark the connection as TLS (`X-Forwarded-Proto: https` upstream).
+    pub fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
+        self
+    }
+
+    /// `X-Forwarded-Proto`'s value: `"https"` over TLS, else `"http"`.
+    pub fn proto(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
     }
 
     /// Count upgraded connections in `tracker` (a graceful shutdown waits for them).

@@ -35,7 +35,7 @@ where
         deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let pool = self.shared.endpoints[guard.endpoint].pool();
-        let client = crate::http1::Client { ip: &client.ip, trusted: client.trusted };
+        let client = crate::http1::Client { ip: &client.ip, trusted: client.trusted, proto: client.proto() };
         let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
         Ok(res.map(|body| UpstreamBody::raw(body, guard)))
     }
@@ -91,7 +91,7 @@ where
         // Room for X-Forwarded-For/-Proto/-Host at once (hyper sizes the map to what the client sent).
         parts.headers.reserve(3);
         let host = parts.headers.get(header::HOST).cloned();
-        headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, host.as_ref());
+        headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, client.proto(), host.as_ref());
         let req = Request::from_parts(parts, body);
         if let Some(client_side) = client_upgrade {
             let mut res = match tokio::time::timeout_at(deadline, pool.send_upgrade(req, self.connect_timeout)).await {
