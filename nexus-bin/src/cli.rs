@@ -53,7 +53,12 @@ impl ServeFlags {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check a config file: print "config OK (N routes, M upstreams)" or every error.
-    Validate,
+    Validate {
+        /// Check the YAML alone, not the files it names (certificates, keys, JWKS): for
+        /// rendering checks outside the machine or pod that holds them.
+        #[arg(long)]
+        skip_files: bool,
+    },
     /// Show which route, upstream, auth and limit a request would get.
     Explain {
         /// HTTP method, e.g. GET.
@@ -93,12 +98,18 @@ pub(crate) fn run() -> ExitCode {
     let env = ProcessEnv;
     let overrides = Overrides::from_env(&env).over(cli.flag_overrides());
     match &cli.command {
-        Some(Command::Validate) => {
+        Some(Command::Validate { skip_files }) => {
             let Some(path) = cli.config_path(&env) else {
                 eprintln!("nexus validate: --config PATH is required");
                 return ExitCode::from(2);
             };
-            match config_file::load(&path, &Overrides::default()) {
+            let checked = config_file::load(&path, &Overrides::default()).and_then(|loaded| {
+                if !*skip_files {
+                    config_file::check_files(&loaded.config)?;
+                }
+                Ok(loaded)
+            });
+            match checked {
                 Ok(loaded) => {
                     println!("config OK ({})", loaded.config.summary());
                     ExitCode::SUCCESS

@@ -7,6 +7,7 @@
 use crate::config_file::{self, LoadedConfig};
 use crate::stack::{Shared, Snapshot};
 use nexus_core::config::{ConfigError, ConfigErrors, Overrides};
+use nexus_proxy::tls::LoadedTls;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,10 @@ impl Reloader {
         let _one = self.serial.lock().await;
         let previous = self.current().version.clone();
         let outcome = self.try_reload();
+        if matches!(outcome, Reload::Unchanged) {
+            // Certificate files are re-read even when the YAML is the same (SPEC §9).
+            self.refresh_tls(trigger);
+        }
         let mut st = self.lock();
         match &outcome {
             Reload::Applied(v) => {
@@ -156,6 +161,7 @@ impl Reloader {
             ("logging.level", was.logging.level != now.logging.level),
             ("logging.format", was.logging.format != now.logging.format),
             ("admin.token_env", was.admin.token_env != now.admin.token_env),
+            ("server.tls.listen", old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen)),
         ] {
             if changed {
                 errors.push(ConfigError::new(key, "changing it needs a restart; nothing was applied"));
@@ -181,8 +187,39 @@ impl Reloader {
 
     fn install(&self, loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
         let snapshot = Snapshot::build(&loaded.config, Some(&self.shared.snapshot.load()))?;
+        // The TLS files are read before anything is swapped: a pair that does not load
+        // fails the whole reload, and the running config (and certificates) stay.
+        let tls = match (&self.shared.tls, &loaded.config.server.tls) {
+            (Some(terminator), Some(config)) => match LoadedTls::load(config) {
+                Ok(tls) => Some((terminator, tls)),
+                Err(e) => {
+                    terminator.count_failed_reload();
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         self.shared.snapshot.store(Arc::new(snapshot));
+        if let Some((terminator, tls)) = tls {
+            terminator.install(tls);
+        }
         Ok(())
+    }
+
+    /// Re-read the running config's certificate files; a pair that fails to load keeps
+    /// the running one (logged, and counted in `nexus_tls_reloads_total{result="error"}`).
+    fn refresh_tls(&self, trigger: &str) {
+        let current = self.current();
+        if let (Some(terminator), Some(config)) = (&self.shared.tls, &current.config.server.tls) {
+            match terminator.reload(config) {
+                Ok(()) => tracing::info!(%trigger, "TLS certificates re-read"),
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!(%trigger, error = %e, "TLS reload failed; the running certificates stay");
+                    }
+                }
+            }
+        }
     }
 
     /// Go back to the previous good version and pin it until the file changes.
@@ -258,15 +295,44 @@ pub(crate) fn on_sighup(reloader: Arc<Reloader>) -> Option<impl std::future::Fut
 /// editors that write a new file and rename it, and a ConfigMap's `..data`
 /// symlink swap, are both seen; the content hash decides whether anything changed.
 pub(crate) fn watch(reloader: Arc<Reloader>, path: &Path) -> Option<notify::RecommendedWatcher> {
+    watch_files(reloader, &[path], "file change")
+}
+
+/// Re-read certificates when a file of `server.tls` changes (a Secret's `..data` symlink
+/// swap included): the reload finds the YAML unchanged and re-reads the TLS files. The
+/// directories are those of the config at start; after a reload that moves the files
+/// elsewhere, SIGHUP and `POST /admin/reload` still re-read them.
+pub(crate) fn watch_tls(
+    reloader: Arc<Reloader>,
+    tls: &nexus_core::config::TlsConfig,
+) -> Option<notify::RecommendedWatcher> {
+    let mut files: Vec<&Path> = Vec::new();
+    for c in &tls.certificates {
+        files.push(Path::new(&c.cert_file));
+        files.push(Path::new(&c.key_file));
+    }
+    if let Some(auth) = &tls.client_auth {
+        files.push(Path::new(&auth.ca_file));
+    }
+    watch_files(reloader, &files, "TLS file change")
+}
+
+/// Watch the directories of `files` and reload (debounced) when one of them, or a
+/// kubelet `..data` / `..<timestamp>` entry beside them, changes.
+fn watch_files(reloader: Arc<Reloader>, files: &[&Path], trigger: &'static str) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    let dir_of = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let mut dirs: Vec<PathBuf> = files.iter().map(|f| dir_of(f)).collect();
+    dirs.sort();
+    dirs.dedup();
+    let names: Vec<std::ffi::OsString> =
+        files.iter().filter_map(|f| f.file_name()).map(std::ffi::OsStr::to_os_string).collect();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only the config file itself, or kubelet's `..data` / `..<timestamp>` entries,
+        // Only the watched files themselves, or kubelet's `..data` / `..<timestamp>` entries,
         // not every file in a shared directory (such as /tmp, or the gateway's own log).
-        let relevant = |p: &std::path::PathBuf| {
-            p.file_name().is_some_and(|f| f == name.as_os_str() || f.to_string_lossy().starts_with(".."))
+        let relevant = |p: &PathBuf| {
+            p.file_name().is_some_and(|f| names.iter().any(|n| n == f) || f.to_string_lossy().starts_with(".."))
         };
         if res.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(relevant)) {
             let _ = tx.send(());
@@ -274,13 +340,15 @@ pub(crate) fn watch(reloader: Arc<Reloader>, path: &Path) -> Option<notify::Reco
     }) {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
+            tracing::warn!(error = %e, %trigger, "cannot watch files; reload with SIGHUP or POST /admin/reload");
             return None;
         }
     };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory");
-        return None;
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, %trigger, "cannot watch a directory");
+            return None;
+        }
     }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
@@ -298,7 +366,7 @@ pub(crate) fn watch(reloader: Arc<Reloader>, path: &Path) -> Option<notify::Reco
                     break;
                 }
             }
-            reloader.reload("file change").await;
+            reloader.reload(trigger).await;
         }
     });
     Some(watcher)

@@ -66,7 +66,13 @@ fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Start workers 1..`workers` on threads of their own, each accepting from a clone of
 /// `listener` (the kernel hands each connection to one of them). A worker that cannot
 /// start is logged and skipped: the others still serve.
-fn spawn_workers(listener: &std::net::TcpListener, workers: usize, shared: &Arc<Shared>, config: &Config) {
+fn spawn_workers(
+    listener: &std::net::TcpListener,
+    tls: Option<&std::net::TcpListener>,
+    workers: usize,
+    shared: &Arc<Shared>,
+    config: &Config,
+) {
     for i in 1..workers {
         let (listener, shared, server) = match listener.try_clone() {
             Ok(l) => (l, Arc::clone(shared), server(config)),
@@ -75,15 +81,30 @@ fn spawn_workers(listener: &std::net::TcpListener, workers: usize, shared: &Arc<
                 continue;
             }
         };
+        let tls = match tls.map(std::net::TcpListener::try_clone).transpose() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = i, error = %e, "cannot share the TLS listener with a worker");
+                None
+            }
+        };
+        let tls_server = self::server(config);
         let spawned = std::thread::Builder::new().name(format!("nexus-worker-{i}")).spawn(move || {
             let rt = match worker_runtime() {
                 Ok(rt) => rt,
                 Err(e) => return tracing::error!(worker = i, error = %e, "cannot start a worker's runtime"),
             };
             rt.block_on(async move {
+                let tls_loop = match tls.map(TcpListener::from_std).transpose() {
+                    Ok(l) => l.map(|l| tokio::spawn(accept_loop(l, Arc::clone(&shared), tls_server, true))),
+                    Err(e) => return tracing::error!(worker = i, error = %e, "cannot register the TLS listener"),
+                };
                 match TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, shared, server).await,
+                    Ok(l) => accept_loop(l, shared, server, false).await,
                     Err(e) => return tracing::error!(worker = i, error = %e, "cannot register the listener"),
+                }
+                if let Some(t) = tls_loop {
+                    let _ = t.await;
                 }
                 // Listeners closed: keep driving this worker's open connections until
                 // the main thread, which owns the grace period, ends the process.
@@ -143,23 +164,30 @@ pub(crate) async fn serve(
         (Err(e), _) => return bind_failed("listen", config.server.listen, &e),
         (_, Err(e)) => return bind_failed("admin_listen", config.server.admin_listen, &e),
     };
+    let tls = match config.server.tls.as_ref().map(|t| bind(t.listen, reuse).map_err(|e| (t.listen, e))).transpose() {
+        Ok(l) => l,
+        Err((addr, e)) => return bind_failed("tls.listen", addr, &e),
+    };
     let (main_addr, admin_addr) = (local(&main), local(&admin));
-    let main = if workers > 1 {
+    let tls_addr = tls.as_ref().map(local);
+    let (main, tls) = if workers > 1 {
         // Deregistered from this runtime, cloned for the other workers, then registered again.
-        let shared_listener = main.into_std().and_then(|l| {
-            spawn_workers(&l, workers, &shared, config);
-            TcpListener::from_std(l)
+        let shared_listeners = main.into_std().and_then(|l| {
+            let t = tls.map(TcpListener::into_std).transpose()?;
+            spawn_workers(&l, t.as_ref(), workers, &shared, config);
+            Ok((TcpListener::from_std(l)?, t.map(TcpListener::from_std).transpose()?))
         });
-        match shared_listener {
+        match shared_listeners {
             Ok(l) => l,
             Err(e) => return bind_failed("listen", config.server.listen, &e),
         }
     } else {
-        main
+        (main, tls)
     };
 
     let shutdown = shared.shutdown.clone();
-    let main_task = tokio::spawn(accept_loop(main, Arc::clone(&shared), server(config)));
+    let main_task = tokio::spawn(accept_loop(main, Arc::clone(&shared), server(config), false));
+    let tls_task = tls.map(|l| tokio::spawn(accept_loop(l, Arc::clone(&shared), server(config), true)));
     let token = std::env::var(&config.admin.token_env).ok();
     let reloader = Arc::new(Reloader::new(Arc::clone(&shared), loaded.clone(), overrides));
     let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token, metrics);
@@ -167,9 +195,15 @@ pub(crate) async fn serve(
     let hup_task = reload::on_sighup(Arc::clone(&reloader)).map(tokio::spawn);
     // Kept alive until shutdown; dropping it stops the watch.
     let _watcher = loaded.source.exists().then(|| reload::watch(Arc::clone(&reloader), &loaded.source)).flatten();
+    // Certificate files too (a Secret's `..data` symlink swap): SPEC §9.
+    let _tls_watcher = config.server.tls.as_ref().and_then(|t| reload::watch_tls(Arc::clone(&reloader), t));
     // Ready only once every listener is bound and the config is loaded; then announce it
     // (tests and scripts wait for this line, so it must not come before readiness).
     gate.set_ready();
+    if let Some(addr) = tls_addr {
+        tracing::info!(tls_listen = %addr, certificates = config.server.tls.as_ref().map_or(0, |t| t.certificates.len()),
+            "TLS listener open");
+    }
     tracing::info!(listen = %main_addr, admin_listen = %admin_addr, version = %loaded.version,
         routes = config.routes.len(), upstreams = config.upstreams.len(), workers, "nexus started");
     if let Some(tx) = ready {
@@ -181,6 +215,9 @@ pub(crate) async fn serve(
     // Stopping: listeners close, connections finish what they have.
     shutdown.stop();
     let _ = main_task.await;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     let _ = admin_task.await;
     if let Some(t) = hup_task {
         t.abort();
@@ -279,7 +316,10 @@ fn server(config: &Config) -> Server {
         .with_h2_idle_timeout(limits.h2_idle_timeout.as_std())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server) {
+/// Accept connections until the shutdown stops; `tls`: this is the TLS listener (each
+/// connection's handshake first, within the header read timeout).
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server, tls: bool) {
+    let tls = if tls { shared.tls.clone() } else { None };
     let server = Arc::new(server);
     // `stopping` looks at the current phase first: a worker thread that starts after the
     // shutdown began (a loaded machine, drain_delay 0) still closes its copy of the listener.
@@ -299,15 +339,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server)
         };
         let _ = stream.set_nodelay(true);
         let tracked = shared.shutdown.tracker().track();
-        let client =
-            ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted).with_tracker(shared.shutdown.tracker().clone());
+        let client = ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted)
+            .with_tracker(shared.shutdown.tracker().clone())
+            .with_https(tls.is_some());
         let handler = stack::Listener { shared: Arc::clone(&shared), client };
         let server = Arc::clone(&server);
         let phase = shared.shutdown.subscribe();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Counted until closed, so the process waits for it (within the grace period).
             let _tracked = tracked;
-            server.serve_connection(stream, handler, phase).await;
+            match tls {
+                None => server.serve_connection(stream, handler, phase).await,
+                Some(tls) => match tls.accept(stream, server.header_read_timeout()).await {
+                    Ok(stream) => server.serve_connection(stream, handler, phase).await,
+                    Err(reason) => tracing::debug!(%peer, %reason, "TLS handshake failed"),
+                },
+            }
         });
     }
     drop(listener);
@@ -330,7 +378,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let ended = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            super::accept_loop(listener, std::sync::Arc::clone(&shared), super::server(&config)),
+            super::accept_loop(listener, std::sync::Arc::clone(&shared), super::server(&config), false),
         )
         .await;
         assert!(ended.is_ok(), "the accept loop did not see the shutdown");

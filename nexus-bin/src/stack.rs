@@ -17,6 +17,7 @@ use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
 use nexus_proxy::http1::{ClientBody, Connection, Handler, Refusal};
+use nexus_proxy::tls::TlsTerminator;
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) inflight: metrics::Gauge,
     /// Shutdown phase and what must finish before exit.
     pub(crate) shutdown: Shutdown,
+    /// The TLS listener's handshakes (`server.tls`), whose certificates reload.
+    pub(crate) tls: Option<Arc<TlsTerminator>>,
 }
 
 /// The main listener's handler for one connection: the shared state and who the client is.
@@ -184,5 +187,6 @@ pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>
         gate,
         inflight: metrics::gauge!(crate::telemetry::INFLIGHT),
         shutdown: Shutdown::new(),
+        tls: config.server.tls.as_ref().map(TlsTerminator::new).transpose()?.map(Arc::new),
     }))
 }

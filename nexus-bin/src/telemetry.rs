@@ -83,6 +83,9 @@ fn describe() {
     describe_counter!(m::AUTH_FAILURES_TOTAL, "Requests refused by JWT authentication, by route and reason.");
     describe_counter!(m::MIRROR_REQUESTS_TOTAL, "Mirrored copies, by route, upstream and outcome.");
     describe_counter!(m::JWT_CACHE_REQUESTS_TOTAL, "Verified-token cache lookups, hit or miss.");
+    describe_gauge!(m::TLS_CERTIFICATE_EXPIRY, "A loaded certificate's notAfter, as Unix time.");
+    describe_counter!(m::TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
+    describe_counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL, "Failed TLS handshakes, by reason.");
 }
 
 /// Mark `version` as the running config (and `previous`, if any, as not).

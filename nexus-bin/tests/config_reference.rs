@@ -51,13 +51,28 @@ fn read<T: serde::de::DeserializeOwned>(value: &Value) -> T {
 fn the_reference_shows_the_real_defaults() {
     let doc = reference();
     let defaults = Config::default();
-    assert_eq!(read::<ServerConfig>(&doc["server"]), defaults.server, "server");
+    // `server.tls` is shown although it is off by default; its own defaults are checked below.
+    let mut server = doc["server"].clone();
+    let tls = server.as_object_mut().unwrap().remove("tls").expect("the reference shows server.tls");
+    assert_eq!(read::<ServerConfig>(&server), defaults.server, "server");
+    let shown_tls: nexus_core::config::TlsConfig = read(&tls);
+    let minimal_tls: nexus_core::config::TlsConfig = read(&json!({
+        "listen": "0.0.0.0:8443", "certificates": [], "client_auth": { "ca_file": "x" } }));
+    assert_eq!(
+        (shown_tls.min_version, &shown_tls.alpn, shown_tls.client_auth.map(|c| c.required)),
+        (minimal_tls.min_version, &minimal_tls.alpn, minimal_tls.client_auth.map(|c| c.required)),
+        "server.tls"
+    );
     assert_eq!(read::<LoggingConfig>(&doc["logging"]), defaults.logging, "logging");
     assert_eq!(read::<AdminConfig>(&doc["admin"]), defaults.admin, "admin");
     let upstream = &doc["upstreams"]["users"];
     assert_eq!(read::<HealthCheckConfig>(&upstream["health_check"]), read::<HealthCheckConfig>(&json!({})));
     assert_eq!(read::<CircuitBreakerConfig>(&upstream["circuit_breaker"]), read::<CircuitBreakerConfig>(&json!({})));
     assert_eq!(read::<RetryConfig>(&upstream["retry"]), RetryConfig::default());
+    assert_eq!(
+        read::<nexus_core::config::OutlierDetectionConfig>(&upstream["outlier_detection"]),
+        read::<nexus_core::config::OutlierDetectionConfig>(&json!({}))
+    );
     // The keys with defaults in an upstream, a route, a policy and a limit.
     let minimal: UpstreamConfig = read(&json!({ "endpoints": [{ "url": "http://a:1" }] }));
     let shown: UpstreamConfig = read(upstream);

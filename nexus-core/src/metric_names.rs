@@ -40,5 +40,11 @@ pub const CONFIG_RELOADS_TOTAL: &str = "nexus_config_reloads_total";
 pub const CONFIG_VERSION_INFO: &str = "nexus_config_version_info";
 /// `nexus_build_info{version}` gauge.
 pub const BUILD_INFO: &str = "nexus_build_info";
+/// `nexus_tls_certificate_expiry_timestamp_seconds{name}` gauge: a loaded certificate's notAfter.
+pub const TLS_CERTIFICATE_EXPIRY: &str = "nexus_tls_certificate_expiry_timestamp_seconds";
+/// `nexus_tls_reloads_total{result}` counter: TLS certificate reloads, `ok` or `error`.
+pub const TLS_RELOADS_TOTAL: &str = "nexus_tls_reloads_total";
+/// `nexus_tls_handshake_failures_total{reason}` counter.
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "nexus_tls_handshake_failures_total";
 /// `nexus_jwt_cache_requests_total{result}` counter: verified-token cache lookups, `hit` or `miss`.
 pub const JWT_CACHE_REQUESTS_TOTAL: &str = "nexus_jwt_cache_requests_total";

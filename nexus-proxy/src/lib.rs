@@ -67,6 +67,9 @@ mod pool;
 mod replay;
 pub mod service;
 pub mod stack;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 pub mod upstream;
 
 pub use body::{RequestBody, ResponseBody, UpstreamBody, upstream_of};

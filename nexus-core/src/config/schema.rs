@@ -47,6 +47,69 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Shutdown timings.
     pub shutdown: ShutdownConfig,
+    /// A TLS listener beside the plaintext one; absent = plaintext only.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls:`: TLS termination.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The TLS listener (needs a restart to change).
+    pub listen: SocketAddr,
+    /// Certificates, chosen by SNI against their DNS names (wildcards too); the first
+    /// answers when nothing matches or no SNI is sent.
+    pub certificates: Vec<CertificateConfig>,
+    /// The oldest TLS version accepted: `"1.2"` or `"1.3"`. Default `"1.2"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in order of preference: `h2`, `http/1.1`. Default both.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// Mutual TLS; absent = no client certificate asked for.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+
+/// One certificate of `server.tls.certificates`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key_file: String,
+}
+
+/// `min_version:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `server.tls.client_auth:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM CA certificates that client certificates must chain to.
+    pub ca_file: String,
+    /// `false`: ask for a certificate, accept a client without one. Default true.
+    #[serde(default = "default_true")]
+    pub required: bool,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +122,7 @@ impl Default for ServerConfig {
             probe_prefix: String::new(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            tls: None,
         }
     }
 }

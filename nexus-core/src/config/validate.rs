@@ -27,6 +27,31 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
             err(format!("server.limits.{key}"), "must be greater than 0".into());
         }
     }
+    if let Some(tls) = &c.server.tls {
+        if tls.certificates.is_empty() {
+            err("server.tls.certificates".into(), "at least one certificate is required".into());
+        }
+        for (i, cert) in tls.certificates.iter().enumerate() {
+            for (key, file) in [("cert_file", &cert.cert_file), ("key_file", &cert.key_file)] {
+                if file.is_empty() {
+                    err(format!("server.tls.certificates[{i}].{key}"), "must not be empty".into());
+                }
+            }
+        }
+        if tls.alpn.is_empty() {
+            err("server.tls.alpn".into(), "at least one protocol is required (h2, http/1.1)".into());
+        }
+        for (i, p) in tls.alpn.iter().enumerate() {
+            if p != "h2" && p != "http/1.1" {
+                err(format!("server.tls.alpn[{i}]"), format!("{p:?} is not h2 or http/1.1"));
+            }
+        }
+        for (key, addr) in [("listen", c.server.listen), ("admin_listen", c.server.admin_listen)] {
+            if addr.port() != 0 && addr == tls.listen {
+                err("server.tls.listen".into(), format!("{addr} is also server.{key}"));
+            }
+        }
+    }
     let prefix = &c.server.probe_prefix;
     if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
         err(

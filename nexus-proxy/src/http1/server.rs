@@ -252,6 +252,11 @@ impl Server {
         Self { builder, header_read_timeout, max_head, h2_idle_timeout: Duration::from_secs(60) }
     }
 
+    /// How long a request head may take (also the bound of a TLS handshake before it).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
     /// Close HTTP/2 connections with no open stream for `idle` (GOAWAY first). Default 60 s.
     /// (A connection that opens with the HTTP/2 preface must also open its first stream
     /// within the header read timeout, or it is closed.)
