@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "deployments/helm/nexus")
 KUBE_VERSION = "1.30.0"
 NEXUS = os.environ.get("NEXUS_BIN", os.path.join(ROOT, "target/debug/nexus"))
-CRDS = {"ServiceMonitor", "PrometheusRule", "Application", "Rollout", "AnalysisTemplate"}
+CRDS = {"ServiceMonitor", "PrometheusRule", "Application", "Rollout", "AnalysisTemplate", "Certificate"}
 
 failures = []
 
@@ -114,6 +114,9 @@ def chart_checks():
             "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 30, "targetRequestsPerSecond": 500},
             "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                         "grafanaDashboard": {"enabled": True}},
+            "tls": {"enabled": True, "minVersion": "1.3",
+                    "certManager": {"enabled": True, "issuerRef": {"name": "letsencrypt"},
+                                    "dnsNames": ["api.example.com", "*.api.example.com"]}},
             "shutdown": {"drainDelaySeconds": 10, "gracePeriodSeconds": 60, "terminationMarginSeconds": 5},
             "config": {
                 "server": {"trusted_proxies": ["10.0.0.0/8"]},
@@ -150,6 +153,7 @@ def chart_checks():
             if d["kind"] == "PrometheusRule":
                 check(d["spec"] == alerts, f"helm ({label}): PrometheusRule spec == files/nexus-alerts.yaml")
         check_termination(docs, f"helm ({label})")
+        tls_checks(docs, values.get("tls", {}), f"helm ({label})")
         dep = next(d for d in docs if d["kind"] == "Deployment")
         ann = dep["spec"]["template"]["metadata"].get("annotations") or {}
         check(("checksum/config" in ann) == values.get("rollOnConfigChange", True),
@@ -164,6 +168,7 @@ def chart_checks():
               f"helm ({label}): probes {probes}")
     # Values that the schema must refuse.
     for label, bad in {
+        "TLS 1.1": {"tls": {"enabled": True, "minVersion": "1.1"}},
         "replicaCount as text": {"replicaCount": "two"},
         "unknown top-level key": {"replicas": 3},
         "config without routes": {"config": {"routes": None}},
@@ -174,6 +179,49 @@ def chart_checks():
             check(False, f"helm schema refuses {label}")
         except helm.HelmError as e:
             check(True, f"helm schema refuses {label} ({type(e).__name__})")
+
+
+def tls_checks(docs, tls, where):
+    """tls.enabled: the Secret mounted whole and read-only where server.tls reads it, an
+    https port on the container and the Service, and cert-manager's Certificate with the
+    fields cert-manager requires (secretName, issuerRef.name, dnsNames)."""
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    config = next(yaml.safe_load(d["data"]["nexus.yaml"]) for d in docs
+                  if d["kind"] == "ConfigMap" and "nexus.yaml" in d.get("data", {}))
+    server_tls = config["server"].get("tls")
+    certs = [d for d in docs if d["kind"] == "Certificate"]
+    if not tls.get("enabled"):
+        check(server_tls is None and not certs and not any(p["name"] == "https" for p in c["ports"]),
+              f"{where}: no TLS listener, port or Certificate while tls.enabled is off")
+        return
+    mount = next((m for m in c["volumeMounts"] if m["name"] == "tls"), None)
+    volume = next((v for v in pod["volumes"] if v["name"] == "tls"), None)
+    check(mount is not None and mount.get("readOnly") and "subPath" not in mount,
+          f"{where}: the TLS Secret is mounted read-only and whole (no subPath: renewals reach the pod)")
+    paths = [server_tls["certificates"][0]["cert_file"], server_tls["certificates"][0]["key_file"]]
+    check(mount is not None and all(p.startswith(mount["mountPath"] + "/") for p in paths),
+          f"{where}: server.tls reads {paths} from the mounted Secret")
+    port = next((p for p in c["ports"] if p["name"] == "https"), None)
+    check(port is not None and server_tls["listen"].endswith(f":{port['containerPort']}"),
+          f"{where}: container port https matches server.tls.listen {server_tls['listen']}")
+    check(server_tls.get("min_version") == tls.get("minVersion", "1.2"), f"{where}: min_version follows tls.minVersion")
+    svc = next(d for d in docs if d["kind"] == "Service")
+    check(any(p["name"] == "https" and p["targetPort"] == "https" for p in svc["spec"]["ports"]),
+          f"{where}: the Service exposes https")
+    if tls.get("certManager", {}).get("enabled"):
+        check(len(certs) == 1, f"{where}: one cert-manager Certificate")
+        for cert in certs:
+            spec = cert["spec"]
+            check(cert["apiVersion"] == "cert-manager.io/v1", f"{where}: Certificate is cert-manager.io/v1")
+            check(spec.get("secretName") == volume["secret"]["secretName"],
+                  f"{where}: Certificate.spec.secretName is the mounted Secret {volume['secret']['secretName']}")
+            check(bool(spec.get("issuerRef", {}).get("name"))
+                  and spec["issuerRef"].get("kind") in ("Issuer", "ClusterIssuer"),
+                  f"{where}: Certificate.spec.issuerRef {spec.get('issuerRef')}")
+            check(bool(spec.get("dnsNames")) and all(isinstance(n, str) and n for n in spec["dnsNames"]),
+                  f"{where}: Certificate.spec.dnsNames {spec.get('dnsNames')}")
 
 
 def kustomize_checks():

@@ -55,9 +55,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/* The config file: the user's config with the listeners and shutdown timings the pod needs. */}}
+{{/* The TLS Secret's name. */}}
+{{- define "nexus.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "nexus.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
 {{- define "nexus.configYaml" -}}
 {{- $cfg := deepCopy .Values.config }}
 {{- $server := dict "listen" "0.0.0.0:8080" "admin_listen" "0.0.0.0:9090" "shutdown" (dict "drain_delay" (printf "%ds" (int .Values.shutdown.drainDelaySeconds)) "grace_period" (printf "%ds" (int .Values.shutdown.gracePeriodSeconds))) }}
+{{- if .Values.tls.enabled }}
+{{- $cert := dict "cert_file" "/etc/nexus-tls/tls.crt" "key_file" "/etc/nexus-tls/tls.key" }}
+{{- $_ := set $server "tls" (dict "listen" (printf "0.0.0.0:%d" (int .Values.tls.port)) "certificates" (list $cert) "min_version" .Values.tls.minVersion) }}
+{{- end }}
 {{- $_ := set $cfg "server" (merge $server (default (dict) $cfg.server)) }}
 {{- toYaml $cfg }}
 {{- end }}
