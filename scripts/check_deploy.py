@@ -237,6 +237,9 @@ def kustomize_checks():
             if d["kind"] == "ConfigMap":
                 nexus_validate(d["data"]["nexus.yaml"], f"kustomize {overlay} ConfigMap")
         check_termination(docs, f"kustomize {overlay}")
+        # Production terminates TLS in Nexus, with a cert-manager Certificate.
+        tls = {"enabled": True, "minVersion": "1.2", "certManager": {"enabled": True}} if "production" in overlay else {}
+        tls_checks(docs, tls, f"kustomize {overlay}")
 
 
 def promql_checks():
