@@ -5,11 +5,15 @@
 #   scripts/peer-bench.sh                                   # target/release/nexus vs nginx
 #   NEXUS_B=/tmp/nexus-before scripts/peer-bench.sh         # plus a second build, paired per round
 #   CONFIG=benches/peer-bench-full.yaml scripts/peer-bench.sh   # the full chain
+#   TLS=1 scripts/peer-bench.sh                             # clients over TLS (same certificate)
+#   TLS=1 WRK_HEADER="Connection: close" scripts/peer-bench.sh  # a handshake per request
 #
 # Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
 # [benches/peer-bench.yaml], ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
 # WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), WRK_SCRIPT (a wrk Lua
-# script, e.g. benches/wrk/post.lua: POSTs with a 1 KiB body), PIN [1].
+# script, e.g. benches/wrk/post.lua: POSTs with a 1 KiB body), PIN [1], TLS [0]: 1 puts TLS in
+# front of both proxies (nginx `listen ssl` on :18443, Nexus `server.tls` on :18445/:18446, one
+# ECDSA P-256 certificate made for the run, TLS 1.3 negotiated by wrk).
 #
 # It starts a static nginx upstream on 127.0.0.1:18080 (benches/nginx/upstream.conf), nginx as
 # the peer proxy on :18081 (benches/nginx/proxy.conf), Nexus A on :18085 and B on :18086, one
@@ -31,6 +35,7 @@ CONNS=${CONNS:-50 1000}
 WRK_HEADER=${WRK_HEADER:-}
 WRK_SCRIPT=${WRK_SCRIPT:-}
 PIN=${PIN:-1}
+TLS=${TLS:-0}
 
 die() { echo "peer-bench: $*" >&2; exit 1; }
 for tool in nginx wrk taskset python3 curl pgrep; do
@@ -61,14 +66,42 @@ start() { # name, then the command
 }
 
 for n in upstream proxy; do mkdir -p "$work/$n/tmp"; done
+proxy_conf=$PWD/benches/nginx/proxy.conf
+scheme=http
+declare -A port=([nginx]=18081 [nexus_a]=18085 [nexus_b]=18086)
+config_a=$CONFIG config_b=$CONFIG
+if [[ $TLS == 1 ]]; then
+  command -v openssl >/dev/null || die "missing openssl"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+  # nginx: the same proxy with `listen ssl` on :18443 and the run's certificate.
+  sed -e "s|listen 127.0.0.1:18081 backlog=4096;|listen 127.0.0.1:18443 ssl backlog=4096; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;|" \
+    "$proxy_conf" >"$work/proxy-tls.conf"
+  proxy_conf=$work/proxy-tls.conf
+  # Nexus: the same config with server.tls on its own port.
+  for x in a b; do
+    tls_port=$([[ $x == a ]] && echo 18445 || echo 18446)
+    python3 - "$CONFIG" "$work/nexus-$x.yaml" "$tls_port" "$work" <<'PY'
+import sys
+src, dst, port, work = sys.argv[1:]
+text = open(src).read()
+tls = (f'  tls:\n    listen: "127.0.0.1:{port}"\n    certificates:\n'
+       f'      - {{ cert_file: "{work}/tls.crt", key_file: "{work}/tls.key" }}\n')
+assert "server:\n" in text, "the config needs a server: block"
+open(dst, "w").write(text.replace("server:\n", "server:\n" + tls, 1))
+PY
+  done
+  config_a=$work/nexus-a.yaml config_b=$work/nexus-b.yaml
+  scheme=https
+  port=([nginx]=18443 [nexus_a]=18445 [nexus_b]=18446)
+fi
 start upstream nginx -p "$work/upstream/" -c "$PWD/benches/nginx/upstream.conf" -e "$work/upstream/error.log"
-start nginx nginx -p "$work/proxy/" -c "$PWD/benches/nginx/proxy.conf" -e "$work/proxy/error.log"
-start nexus_a env NEXUS_WORKERS=1 "$NEXUS_A" --config "$CONFIG" \
+start nginx nginx -p "$work/proxy/" -c "$proxy_conf" -e "$work/proxy/error.log"
+start nexus_a env NEXUS_WORKERS=1 "$NEXUS_A" --config "$config_a" \
   --listen 127.0.0.1:18085 --admin-listen 127.0.0.1:19085 --log-level warn
 targets=(nginx nexus_a)
-declare -A port=([nginx]=18081 [nexus_a]=18085 [nexus_b]=18086)
 if [[ -n $NEXUS_B ]]; then
-  start nexus_b env NEXUS_WORKERS=1 "$NEXUS_B" --config "$CONFIG" \
+  start nexus_b env NEXUS_WORKERS=1 "$NEXUS_B" --config "$config_b" \
     --listen 127.0.0.1:18086 --admin-listen 127.0.0.1:19086 --log-level warn
   targets+=(nexus_b)
 fi
@@ -81,7 +114,7 @@ curl_header=()
 for t in "${targets[@]}"; do
   ok=0
   for _ in $(seq 100); do
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' "${curl_header[@]}" "http://127.0.0.1:${port[$t]}/") == 200 ]]; then
+    if [[ $(curl -sk -o /dev/null -w '%{http_code}' "${curl_header[@]}" "$scheme://127.0.0.1:${port[$t]}/") == 200 ]]; then
       ok=1
       break
     fi
@@ -100,7 +133,7 @@ ticks() { # utime+stime of a process and its children (nginx's worker), in clock
 
 samples=$work/samples.tsv
 echo "round	conns	target	rps	p99_ms	cpu_us_per_req" >"$samples"
-echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} targets=${targets[*]} pin=$PIN" >&2
+echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS targets=${targets[*]} pin=$PIN" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in $CONNS; do
     # Rotate the order each round, so no target always runs first (or after the same one).
@@ -108,9 +141,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${order[@]}"; do
       pid_var=pid_$t
       pid=${!pid_var}
-      "${load[@]}" wrk -t1 -c"$c" -d1s "${header[@]}" "http://127.0.0.1:${port[$t]}/" >/dev/null # warm-up
+      "${load[@]}" wrk -t1 -c"$c" -d1s "${header[@]}" "$scheme://127.0.0.1:${port[$t]}/" >/dev/null # warm-up
       before=$(ticks "$pid")
-      out=$("${load[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${header[@]}" "http://127.0.0.1:${port[$t]}/")
+      out=$("${load[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${header[@]}" "$scheme://127.0.0.1:${port[$t]}/")
       after=$(ticks "$pid")
       python3 - "$r" "$c" "$t" "$before" "$after" "$(getconf CLK_TCK)" "$out" >>"$samples" <<'PY'
 import re, sys
