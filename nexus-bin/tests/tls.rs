@@ -404,3 +404,36 @@ async fn validate_checks_the_files_unless_told_to_skip_them() {
     // The gateway refuses to start on them, with the same paths.
     assert!(refused_at_start(&yaml).contains("server.tls.certificates[0].key_file"));
 }
+
+#[tokio::test]
+async fn a_yaml_reload_naming_a_broken_pair_is_refused_whole_and_tls_keeps_serving() {
+    let mut first = None;
+    let s = start_tls(|dir, ca| {
+        first = Some(ca.leaf(dir, "api", &["api.example.com"]));
+        tls_yaml(dir, &["api"], "")
+    })
+    .await;
+    // The same config with a second route and a certificate file that does not exist.
+    let running = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    let broken = running.replace(
+        "    certificates:\n",
+        &format!(
+            "    certificates:\n      - {{ cert_file: \"{}\", key_file: \"x.key\" }}\n",
+            s.dir.path().join("gone.crt").display()
+        ),
+    ) + "  - name: other\n    paths: [{ path: /other }]\n    upstream: app\n";
+    s.gw.write_config(&broken);
+    let (status, _, v) = post_json(&s.gw.admin_url("/admin/reload"), None).await;
+    // (Whether or not the file watch tried it first, the file is not the running version, so the
+    // admin call tries it and reports the error.)
+    assert_eq!(status.as_u16(), 422, "{v}");
+    assert!(v.to_string().contains("server.tls.certificates[0].cert_file"), "{v}");
+    // Nothing of it applies: still one route, the running certificate still served.
+    let routes = get_json(&s.gw.admin_url("/admin/routes")).await;
+    assert_eq!(routes["routes"].as_array().map(Vec::len), Some(1), "{routes}");
+    let config = client_config(&s.ca, &["http/1.1"], ALL, None);
+    let tls = connect(s.tls, config, "api.example.com").await.unwrap();
+    assert_eq!(served_cert(&tls), first.unwrap());
+    let metrics = get(&s.gw.admin_url("/metrics")).await.2;
+    assert!(metrics.contains(r#"nexus_config_reloads_total{result="error"}"#), "{metrics}");
+}
