@@ -23,9 +23,11 @@ check -p nexus-proxy --no-default-features
 check -p nexus-proxy --features axum
 
 # A config that needs a compiled-out feature is an error naming it (these tests only
-# exist in builds without `redis` / `jwks-url`).
+# exist in builds without `redis` / `jwks-url` / `tls`).
 echo "== tests without redis and jwks-url"
 "$CARGO" test --locked -p nexus-middleware --no-default-features --features jwt --lib from_config
+echo "== tests without tls"
+"$CARGO" test --locked -p nexus-proxy --no-default-features --lib upstream::tests
 
 lines=$("$CARGO" tree --locked -p nexus-middleware --no-default-features -e normal | wc -l)
 echo "== nexus-middleware --no-default-features: $lines lines of cargo tree"

@@ -28,14 +28,23 @@ pub(crate) fn load(path: &Path, overrides: &Overrides) -> Result<LoadedConfig, C
 
 /// The files a config names, read and parsed as the gateway will (SPEC §9: `nexus validate`
 /// checks them; `--skip-files` leaves them out, for rendering checks outside the pod):
-/// TLS certificates and keys (each key matches its certificate) and the client CA, JWT
-/// public keys and JWKS files. Every error with its field path.
+/// TLS certificates and keys (each key matches its certificate) and the client CA, the CA
+/// files and client certificates of `https://` upstreams, JWT public keys and JWKS files. Every error with its field path.
 pub(crate) fn check_files(config: &Config) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
     if let Some(tls) = &config.server.tls
         && let Err(e) = nexus_proxy::tls::LoadedTls::load(tls)
     {
         errors.extend(e.0);
+    }
+    for (name, upstream) in &config.upstreams {
+        let https = upstream
+            .endpoints
+            .iter()
+            .any(|e| nexus_core::upstream::parse_endpoint_url(&e.url).is_ok_and(|a| a.is_tls()));
+        if https && let Err(e) = nexus_proxy::tls::UpstreamTls::load(name, &upstream.tls.clone().unwrap_or_default()) {
+            errors.extend(e.0);
+        }
     }
     for (name, jwt) in &config.auth.jwt {
         let files = [("public_key_file", &jwt.public_key_file), ("jwks_file", &jwt.jwks_file)];

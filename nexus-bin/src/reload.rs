@@ -220,6 +220,15 @@ impl Reloader {
                 }
             }
         }
+        // The upstream side: CA files and client certificates of `https://` upstreams.
+        for (name, upstream) in self.shared.snapshot.load().gateway.upstreams() {
+            if let Err(errors) = upstream.reload_tls() {
+                for e in &errors {
+                    tracing::error!(%trigger, upstream = %name, error = %e,
+                        "upstream TLS reload failed; the running CA and client certificate stay");
+                }
+            }
+        }
     }
 
     /// Go back to the previous good version and pin it until the file changes.
@@ -298,21 +307,31 @@ pub(crate) fn watch(reloader: Arc<Reloader>, path: &Path) -> Option<notify::Reco
     watch_files(reloader, &[path], "file change")
 }
 
-/// Re-read certificates when a file of `server.tls` changes (a Secret's `..data` symlink
-/// swap included): the reload finds the YAML unchanged and re-reads the TLS files. The
+/// Re-read certificates when a TLS file of the config changes (`server.tls`, and the CA
+/// files and client certificates of upstreams' `tls`; a Secret's `..data` symlink swap
+/// included): the reload finds the YAML unchanged and re-reads the TLS files. The
 /// directories are those of the config at start; after a reload that moves the files
-/// elsewhere, SIGHUP and `POST /admin/reload` still re-read them.
+/// elsewhere, SIGHUP and `POST /admin/reload` still re-read them. `None`: no TLS files.
 pub(crate) fn watch_tls(
     reloader: Arc<Reloader>,
-    tls: &nexus_core::config::TlsConfig,
+    config: &nexus_core::config::Config,
 ) -> Option<notify::RecommendedWatcher> {
     let mut files: Vec<&Path> = Vec::new();
-    for c in &tls.certificates {
-        files.push(Path::new(&c.cert_file));
-        files.push(Path::new(&c.key_file));
+    if let Some(tls) = &config.server.tls {
+        for c in &tls.certificates {
+            files.push(Path::new(&c.cert_file));
+            files.push(Path::new(&c.key_file));
+        }
+        if let Some(auth) = &tls.client_auth {
+            files.push(Path::new(&auth.ca_file));
+        }
     }
-    if let Some(auth) = &tls.client_auth {
-        files.push(Path::new(&auth.ca_file));
+    for tls in config.upstreams.values().filter_map(|u| u.tls.as_ref()) {
+        let named = [&tls.ca_file, &tls.client_cert_file, &tls.client_key_file];
+        files.extend(named.into_iter().flatten().map(Path::new));
+    }
+    if files.is_empty() {
+        return None;
     }
     watch_files(reloader, &files, "TLS file change")
 }

@@ -196,7 +196,7 @@ pub(crate) async fn serve(
     // Kept alive until shutdown; dropping it stops the watch.
     let _watcher = loaded.source.exists().then(|| reload::watch(Arc::clone(&reloader), &loaded.source)).flatten();
     // Certificate files too (a Secret's `..data` symlink swap): SPEC §9.
-    let _tls_watcher = config.server.tls.as_ref().and_then(|t| reload::watch_tls(Arc::clone(&reloader), t));
+    let _tls_watcher = reload::watch_tls(Arc::clone(&reloader), config);
     // Ready only once every listener is bound and the config is loaded; then announce it
     // (tests and scripts wait for this line, so it must not come before readiness).
     gate.set_ready();

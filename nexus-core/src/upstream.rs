@@ -6,12 +6,17 @@
 //! let ep = parse_endpoint_url("http://127.0.0.1:8081").unwrap();
 //! assert_eq!(ep.authority(), "127.0.0.1:8081");
 //! assert!(parse_endpoint_url("ftp://x").is_err());
+//! let tls = parse_endpoint_url("https://[::1]").unwrap();
+//! assert_eq!((tls.authority(), tls.host(), tls.is_tls()), ("[::1]:443", "::1", true));
 //! ```
 
-/// An endpoint address: plain-HTTP host and port.
+/// An endpoint address: host and port, and whether it speaks TLS (`https://`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointAddr {
     authority: String,
+    /// Where the host ends in `authority` (brackets of an IPv6 address included).
+    host_len: usize,
+    tls: bool,
 }
 
 impl EndpointAddr {
@@ -19,28 +24,38 @@ impl EndpointAddr {
     pub fn authority(&self) -> &str {
         &self.authority
     }
+
+    /// The host, without the brackets of an IPv6 address: the TLS server name to verify
+    /// unless `tls.server_name` says otherwise.
+    pub fn host(&self) -> &str {
+        self.authority[..self.host_len].trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The endpoint is `https://`: connections to it speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
 }
 
-/// Parse an endpoint URL (`http://host[:port]`, no path, query or credentials).
+/// Parse an endpoint URL (`http://host[:port]` or `https://host[:port]`, no path, query or
+/// credentials).
 pub fn parse_endpoint_url(s: &str) -> Result<EndpointAddr, String> {
     let url = AbsoluteUrl::parse(s)?;
-    match url.scheme.as_str() {
-        "http" => {}
-        "https" => {
-            return Err(format!("{s:?}: https endpoints are not supported yet; use http://"));
-        }
+    let (tls, default_port) = match url.scheme.as_str() {
+        "http" => (false, 80),
+        "https" => (true, 443),
         other => {
-            return Err(format!("{s:?}: scheme {other:?} is not supported (expected http)"));
+            return Err(format!("{s:?}: scheme {other:?} is not supported (expected http or https)"));
         }
-    }
+    };
     if url.credentials {
         return Err(format!("{s:?}: credentials in endpoint URLs are not allowed"));
     }
     if url.rest_after_authority {
         return Err(format!("{s:?}: an endpoint URL has no path, query or fragment (write http://host:port)"));
     }
-    let port = url.port.unwrap_or(80);
-    Ok(EndpointAddr { authority: format!("{}:{port}", url.host) })
+    let port = url.port.unwrap_or(default_port);
+    Ok(EndpointAddr { authority: format!("{}:{port}", url.host), host_len: url.host.len(), tls })
 }
 
 /// An absolute `scheme://[user@]host[:port][/...]` URL, as far as the config needs it

@@ -15,9 +15,11 @@
 //! assert!(!h.is_healthy());
 //! ```
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Consecutive results that flip an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,21 +133,45 @@ pub struct CheckConfig {
     pub thresholds: Thresholds,
 }
 
-/// Run one check against `authority` (`host:port`): `(passed, message)`.
+/// Run one check against `authority` (`host:port`) over plain TCP: `(passed, message)`.
 pub async fn check_once(authority: &str, probe: &Probe, timeout: Duration) -> (bool, String) {
-    match tokio::time::timeout(timeout, run(authority, probe)).await {
+    check_once_over(authority, probe, timeout, tcp(authority)).await
+}
+
+/// Run one check over the connection `connect` opens (TLS to an `https://` endpoint, say):
+/// the probe's request is written to it, `Host: authority`; opening it counts against
+/// `timeout` too. An error from `connect` fails the check with its message.
+pub async fn check_once_over<S, E>(
+    authority: &str,
+    probe: &Probe,
+    timeout: Duration,
+    connect: impl Future<Output = Result<S, E>>,
+) -> (bool, String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(timeout, run(authority, probe, connect)).await {
         Ok(r) => r,
         Err(_) => (false, format!("timed out after {}", humantime_ms(timeout))),
     }
+}
+
+async fn tcp(authority: &str) -> std::io::Result<tokio::net::TcpStream> {
+    tokio::net::TcpStream::connect(authority).await
 }
 
 fn humantime_ms(d: Duration) -> String {
     if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
-async fn run(authority: &str, probe: &Probe) -> (bool, String) {
+async fn run<S, E>(authority: &str, probe: &Probe, connect: impl Future<Output = Result<S, E>>) -> (bool, String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: std::fmt::Display,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = match tokio::net::TcpStream::connect(authority).await {
+    let mut stream = match connect.await {
         Ok(s) => s,
         Err(e) => return (false, format!("connect: {e}")),
     };
@@ -155,7 +181,7 @@ async fn run(authority: &str, probe: &Probe) -> (bool, String) {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: nexus-health-check\r\nConnection: close\r\nAccept: */*\r\n\r\n"
     );
-    if let Err(e) = stream.write_all(req.as_bytes()).await {
+    if let Err(e) = stream.write_all(req.as_bytes()).await.and(stream.flush().await) {
         return (false, format!("write: {e}"));
     }
     // The status line is all we need: "HTTP/1.1 200 OK".
@@ -200,16 +226,41 @@ pub fn spawn_checks<F>(
 where
     F: Fn(usize, bool, &str) + Send + Sync + 'static,
 {
+    let authorities: Vec<String> = targets.iter().map(|(a, _)| a.clone()).collect();
+    spawn_checks_over(targets, config, move |i| tcp_owned(authorities[i].clone()), on_change)
+}
+
+async fn tcp_owned(authority: String) -> std::io::Result<tokio::net::TcpStream> {
+    tcp(&authority).await
+}
+
+/// [`spawn_checks`], opening each check's connection with `connect(index)` (TLS to an
+/// `https://` endpoint, say) instead of plain TCP.
+pub fn spawn_checks_over<F, C, Fut, S, E>(
+    targets: Vec<(String, std::sync::Arc<EndpointHealth>)>,
+    config: CheckConfig,
+    connect: C,
+    on_change: F,
+) -> Checks
+where
+    F: Fn(usize, bool, &str) + Send + Sync + 'static,
+    C: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, E>> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    E: std::fmt::Display,
+{
     let on_change = std::sync::Arc::new(on_change);
+    let connect = std::sync::Arc::new(connect);
     let tasks = targets
         .into_iter()
         .enumerate()
         .map(|(i, (authority, health))| {
             let config = config.clone();
             let on_change = std::sync::Arc::clone(&on_change);
+            let connect = std::sync::Arc::clone(&connect);
             tokio::spawn(async move {
                 loop {
-                    let (ok, message) = check_once(&authority, &config.probe, config.timeout).await;
+                    let (ok, message) = check_once_over(&authority, &config.probe, config.timeout, connect(i)).await;
                     if let Some(now) = health.record(ok, message.clone(), &config.thresholds) {
                         on_change(i, now, &message);
                     }

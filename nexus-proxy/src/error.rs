@@ -7,7 +7,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The TCP connection to the endpoint could not be opened (refused, unreachable).
+    /// The connection to the endpoint could not be opened (refused, unreachable), or its
+    /// TLS handshake failed (a certificate that does not verify, no common version).
     Connect,
     /// Opening the connection took longer than `connect_timeout`.
     ConnectTimeout,

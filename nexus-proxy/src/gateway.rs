@@ -394,7 +394,7 @@ where
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
                 }
-                Err(e) => errors.push(ConfigError::new(format!("upstreams.{name}"), e)),
+                Err(e) => errors.extend(e.0),
             }
         }
         let policies = Policies::build(config, env, previous.map(|p| &p.policies), &mut errors);

@@ -57,6 +57,7 @@ pub use nexus_core::config;
 
 pub mod balance;
 pub mod body;
+mod connect;
 mod edge;
 pub mod error;
 pub mod gateway;

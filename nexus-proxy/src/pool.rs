@@ -13,6 +13,7 @@
 //! Requests without a body skip hyper altogether: they go over connections of their own
 //! ([`RawConn`], kept in a second set of idle queues) with the lean exchange of [`crate::http1`].
 
+use crate::connect::{Connector, UpstreamIo};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http1::{Client, ExchangeError, RawBody, RawConn};
 use http::{Request, Response, request};
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How long an idle connection may wait in the pool (below common upstream keep-alive timeouts).
@@ -196,9 +196,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// raw ones (requests without).
 #[derive(Debug)]
 pub(crate) struct EndpointPool<B> {
-    authority: String,
+    connector: Connector,
     idle: Shards<PooledConn<B>>,
     raw: Shards<Box<RawConn>>,
+}
+
+impl<B> EndpointPool<B> {
+    /// How this pool opens connections.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
 }
 
 impl<B> EndpointPool<B>
@@ -208,8 +215,8 @@ where
     B::Error: Into<BoxError>,
 {
     /// A pool keeping at most `max_idle` idle connections of each kind per thread shard.
-    pub(crate) fn new(authority: String, max_idle: usize) -> Self {
-        Self { authority, idle: Shards::new(max_idle), raw: Shards::new(max_idle) }
+    pub(crate) fn new(connector: Connector, max_idle: usize) -> Self {
+        Self { connector, idle: Shards::new(max_idle), raw: Shards::new(max_idle) }
     }
 
     fn checkout(&self) -> Option<PooledConn<B>> {
@@ -253,7 +260,7 @@ where
         loop {
             let (mut conn, reused) = match self.raw.pop(|c| c.is_reusable()) {
                 Some(c) => (c, true),
-                None => match tokio::time::timeout_at(deadline, self.open(connect_timeout)).await {
+                None => match tokio::time::timeout_at(deadline, self.connector.connect(connect_timeout)).await {
                     Ok(stream) => (RawConn::new(stream?), false),
                     Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
                 },
@@ -273,18 +280,6 @@ where
         }
     }
 
-    /// A TCP connection to the endpoint, with `TCP_NODELAY`.
-    async fn open(&self, timeout: Duration) -> Result<TcpStream, ProxyError> {
-        match tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str())).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(s)
-            }
-            Ok(Err(e)) => Err(ProxyError::new(ErrorKind::Connect, Some(Box::new(e)))),
-            Err(_) => Err(ProxyError::new(ErrorKind::ConnectTimeout, None)),
-        }
-    }
-
     async fn connect(&self, timeout: Duration) -> Result<PooledConn<B>, ProxyError> {
         let (sender, conn) = self.handshake(timeout).await?;
         Ok(PooledConn { sender, conn: Box::pin(conn), done: false })
@@ -293,8 +288,8 @@ where
     async fn handshake(
         &self,
         timeout: Duration,
-    ) -> Result<(SendRequest<B>, Connection<TokioIo<TcpStream>, B>), ProxyError> {
-        let stream = self.open(timeout).await?;
+    ) -> Result<(SendRequest<B>, Connection<TokioIo<UpstreamIo>, B>), ProxyError> {
+        let stream = self.connector.connect(timeout).await?;
         http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

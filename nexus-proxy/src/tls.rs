@@ -10,6 +10,10 @@
 //! `nexus_tls_handshake_failures_total{reason}` (`not_tls`, `protocol_version`,
 //! `no_client_certificate`, `bad_client_certificate`, `other`).
 //!
+//! The other direction, TLS to `https://` upstreams, is [`UpstreamTls`]: the webpki roots
+//! or a CA file, the URL's host or `server_name` verified, an optional client certificate
+//! for upstreams that require mutual TLS, and the same re-read without a restart.
+//!
 //! ```no_run
 //! use nexus_proxy::tls::TlsTerminator;
 //! # async fn run(config: nexus_core::config::TlsConfig) -> std::io::Result<()> {
@@ -24,10 +28,10 @@
 //! ```
 
 use arc_swap::ArcSwap;
-use nexus_core::config::{ConfigError, ConfigErrors, TlsConfig, TlsVersion};
+use nexus_core::config::{ConfigError, ConfigErrors, TlsConfig, TlsVersion, UpstreamTlsConfig};
 use nexus_core::metric_names::{TLS_CERTIFICATE_EXPIRY, TLS_HANDSHAKE_FAILURES_TOTAL, TLS_RELOADS_TOTAL};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use std::sync::Arc;
@@ -281,16 +285,8 @@ fn client_verifier(
     ca_file: &str,
     required: bool,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
-    let cas = CertificateDer::pem_file_iter(ca_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("cannot read PEM certificates from {ca_file}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca).map_err(|e| format!("{ca_file}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{ca_file} holds no CA certificate"));
-    }
+    read_roots(ca_file, &mut roots)?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
     let builder = if required { builder } else { builder.allow_unauthenticated() };
     builder.build().map_err(|e| format!("{ca_file}: {e}"))
@@ -324,6 +320,176 @@ impl BySni {
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.pick(hello.server_name())
+    }
+}
+
+/// TLS to one upstream's `https://` endpoints: which CAs the endpoints' certificates must
+/// lead to (`ca_file`, else the webpki roots), and the client certificate the gateway
+/// presents (`client_cert_file` / `client_key_file`) to upstreams that require mutual TLS.
+/// Verification cannot be turned off. The files are re-read by [`reload`](Self::reload)
+/// (a failure keeps the running set); connections already open keep their session.
+///
+/// ```
+/// use nexus_proxy::tls::UpstreamTls;
+/// // No `tls:` block: the webpki roots, no client certificate.
+/// let tls = UpstreamTls::load("orders", &Default::default()).unwrap();
+/// assert_eq!(tls.upstream(), "orders");
+/// let missing = nexus_core::config::UpstreamTlsConfig { ca_file: Some("/nonexistent/ca.crt".into()), ..Default::default() };
+/// let errors = UpstreamTls::load("orders", &missing).unwrap_err().to_string();
+/// assert!(errors.contains("upstreams.orders.tls.ca_file"), "{errors}");
+/// ```
+#[derive(Debug)]
+pub struct UpstreamTls {
+    upstream: String,
+    spec: UpstreamTlsConfig,
+    config: ArcSwap<rustls::ClientConfig>,
+}
+
+impl UpstreamTls {
+    /// Read `spec`'s files for upstream `upstream`; every error has its field path
+    /// (`upstreams.<name>.tls.<key>`).
+    pub fn load(upstream: &str, spec: &UpstreamTlsConfig) -> Result<Self, ConfigErrors> {
+        let (config, expiry) = client_config(upstream, spec)?;
+        publish_expiry(&expiry);
+        Ok(Self { upstream: upstream.to_string(), spec: spec.clone(), config: ArcSwap::from_pointee(config) })
+    }
+
+    /// The upstream's name.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// The settings it was loaded from.
+    pub fn spec(&self) -> &UpstreamTlsConfig {
+        &self.spec
+    }
+
+    /// Re-read the files (a rotated CA or client certificate) and use them for new
+    /// connections; on an error the running set stays and the error is counted in
+    /// `nexus_tls_reloads_total{result="error"}`.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        match client_config(&self.upstream, &self.spec) {
+            Ok((config, expiry)) => {
+                publish_expiry(&expiry);
+                self.config.store(Arc::new(config));
+                metrics::counter!(TLS_RELOADS_TOTAL, "result" => "ok").increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!(TLS_RELOADS_TOTAL, "result" => "error").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Where connections to an endpoint whose URL host is `host` go: `server_name` when
+    /// set, the host otherwise (an IP address is verified as one).
+    pub(crate) fn target(self: &Arc<Self>, host: &str) -> Result<UpstreamTlsTarget, String> {
+        let name = self.spec.server_name.as_deref().unwrap_or(host);
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|e| format!("{name:?} is not a valid TLS server name: {e}"))?;
+        Ok(UpstreamTlsTarget { tls: Arc::clone(self), name })
+    }
+}
+
+/// One `https://` endpoint: its upstream's TLS settings and the name to verify.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamTlsTarget {
+    tls: Arc<UpstreamTls>,
+    name: ServerName<'static>,
+}
+
+impl UpstreamTlsTarget {
+    /// The client handshake on `tcp`; any failure (the certificate does not verify, no
+    /// common version, a reset) is a connect error.
+    pub(crate) async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, crate::error::ProxyError> {
+        let connector = tokio_rustls::TlsConnector::from(self.tls.config.load_full());
+        connector.connect(self.name.clone(), tcp).await.map_err(|e| {
+            tracing::debug!(upstream = %self.tls.upstream, error = %e, "TLS handshake to the upstream failed");
+            crate::error::ProxyError::new(crate::error::ErrorKind::Connect, Some(Box::new(e)))
+        })
+    }
+}
+
+/// A rustls client config for `spec`, and the client certificate's expiry (if any).
+fn client_config(
+    upstream: &str,
+    spec: &UpstreamTlsConfig,
+) -> Result<(rustls::ClientConfig, Vec<(String, i64)>), ConfigErrors> {
+    let at = |key: &str| format!("upstreams.{upstream}.tls.{key}");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut errors = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
+    match &spec.ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(ca_file) => {
+            if let Err(message) = read_roots(ca_file, &mut roots) {
+                errors.push(ConfigError::new(at("ca_file"), message));
+            }
+        }
+    }
+    let client = match (&spec.client_cert_file, &spec.client_key_file) {
+        (Some(cert), Some(key)) => match load_pair(&provider, cert, key) {
+            Ok(pair) => Some(pair),
+            Err((which, message)) => {
+                errors.push(ConfigError::new(at(&format!("client_{which}")), message));
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            errors.push(ConfigError::new(at("client_cert_file"), "client_cert_file and client_key_file go together"));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigErrors(vec![ConfigError::new(at("ca_file"), e.to_string())]))?
+        .with_root_certificates(roots);
+    let mut expiry = Vec::new();
+    let mut config = match client {
+        Some((names, key, not_after)) => {
+            expiry.push((names.first().cloned().unwrap_or_else(|| format!("{upstream}-client")), not_after));
+            builder.with_client_cert_resolver(Arc::new(OneClientCert(key)))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // HTTP/2 to upstreams is not built yet: offer HTTP/1.1 only, so `protocol: auto` is HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((config, expiry))
+}
+
+/// Add the CA certificates of `ca_file` to `roots` (at least one).
+fn read_roots(ca_file: &str, roots: &mut rustls::RootCertStore) -> Result<(), String> {
+    let cas = CertificateDer::pem_file_iter(ca_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("cannot read PEM certificates from {ca_file}: {e}"))?;
+    for ca in cas {
+        roots.add(ca).map_err(|e| format!("{ca_file}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{ca_file} holds no CA certificate"));
+    }
+    Ok(())
+}
+
+/// The one client certificate, offered whenever an upstream asks for one.
+#[derive(Debug)]
+struct OneClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

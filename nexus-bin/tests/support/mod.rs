@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod certs;
+
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// What an upstream saw of one request.
@@ -26,6 +28,9 @@ pub struct Seen {
     pub method: String,
     pub uri: String,
     pub headers: http::HeaderMap,
+    /// Over TLS: the SNI the gateway sent (`Some("")` without one) and whether it
+    /// presented a client certificate. `None`: plain TCP.
+    pub tls: Option<(String, bool)>,
 }
 
 /// A running test upstream.
@@ -33,11 +38,13 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Served over TLS.
+    pub https: bool,
 }
 
 impl Upstream {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.addr)
     }
 
     pub fn last(&self) -> Seen {
@@ -72,34 +79,76 @@ fn full(s: impl Into<Bytes>) -> Body {
 /// - `/ws`: a WebSocket echo;
 /// - anything else: 200 with body `<name> <path>` and hop-by-hop headers that the gateway must drop.
 pub async fn upstream(name: &'static str) -> Upstream {
+    serve_upstream(name, None).await
+}
+
+/// [`upstream`] over TLS with `config` (see [`certs::server_config`]); its URL is `https://`.
+pub async fn tls_upstream(name: &'static str, config: Arc<rustls::ServerConfig>) -> Upstream {
+    let mut up = serve_upstream(name, Some(tokio_rustls::TlsAcceptor::from(config))).await;
+    up.https = true;
+    up
+}
+
+async fn serve_upstream(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let up = Upstream { addr, seen: Arc::clone(&seen) };
+    let up = Upstream { addr, seen: Arc::clone(&seen), https: false };
     tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else { continue };
             let seen = Arc::clone(&seen);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let seen = Arc::clone(&seen);
-                    async move { Ok::<_, Infallible>(answer(name, peer, req, &seen).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+                let serve = |io, session: Option<(String, bool)>| {
+                    let svc = service_fn(move |req| {
+                        let seen = Arc::clone(&seen);
+                        let session = session.clone();
+                        async move { Ok::<_, Infallible>(answer(name, peer, session, req, &seen).await) }
+                    });
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .into_owned()
+                };
+                match tls {
+                    None => drop(serve(Box::new(stream) as Box<dyn Io>, None).await),
+                    Some(acceptor) => {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        let (_, session) = stream.get_ref();
+                        let about = (
+                            session.server_name().unwrap_or_default().to_string(),
+                            session.peer_certificates().is_some_and(|c| !c.is_empty()),
+                        );
+                        drop(serve(Box::new(stream) as Box<dyn Io>, Some(about)).await);
+                    }
+                }
             });
         }
     });
     up
 }
 
-async fn answer(name: &str, peer: SocketAddr, mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+/// A connection a test upstream serves: TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn answer(
+    name: &str,
+    peer: SocketAddr,
+    tls: Option<(String, bool)>,
+    mut req: Request<Incoming>,
+    seen: &Mutex<Vec<Seen>>,
+) -> Response<Body> {
     seen.lock().unwrap().push(Seen {
         peer,
         method: req.method().to_string(),
         uri: req.uri().to_string(),
         headers: req.headers().clone(),
+        tls,
     });
     let path = req.uri().path().to_string();
     if let Some(ms) = path.strip_prefix("/slow/") {

@@ -264,6 +264,49 @@ pub struct UpstreamConfig {
     /// Passive outlier detection: endpoints that keep failing are ejected for a while; absent = none.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// The protocol spoken to the endpoints. Default `auto`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to `https://` endpoints: the CA, the name to verify, a client certificate.
+    /// Absent: the webpki roots and the URL's host, no client certificate.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `upstreams.<name>.protocol:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, or HTTP/2 when TLS's ALPN picks it (this version offers `http/1.1` only).
+    #[default]
+    Auto,
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 over TLS (not supported by this version: a validation error).
+    H2,
+    /// HTTP/2 over plain TCP with prior knowledge (not supported by this version: a validation error).
+    H2c,
+}
+
+/// `upstreams.<name>.tls:`: how the gateway verifies `https://` endpoints and proves itself to them.
+/// There is no setting that turns verification off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA certificates the endpoints' chains must lead to; absent = the webpki roots
+    /// (Mozilla's set, built in).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The name sent as SNI and verified against the endpoint's certificate; absent = the
+    /// URL's host (an IP address is verified as one).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM client certificate chain, for upstreams that require mutual TLS (with `client_key_file`).
+    #[serde(default)]
+    pub client_cert_file: Option<String>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<String>,
 }
 
 /// `outlier_detection:`.

@@ -100,6 +100,38 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
     }
 }
 
+/// `protocol` and `tls` of one upstream (the files are read by `nexus validate`, not here).
+fn validate_upstream_tls(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, String)) {
+    use super::UpstreamProtocol;
+    if matches!(u.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c) {
+        err(format!("{p}.protocol"), "HTTP/2 to upstreams is not supported by this version; use auto or http1".into());
+    }
+    let Some(tls) = &u.tls else { return };
+    let any_tls = u.endpoints.iter().any(|e| crate::upstream::parse_endpoint_url(&e.url).is_ok_and(|a| a.is_tls()));
+    if !any_tls && !u.endpoints.is_empty() {
+        err(format!("{p}.tls"), "no endpoint is https://, so these settings would be unused".into());
+    }
+    if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+        err(format!("{p}.tls"), "client_cert_file and client_key_file go together".into());
+    }
+    for (key, value) in [
+        ("ca_file", &tls.ca_file),
+        ("server_name", &tls.server_name),
+        ("client_cert_file", &tls.client_cert_file),
+        ("client_key_file", &tls.client_key_file),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            err(format!("{p}.tls.{key}"), "must not be empty".into());
+        }
+    }
+    if let Some(name) = tls.server_name.as_deref().filter(|n| !n.trim().is_empty())
+        && name.parse::<std::net::IpAddr>().is_err()
+        && (name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') || name.starts_with('.'))
+    {
+        err(format!("{p}.tls.server_name"), format!("{name:?} is not a DNS name or IP address"));
+    }
+}
+
 fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, String)) {
     if u.endpoints.is_empty() {
         err(format!("{p}.endpoints"), "at least one endpoint is required".into());
@@ -115,6 +147,7 @@ fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, S
     if !u.endpoints.is_empty() && u.endpoints.iter().all(|e| e.weight == 0) {
         err(format!("{p}.endpoints"), "every endpoint has weight 0; at least one must carry traffic".into());
     }
+    validate_upstream_tls(p, u, err);
     if u.max_concurrent_requests == 0 {
         err(format!("{p}.max_concurrent_requests"), "must be at least 1".into());
     }

@@ -17,15 +17,15 @@
 //! stray bytes are left.
 
 use super::head::{ResponseHead, Scratch, parse_response};
+use crate::connect::UpstreamIo;
 use bytes::BytesMut;
 use http::{HeaderValue, Method, header, request};
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The read buffer grows in steps of this much at first ...
@@ -38,7 +38,7 @@ const MIN_READ_ROOM: usize = 1024;
 /// One keep-alive HTTP/1.1 connection to an endpoint.
 #[derive(Debug)]
 pub(crate) struct RawConn {
-    io: TcpStream,
+    io: UpstreamIo,
     /// Bytes read and not consumed yet.
     pub(super) buf: BytesMut,
     /// The encoded request head (kept: no allocation per request).
@@ -67,10 +67,10 @@ pub(crate) enum ExchangeError {
 }
 
 impl RawConn {
-    /// A connection over `io` (opened with `TCP_NODELAY`).
-    pub(crate) fn new(io: TcpStream) -> Box<Self> {
+    /// A connection over `io` (TCP opened with `TCP_NODELAY`, or TLS over it).
+    pub(crate) fn new(io: impl Into<UpstreamIo>) -> Box<Self> {
         Box::new(Self {
-            io,
+            io: io.into(),
             buf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::with_capacity(512),
             scratch: Scratch::default(),
@@ -83,19 +83,7 @@ impl RawConn {
     /// Whether an idle connection can take a request: not closed by the upstream and
     /// nothing unasked-for waiting on it. Costs no system call unless the socket is readable.
     pub(crate) fn is_reusable(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readable while idle: closed, or stray bytes (or a stale readiness flag).
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.buf.is_empty() && self.io.is_open_and_quiet()
     }
 
     /// Send a request without a body and read the response head, both before `deadline`.
@@ -122,6 +110,12 @@ impl RawConn {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Unsent(e))),
                     Poll::Pending => return self.poll_deadline(cx, deadline),
                 }
+            }
+            // TLS may still hold records of the head (nothing to do for TCP).
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Unsent(e))),
+                Poll::Pending => return self.poll_deadline(cx, deadline),
             }
             match self.poll_head(cx, head_request, &mut received) {
                 Poll::Pending => self.poll_deadline(cx, deadline),
@@ -233,6 +227,7 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::net::TcpStream;
 
     /// An upstream that answers each request (read up to its blank line) with the next of
     /// `answers`, written in pieces of `piece` bytes; returns the address and the requests seen.
