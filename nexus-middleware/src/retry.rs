@@ -55,9 +55,29 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-/// Shared by every clone of a layer: the policy, the budget, the jitter source.
+/// A retry policy in force: the policy, the retry budget every request shares, the
+/// jitter source and the retry counter. Each retry is decided here, by [`next`](Self::next):
+/// [`RetryLayer`] holds one (shared by its clones), and so does `nexus_proxy::Upstream` for
+/// its own `retry` block, whose loop adds what only an upstream knows (an endpoint not tried
+/// yet, a head borrowed by every try).
+///
+/// ```
+/// use std::time::Duration;
+/// use nexus_core::retry::{Failure, Outcome, RetryPolicy};
+/// use nexus_core::rng::Rng;
+/// use nexus_middleware::retry::Retries;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let retries = Retries::new(RetryPolicy::default(), Rng::seeded(7)); // connect_error, 2 retries
+/// let start = retries.begin();
+/// let refused = Outcome::Failed(Some(Failure::Connect));
+/// assert!(retries.next(0, refused, None).is_some());
+/// assert!(retries.next(2, refused, None).is_none(), "max_retries reached");
+/// // A wait that would end past the request's deadline is not started.
+/// assert!(retries.next(0, refused, Some(start + Duration::from_millis(1))).is_none());
+/// # }
+/// ```
 #[derive(Debug)]
-struct Shared {
+pub struct Retries {
     policy: RetryPolicy,
     budget: RetryBudget,
     rng: Rng,
@@ -65,16 +85,60 @@ struct Shared {
     retries: Option<metrics::Counter>,
 }
 
-impl Shared {
-    fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.epoch)
+impl Retries {
+    /// `policy` with a budget of its own (its `budget_*` fields) and `rng` for jitter.
+    pub fn new(policy: RetryPolicy, rng: Rng) -> Self {
+        let budget = RetryBudget::new(policy.budget_ratio, policy.budget_min_per_second);
+        Self { policy, budget, rng, epoch: Instant::now(), retries: None }
+    }
+
+    /// Count retries in `nexus_upstream_retries_total{upstream}` under this name.
+    pub fn with_metric(mut self, upstream: &str) -> Self {
+        self.retries = Some(metrics::counter!(
+            nexus_core::metric_names::UPSTREAM_RETRIES_TOTAL,
+            "upstream" => upstream.to_string()
+        ));
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// A request that may be retried starts: it adds to the budget. Returns the time it
+    /// started (the one clock read a deadline can be counted from).
+    pub fn begin(&self) -> Instant {
+        let now = Instant::now();
+        self.budget.deposit(now.saturating_duration_since(self.epoch));
+        now
+    }
+
+    /// After `retries` retries (0: the first try) a try ended with `outcome`: how long to
+    /// wait before the next try, or `None` when `outcome` is the answer: the policy does not
+    /// retry it, the retries are used up, the wait would end at or past `deadline`, or the
+    /// budget is spent. A `Some` is a retry: it is withdrawn from the budget and counted.
+    pub fn next(&self, retries: u32, outcome: Outcome<'_>, deadline: Option<Instant>) -> Option<Duration> {
+        // Jitter is drawn only for a retried outcome.
+        let wait = self.policy.wait_before_retry(retries, outcome, || self.rng.unit())?;
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now.checked_add(wait).is_none_or(|end| end >= d)) {
+            return None;
+        }
+        if !self.budget.withdraw(now.saturating_duration_since(self.epoch)) {
+            return None;
+        }
+        if let Some(c) = &self.retries {
+            c.increment(1);
+        }
+        Some(wait)
     }
 }
 
 /// Adds [`Retry`] to a service.
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Retries>,
 }
 
 impl RetryLayer {
@@ -85,19 +149,14 @@ impl RetryLayer {
 
     /// With a chosen jitter source (reproducible backoffs in tests).
     pub fn with_rng(policy: RetryPolicy, rng: Rng) -> Self {
-        let budget = RetryBudget::new(policy.budget_ratio, policy.budget_min_per_second);
-        Self { shared: Arc::new(Shared { policy, budget, rng, epoch: Instant::now(), retries: None }) }
+        Self { shared: Arc::new(Retries::new(policy, rng)) }
     }
 
     /// Count retries in `nexus_upstream_retries_total{upstream}` under this name.
     pub fn with_metric(self, upstream: &str) -> Self {
         let s = &self.shared;
-        let retries = Some(
-            metrics::counter!(nexus_core::metric_names::UPSTREAM_RETRIES_TOTAL, "upstream" => upstream.to_string()),
-        );
-        let budget = RetryBudget::new(s.policy.budget_ratio, s.policy.budget_min_per_second);
-        let rng = Rng::seeded(s.rng.next_u64());
-        Self { shared: Arc::new(Shared { policy: s.policy.clone(), budget, rng, epoch: s.epoch, retries }) }
+        let retries = Retries::new(s.policy.clone(), Rng::seeded(s.rng.next_u64())).with_metric(upstream);
+        Self { shared: Arc::new(retries) }
     }
 }
 
@@ -112,7 +171,7 @@ impl<S> Layer<S> for RetryLayer {
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Retries>,
 }
 
 inner_service_accessors!(Retry);
@@ -164,7 +223,7 @@ where
         // The service poll_ready readied goes with this request; the layer keeps a clone.
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
-        self.shared.budget.deposit(self.shared.now());
+        self.shared.begin();
         let (parts, body) = req.into_parts();
         let template = Template {
             method: parts.method,
@@ -186,7 +245,7 @@ where
 struct Ctx<S> {
     svc: S,
     template: Template,
-    shared: Arc<Shared>,
+    shared: Arc<Retries>,
     retries: u32,
     /// The service is ready for the next call (true for the first, readied by the caller).
     readied: bool,
@@ -259,9 +318,6 @@ where
                     match ctx.wait_before_retry(&result) {
                         Some(wait) => {
                             ctx.retries += 1;
-                            if let Some(c) = &ctx.shared.retries {
-                                c.increment(1);
-                            }
                             this.state.set(State::Waiting { sleep: tokio::time::sleep(wait) });
                         }
                         None => return Poll::Ready(result),
@@ -284,8 +340,7 @@ impl<S> Ctx<S> {
             // The inner service's error type says nothing of its kind.
             Err(_) => Outcome::Failed(None),
         };
-        let wait = self.shared.policy.wait_before_retry(self.retries, outcome, || self.shared.rng.unit())?;
-        self.shared.budget.withdraw(self.shared.now()).then_some(wait)
+        self.shared.next(self.retries, outcome, None)
     }
 }
 

@@ -1,9 +1,9 @@
-//! Retries of one upstream: the policy's decision is `RetryPolicy::wait_before_retry`, the
-//! one `RetryLayer` takes too; what is the upstream's own is where a try goes (an endpoint
-//! not tried yet), that the head is borrowed by every try (no copy per try for a request
-//! without a body), and that the retry budget and the request's deadline bound the whole.
+//! Retries of one upstream: each retry is decided by [`Retries::next`], the one
+//! `RetryLayer` asks too (policy, budget, deadline, counter); what is the upstream's own is
+//! where a try goes (an endpoint not tried yet), and that the head is borrowed by every try
+//! (no copy per try for a request without a body).
 
-use super::{ClientInfo, Outgoing, Upstream, deadline_after, deadline_from, to_origin_form};
+use super::{ClientInfo, Outgoing, Upstream, deadline_from, to_origin_form};
 use crate::body::UpstreamBody;
 use crate::error::ProxyError;
 use crate::headers::{self, HeadScan};
@@ -12,38 +12,10 @@ use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::Body;
 use nexus_core::BoxError;
-use nexus_core::retry::{Outcome, RetryBudget, RetryPolicy};
+use nexus_core::retry::Outcome;
+use nexus_middleware::retry::Retries;
 use std::future::Future;
 use std::time::Duration;
-
-/// An upstream's retry policy, its budget and its counter.
-#[derive(Debug)]
-pub(super) struct UpstreamRetry {
-    pub(super) policy: RetryPolicy,
-    pub(super) budget: RetryBudget,
-    pub(super) clock: Epoch,
-    /// `nexus_upstream_retries_total{upstream}`.
-    pub(super) retries: metrics::Counter,
-}
-
-/// Time since a start point, as the breaker and retry budget take it (from
-/// `tokio::time`, so tests can pause it).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Epoch(tokio::time::Instant);
-
-impl Epoch {
-    pub(super) fn start() -> Self {
-        Self(tokio::time::Instant::now())
-    }
-
-    pub(super) fn now(self) -> Duration {
-        self.at(tokio::time::Instant::now())
-    }
-
-    pub(super) fn at(self, instant: tokio::time::Instant) -> Duration {
-        instant.saturating_duration_since(self.0)
-    }
-}
 
 impl<B> Upstream<B>
 where
@@ -61,12 +33,10 @@ where
         scan: HeadScan,
         client: &'a ClientInfo,
         timeout: Duration,
-        retry: &'a UpstreamRetry,
+        retry: &'a Retries,
     ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
-        // One clock read for the request: its deadline, and the budget's deposit.
-        let start = tokio::time::Instant::now();
-        let deadline = deadline_from(start, timeout);
-        retry.budget.deposit(retry.clock.at(start));
+        // One clock read for the request: the budget's deposit, and its deadline.
+        let deadline = deadline_from(retry.begin(), timeout);
         let (mut parts, body) = req.into_parts();
         if scan.framed || !body.is_end_stream() {
             // A body to read ahead first: boxed, so a GET's future stays small.
@@ -89,7 +59,7 @@ where
         scan: HeadScan,
         client: &ClientInfo,
         deadline: tokio::time::Instant,
-        retry: &UpstreamRetry,
+        retry: &Retries,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let replay = match body.replayable().await? {
             Ok(replay) => replay,
@@ -119,9 +89,8 @@ where
         scan: HeadScan,
         client: &ClientInfo,
         deadline: tokio::time::Instant,
-        retry: &UpstreamRetry,
+        retry: &Retries,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let policy = &retry.policy;
         let mut avoid = 0u64;
         let mut retries = 0;
         loop {
@@ -142,15 +111,11 @@ where
                     None => return result,
                 },
             };
-            // The policy's decision, as `RetryLayer` takes it (jitter drawn only for a retry).
-            let Some(wait) = policy.wait_before_retry(retries, outcome, || self.rng.unit()) else {
+            // Decided as `RetryLayer` decides it: policy, then deadline, then budget (counted).
+            let Some(wait) = retry.next(retries, outcome, Some(deadline)) else {
                 return result;
             };
-            if deadline_after(wait) >= deadline || !retry.budget.withdraw(retry.clock.now()) {
-                return result;
-            }
             drop(result);
-            retry.retries.increment(1);
             tokio::time::sleep(wait).await;
             retries += 1;
         }
