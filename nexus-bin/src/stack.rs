@@ -16,6 +16,7 @@ use nexus_core::{ErrorCode, GatewayError, grpc};
 use nexus_health::ReadinessGate;
 use nexus_health::probe::{self, Probe};
 use nexus_health::shutdown::{Phase, Shutdown};
+use nexus_proxy::access_log::Pending;
 use nexus_proxy::http1::{ClientBody, Connection, Handler, Refusal};
 use nexus_proxy::tls::TlsTerminator;
 use nexus_proxy::{ClientInfo, Gateway, ResponseBody};
@@ -132,14 +133,25 @@ async fn serve(
 ) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
     // Probes and framing conflicts: the listener's business, before the gateway's.
-    if let Some(res) = precheck(&snap, &shared.gate, &req, conn.refusal()) {
+    if let Some(mut res) = precheck(&snap, &shared.gate, &req, conn.refusal()) {
+        // Probes are neither counted nor logged (kubelet's every few seconds would drown the rest).
         if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
             snap.gateway.record_unmatched(req.method(), res.status().as_u16(), std::time::Duration::ZERO);
+            if snap.gateway.access_log() {
+                Pending::start(&req, client.ip.to_str().unwrap_or("unknown")).finish(&mut res);
+            }
         }
         return res;
     }
     // Limits, route, and the route's stack of Layers (nexus_proxy::stack), for this
     // connection's client (rate-limit keys, X-Forwarded-*).
+    if snap.gateway.access_log() {
+        // Off the common path: the line's fields are copied out of the request before it goes.
+        let log = Pending::start(&req, client.ip.to_str().unwrap_or("unknown"));
+        let mut res = Box::pin(snap.gateway.serve(req, client)).await;
+        log.finish(&mut res);
+        return res;
+    }
     snap.gateway.serve(req, client).await
 }
 

@@ -86,6 +86,7 @@ fn describe() {
     describe_gauge!(m::TLS_CERTIFICATE_EXPIRY, "A loaded certificate's notAfter, as Unix time.");
     describe_counter!(m::TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
     describe_counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL, "Failed TLS handshakes, by reason.");
+    describe_counter!(m::ACCESS_LOG_DROPPED_TOTAL, "Access-log lines dropped because the writer fell behind.");
 }
 
 /// Mark `version` as the running config (and `previous`, if any, as not).

@@ -47,6 +47,8 @@ pub struct UpstreamBody<B> {
     conn: Option<PooledConn<SendBody<B>>>,
     /// The request's in-flight slot (held until the body is finished), and the upstream's name.
     guard: InFlight<B>,
+    /// The access-log line of this answer, written when the body ends (empty when off).
+    log: crate::access_log::AtEnd,
 }
 
 /// Where the bytes come from: hyper's client connection (requests that had a body,
@@ -74,11 +76,11 @@ where
 
     /// The gateway's answer (`data`) about the upstream `tag` names ([`InFlight::detached`]).
     pub(crate) fn answer(data: Option<Bytes>, tag: InFlight<B>) -> Self {
-        Self { inner: Inner::Answer(data), conn: None, guard: tag }
+        Self { inner: Inner::Answer(data), conn: None, guard: tag, log: crate::access_log::AtEnd::default() }
     }
 
     fn start(inner: Inner, conn: Option<PooledConn<SendBody<B>>>, guard: InFlight<B>) -> Self {
-        let mut body = Self { inner, conn, guard };
+        let mut body = Self { inner, conn, guard, log: crate::access_log::AtEnd::default() };
         if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
             body.finish();
@@ -88,6 +90,7 @@ where
 
     /// The response is complete: give the connection back to its pool and free the slot.
     fn finish(&mut self) {
+        self.log.write();
         if self.guard.is_held() {
             let pool = self.guard.endpoint().pool();
             if let Some(conn) = self.conn.take() {
@@ -104,8 +107,35 @@ where
 
     /// A broken exchange: the connection is dropped (closed), never pooled.
     fn abort(&mut self) {
+        self.log.write();
         self.conn = None;
         self.guard.release();
+    }
+}
+
+impl<B> UpstreamBody<B> {
+    /// The upstream that answers.
+    pub(crate) fn upstream(&self) -> &str {
+        self.guard.upstream()
+    }
+
+    /// The endpoint that answers (`host:port`); `None` for the gateway's own answer.
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        self.guard.endpoint_name()
+    }
+
+    /// Write `record` to the access log when this body ends (at once if it has: nothing is
+    /// left to send and the slot is given back).
+    pub(crate) fn log_at_end(&mut self, record: Box<crate::access_log::Record>) {
+        self.log.set(record);
+        let ended = match &self.inner {
+            Inner::Hyper(b) => http_body::Body::is_end_stream(b),
+            Inner::Raw(b) => http_body::Body::is_end_stream(b),
+            Inner::Answer(d) => d.is_none(),
+        };
+        if ended && !self.guard.is_held() {
+            self.log.write();
+        }
     }
 }
 
@@ -130,6 +160,11 @@ where
             Inner::Raw(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
             Inner::Answer(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
+        if let Poll::Ready(Some(Ok(frame))) = &res
+            && let Some(data) = frame.data_ref()
+        {
+            this.log.sent(data.len());
+        }
         match &res {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.finish(),

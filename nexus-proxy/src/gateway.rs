@@ -350,6 +350,8 @@ pub struct Gateway<B> {
     trusted: Arc<[IpNet]>,
     max_body: u64,
     max_header_bytes: usize,
+    /// `logging.access_log`.
+    access_log: bool,
 }
 
 impl<B> Gateway<B>
@@ -458,7 +460,7 @@ where
             .routes()
             .iter()
             .zip(targets)
-            .map(|(route, target)| RouteStack::build(route, target, &policies))
+            .map(|(route, target)| RouteStack::build(route, target, &policies, config.logging.access_log))
             .collect();
         let limits = &config.server.limits;
         Ok(Self {
@@ -471,7 +473,14 @@ where
             trusted,
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
+            access_log: config.logging.access_log,
         })
+    }
+
+    /// Whether this config writes an access-log line per request (`logging.access_log`;
+    /// the server around the gateway starts and finishes each line, see [`crate::access_log`]).
+    pub fn access_log(&self) -> bool {
+        self.access_log
     }
 
     /// The route table.

@@ -55,6 +55,7 @@ pub use nexus_core::client::PeerAddr;
 /// The config model and its validation (`nexus_core::config`).
 pub use nexus_core::config;
 
+pub mod access_log;
 pub mod balance;
 pub mod body;
 mod connect;

@@ -222,9 +222,15 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = nexus_middleware::request_id::ensure(req.headers_mut());
         let gateway = Arc::clone(&self.gateway);
+        let log = gateway
+            .access_log()
+            .then(|| crate::access_log::Pending::start(&req, &crate::access_log::client_ip(req.extensions())));
         Box::pin(async move {
             let mut res = gateway.handle(req).await;
             res.headers_mut().insert(REQUEST_ID, id);
+            if let Some(log) = log {
+                log.finish(&mut res);
+            }
             Ok(res)
         })
     }

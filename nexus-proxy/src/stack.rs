@@ -23,6 +23,7 @@
 //! did not change keeps its buckets, an auth policy its key set (and JWKS
 //! refresher); every route that names a limit shares its one bucket set.
 
+use crate::access_log;
 use crate::body::RequestBody;
 use crate::gateway::{GatewayResponse, RouteTarget};
 use crate::metrics::RouteMetricsLayer;
@@ -38,6 +39,7 @@ use nexus_middleware::rate_limit::{RateLimitKey, RateLimitLayer, RateLimiter};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use tower::util::Either;
 use tower::{Layer, Service};
@@ -53,11 +55,19 @@ pub(crate) struct RouteStack<B> {
     /// `claim:` keyed limit: needs the verified claims.
     after_auth: Option<RateLimitLayer>,
     pub(crate) target: RouteTarget<LimitedBody<B>>,
+    /// `logging.access_log`: the answer carries the route's name and the verified `sub`
+    /// for the access log (nothing is added when off).
+    access_log: Option<Arc<str>>,
 }
 
 impl<B> RouteStack<B> {
     /// The Layers of `route`, with the named policies of this snapshot.
-    pub(crate) fn build(route: &Route, target: RouteTarget<LimitedBody<B>>, policies: &Policies) -> Self {
+    pub(crate) fn build(
+        route: &Route,
+        target: RouteTarget<LimitedBody<B>>,
+        policies: &Policies,
+        access_log: bool,
+    ) -> Self {
         let rc = route.config();
         let limit = rc
             .rate_limit
@@ -74,7 +84,14 @@ impl<B> RouteStack<B> {
             .as_deref()
             .and_then(|name| policies.auths.get(name))
             .map(|(_, auth)| JwtAuthLayer::new(auth.clone()).with_metric(route.name()));
-        Self { metrics: RouteMetricsLayer::new(route.name()), before_auth, auth, after_auth, target }
+        Self {
+            metrics: RouteMetricsLayer::new(route.name()),
+            before_auth,
+            auth,
+            after_auth,
+            target,
+            access_log: access_log.then(|| Arc::from(route.name())),
+        }
     }
 }
 
@@ -96,8 +113,18 @@ impl<B: RequestBody> RouteStack<B> {
         grpc: bool,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let target = &self.target;
+        let logged = self.access_log.is_some();
         // Innermost: split side, mirror, then the upstream (balancer, retries, breaker per try).
-        let svc = tower::service_fn(move |req| Box::pin(target.forward(req, client).map(Ok::<_, Infallible>)));
+        let svc = tower::service_fn(move |req: Request<LimitedBody<B>>| {
+            // The access log's `user`: the claims are on the request only below authentication.
+            let user = if logged { access_log::user_of(&req) } else { None };
+            Box::pin(target.forward(req, client).map(move |mut res| {
+                if let Some(user) = user {
+                    res.extensions_mut().insert(access_log::User(user));
+                }
+                Ok::<_, Infallible>(res)
+            }))
+        });
         // A claim-keyed limit: after authentication, which provides the claims.
         let svc = match &self.after_auth {
             Some(l) => Either::Left(l.layer_with_peer(svc, client.peer)),
@@ -119,10 +146,17 @@ impl<B: RequestBody> RouteStack<B> {
         // `max_concurrent_requests` answers 503 at once instead of waiting.
         let ready = svc.poll_ready(&mut Context::from_waker(Waker::noop()));
         debug_assert!(ready.is_ready(), "a route's stack is always ready");
-        svc.call(req).map(move |res: Result<_, Infallible>| match res {
-            Ok(res) if grpc => nexus_core::grpc::trailers_only(res),
-            Ok(res) => res,
-            Err(never) => match never {},
+        let route = self.access_log.as_ref();
+        svc.call(req).map(move |res: Result<_, Infallible>| {
+            let mut res = match res {
+                Ok(res) if grpc => nexus_core::grpc::trailers_only(res),
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            if let Some(route) = route {
+                res.extensions_mut().insert(access_log::RouteName(Arc::clone(route)));
+            }
+            res
         })
     }
 }

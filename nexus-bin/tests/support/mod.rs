@@ -229,6 +229,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// What the process wrote to stdout: access-log lines.
+    pub access: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -339,11 +341,20 @@ fn start_at(
         .env("NEXUS_LOG_LEVEL", "info")
         .env_remove("NEXUS_ADMIN_TOKEN")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // stdout is the access log's (one JSON line per request, when on).
+    let stdout = child.stdout.take().unwrap();
+    let access = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&access);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = Arc::clone(&logs);
@@ -367,6 +378,7 @@ fn start_at(
         addr: listen.unwrap().parse().unwrap(),
         admin: admin.unwrap().parse().unwrap(),
         logs,
+        access,
         _dir: dir,
     }
 }

@@ -191,11 +191,13 @@ pub struct LoggingConfig {
     pub level: String,
     /// `json` or `text`. Default `json`.
     pub format: LogFormat,
+    /// One JSON line per request on stdout (see `nexus_proxy::access_log`). Default `false`.
+    pub access_log: bool,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Json }
+        Self { level: "info".into(), format: LogFormat::Json, access_log: false }
     }
 }
 

@@ -127,6 +127,11 @@ impl<B> InFlight<B> {
         &self.shared.name
     }
 
+    /// The endpoint's `host:port`; `None` for a tag that names only the upstream.
+    pub(crate) fn endpoint_name(&self) -> Option<&str> {
+        self.shared.endpoints.get(self.endpoint).map(Endpoint::authority)
+    }
+
     /// Whether the slot is still held.
     pub(crate) fn is_held(&self) -> bool {
         !self.released
@@ -246,7 +251,7 @@ where
     /// A name tag for a body about this upstream that holds no in-flight slot (an
     /// upgraded response, the gateway's own answer after a failed forward).
     pub(crate) fn detached(&self) -> InFlight<B> {
-        InFlight { shared: Arc::clone(&self.shared), endpoint: 0, released: true }
+        InFlight { shared: Arc::clone(&self.shared), endpoint: usize::MAX, released: true }
     }
 
     /// The endpoints and their live state.
