@@ -9,7 +9,7 @@
 #   TLS=1 WRK_HEADER="Connection: close" scripts/peer-bench.sh  # a handshake per request
 #
 # Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
-# [benches/peer-bench.yaml], ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
+# [benches/peer-bench.yaml], CONFIG_B [CONFIG] (B's config: one build, two settings), ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
 # WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), WRK_SCRIPT (a wrk Lua
 # script, e.g. benches/wrk/post.lua: POSTs with a 1 KiB body), PIN [1], TLS [0]: 1 puts TLS in
 # front of both proxies (nginx `listen ssl` on :18443, Nexus `server.tls` on :18445/:18446, one
@@ -29,6 +29,7 @@ cd "$(dirname "$0")/.."
 NEXUS_A=${NEXUS_A:-target/release/nexus}
 NEXUS_B=${NEXUS_B:-}
 CONFIG=${CONFIG:-benches/peer-bench.yaml}
+CONFIG_B=${CONFIG_B:-$CONFIG}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-50 1000}
@@ -69,7 +70,7 @@ for n in upstream proxy; do mkdir -p "$work/$n/tmp"; done
 proxy_conf=$PWD/benches/nginx/proxy.conf
 scheme=http
 declare -A port=([nginx]=18081 [nexus_a]=18085 [nexus_b]=18086)
-config_a=$CONFIG config_b=$CONFIG
+config_a=$CONFIG config_b=$CONFIG_B
 if [[ $TLS == 1 ]]; then
   command -v openssl >/dev/null || die "missing openssl"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
@@ -81,7 +82,8 @@ if [[ $TLS == 1 ]]; then
   # Nexus: the same config with server.tls on its own port.
   for x in a b; do
     tls_port=$([[ $x == a ]] && echo 18445 || echo 18446)
-    python3 - "$CONFIG" "$work/nexus-$x.yaml" "$tls_port" "$work" <<'PY'
+    src=$([[ $x == a ]] && echo "$CONFIG" || echo "$CONFIG_B")
+    python3 - "$src" "$work/nexus-$x.yaml" "$tls_port" "$work" <<'PY'
 import sys
 src, dst, port, work = sys.argv[1:]
 text = open(src).read()

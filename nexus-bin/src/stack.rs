@@ -138,7 +138,7 @@ async fn serve(
         if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
             snap.gateway.record_unmatched(req.method(), res.status().as_u16(), std::time::Duration::ZERO);
             if snap.gateway.access_log() {
-                Pending::start(&req, client.ip.to_str().unwrap_or("unknown")).finish(&mut res);
+                Pending::start(&req, &client.ip).finish(&mut res);
             }
         }
         return res;
@@ -147,7 +147,7 @@ async fn serve(
     // connection's client (rate-limit keys, X-Forwarded-*).
     if snap.gateway.access_log() {
         // Off the common path: the line's fields are copied out of the request before it goes.
-        let log = Pending::start(&req, client.ip.to_str().unwrap_or("unknown"));
+        let log = Pending::start(&req, &client.ip);
         let mut res = Box::pin(snap.gateway.serve(req, client)).await;
         log.finish(&mut res);
         return res;

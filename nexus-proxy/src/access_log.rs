@@ -7,9 +7,10 @@
 //! `reason` (the gateway's error code when it answered itself: `rate_limited`,
 //! `unauthorized`, `circuit_open`, ...). A field that does not apply is `null`.
 //!
-//! Lines are written off the request path: a request hands its finished line to a bounded
-//! queue that one thread drains to stdout. When the queue is full the line is dropped and
-//! counted in `nexus_access_log_dropped_total`; a request never waits for the log.
+//! Lines are written off the request path: a request appends its finished line to a buffer
+//! that one thread writes to stdout every 100 ms (sooner when 256 KiB are waiting). When
+//! 8 MiB are waiting (stdout blocked) new lines are dropped and counted in
+//! `nexus_access_log_dropped_total`; a request never waits for stdout.
 //!
 //! The `nexus` binary and [`GatewayService`](crate::GatewayService) log when the config
 //! says so; [`AccessLogLayer`] adds the same lines to any service that answers with the
@@ -18,7 +19,7 @@
 //! ```
 //! use nexus_proxy::access_log::Pending;
 //! let req = http::Request::get("/orders/7?token=secret").header("host", "api.example.com").body(()).unwrap();
-//! let pending = Pending::start(&req, "203.0.113.9");
+//! let pending = Pending::start(&req, &http::HeaderValue::from_static("203.0.113.9"));
 //! let line = pending.line_for_test(200, 17);
 //! assert_eq!(line["path"], "/orders/7", "no query string");
 //! assert_eq!(line["host"], "api.example.com");
@@ -26,64 +27,92 @@
 //! ```
 
 use crate::body::ResponseBody;
-use http::{Method, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
 use nexus_core::GatewayError;
 use nexus_core::body::GatewayBody;
 use nexus_core::claims::VerifiedClaims;
 use nexus_core::error::REQUEST_ID;
 use pin_project_lite::pin_project;
+use std::fmt::Write as _;
 use std::future::Future;
-use std::io::Write;
+use std::io::Write as _;
 use std::pin::Pin;
-use std::sync::OnceLock;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// Lines waiting for the writer thread; more are dropped (and counted).
-const QUEUE: usize = 8192;
+/// Lines waiting for the writer; past this many bytes new lines are dropped (and counted).
+const MAX_PENDING: usize = 8 << 20;
+/// The writer is woken early once this much is waiting ...
+const WAKE_AT: usize = 256 << 10;
+/// ... and writes whatever is waiting at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// The process's access-log writer: a bounded queue and the thread that drains it.
+/// The process's access log: lines appended to one buffer that a thread of its own writes
+/// to stdout in large writes. A request appends under a lock held for a copy of its line
+/// (no wake-up, no system call per line: measured, a channel send per line woke the
+/// writer for every request and cost more than the request itself).
 struct Writer {
-    tx: SyncSender<String>,
+    pending: Mutex<Vec<u8>>,
+    ready: Condvar,
     dropped: metrics::Counter,
 }
 
 fn writer() -> &'static Writer {
-    static WRITER: OnceLock<Writer> = OnceLock::new();
+    static WRITER: OnceLock<&'static Writer> = OnceLock::new();
     WRITER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let w: &'static Writer = Box::leak(Box::new(Writer {
+            pending: Mutex::new(Vec::with_capacity(WAKE_AT)),
+            ready: Condvar::new(),
+            dropped: metrics::counter!(nexus_core::metric_names::ACCESS_LOG_DROPPED_TOTAL),
+        }));
         let spawned = std::thread::Builder::new().name("nexus-access-log".into()).spawn(move || {
-            let stdout = std::io::stdout();
-            while let Ok(line) = rx.recv() {
-                let mut out = stdout.lock();
-                let _ = writeln!(out, "{line}");
-                // Whatever else is queued goes out in the same write burst.
-                while let Ok(line) = rx.try_recv() {
-                    let _ = writeln!(out, "{line}");
+            let mut out = Vec::with_capacity(WAKE_AT);
+            loop {
+                {
+                    let mut pending = lock(&w.pending);
+                    if pending.len() < WAKE_AT {
+                        pending = w.ready.wait_timeout(pending, FLUSH_EVERY).map_or_else(|e| e.into_inner().0, |r| r.0);
+                    }
+                    std::mem::swap(&mut *pending, &mut out);
                 }
-                let _ = out.flush();
+                if !out.is_empty() {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
+                    out.clear();
+                }
             }
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the access-log writer; access-log lines are dropped");
         }
-        Writer { tx, dropped: metrics::counter!(nexus_core::metric_names::ACCESS_LOG_DROPPED_TOTAL) }
+        w
     })
 }
 
-fn write(line: String) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Queue one line (with its newline) for the writer, or count it dropped.
+fn append(line: &str) {
     let w = writer();
-    match w.tx.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => w.dropped.increment(1),
+    let mut pending = lock(&w.pending);
+    if pending.len() + line.len() > MAX_PENDING {
+        drop(pending);
+        w.dropped.increment(1);
+        return;
+    }
+    pending.extend_from_slice(line.as_bytes());
+    if pending.len() >= WAKE_AT {
+        w.ready.notify_one();
     }
 }
 
 /// The route that answered (set on the response by the route's stack when logging is on).
 #[derive(Debug, Clone)]
-pub struct RouteName(pub std::sync::Arc<str>);
+pub struct RouteName(pub Arc<str>);
 
 /// The verified `sub` claim of the request (set on the response by the route's stack
 /// when logging is on and the request was authenticated).
@@ -91,17 +120,17 @@ pub struct RouteName(pub std::sync::Arc<str>);
 pub struct User(pub String);
 
 /// What is known of a request when it arrives; [`finish`](Self::finish) completes it
-/// with the answer.
+/// with the answer. Holds shared handles to the request's parts (no copies).
 #[derive(Debug)]
 pub struct Pending {
     timestamp: SystemTime,
     started: Instant,
-    request_id: Option<String>,
-    trace_id: Option<String>,
-    client_ip: String,
+    request_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+    client_ip: HeaderValue,
     method: Method,
-    host: Option<String>,
-    path: String,
+    host: Option<HeaderValue>,
+    uri: Uri,
 }
 
 /// A line waiting for the end of its body (bytes counted as they go out).
@@ -109,29 +138,26 @@ pub struct Pending {
 pub(crate) struct Record {
     pending: Pending,
     status: u16,
-    route: Option<std::sync::Arc<str>>,
-    upstream: Option<String>,
-    endpoint: Option<String>,
+    route: Option<Arc<str>>,
     user: Option<String>,
     reason: Option<&'static str>,
-    request_id: Option<String>,
+    request_id: Option<HeaderValue>,
     pub(crate) bytes: u64,
 }
 
 impl Pending {
     /// Note the request's arrival; `client_ip` as `X-Forwarded-For` would say it.
-    pub fn start<B>(req: &Request<B>, client_ip: &str) -> Self {
+    pub fn start<B>(req: &Request<B>, client_ip: &HeaderValue) -> Self {
         let headers = req.headers();
-        let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).map(str::to_string);
         Self {
             timestamp: SystemTime::now(),
             started: Instant::now(),
-            request_id: text(REQUEST_ID),
-            trace_id: headers.get("traceparent").and_then(|v| trace_id(v.as_bytes())).map(str::to_string),
-            client_ip: client_ip.to_string(),
+            request_id: headers.get(REQUEST_ID).cloned(),
+            traceparent: headers.get("traceparent").cloned(),
+            client_ip: client_ip.clone(),
             method: req.method().clone(),
-            host: text(header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str().to_string())),
-            path: req.uri().path().to_string(),
+            host: headers.get(header::HOST).cloned(),
+            uri: req.uri().clone(),
         }
     }
 
@@ -142,72 +168,90 @@ impl Pending {
         let ext = res.extensions();
         let mut record = Record {
             status: res.status().as_u16(),
-            route: ext.get::<RouteName>().map(|r| std::sync::Arc::clone(&r.0)),
+            route: ext.get::<RouteName>().map(|r| Arc::clone(&r.0)),
             user: ext.get::<User>().map(|u| u.0.clone()),
             reason: ext.get::<GatewayError>().map(|e| e.code().as_str()),
-            request_id: res.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string),
-            upstream: None,
-            endpoint: None,
+            request_id: res.headers().get(REQUEST_ID).cloned(),
             bytes: 0,
             pending: self,
         };
         match res.body_mut() {
             GatewayBody::Full { data } => {
                 record.bytes = data.as_ref().map_or(0, |d| d.len() as u64);
-                record.write();
+                record.write(None, None);
             }
-            GatewayBody::Stream { body } => {
-                record.upstream = Some(body.upstream().to_string());
-                record.endpoint = body.endpoint().map(str::to_string);
-                body.log_at_end(Box::new(record));
-            }
+            GatewayBody::Stream { body } => body.log_at_end(Box::new(record)),
         }
     }
 
     /// The line this request would get with `status` and `bytes` (for tests and examples).
     pub fn line_for_test(self, status: u16, bytes: u64) -> serde_json::Value {
-        let record = Record {
-            pending: self,
-            status,
-            route: None,
-            upstream: None,
-            endpoint: None,
-            user: None,
-            reason: None,
-            request_id: None,
-            bytes,
-        };
-        serde_json::from_str(&record.line()).expect("an access-log line is JSON")
+        let record = Record { pending: self, status, route: None, user: None, reason: None, request_id: None, bytes };
+        let mut line = String::new();
+        record.format(&mut line, None, None);
+        serde_json::from_str(&line).expect("an access-log line is JSON")
     }
 }
 
 impl Record {
-    fn line(&self) -> String {
+    /// The JSON line (and its newline), appended to `out`.
+    fn format(&self, out: &mut String, upstream: Option<&str>, endpoint: Option<&str>) {
         let p = &self.pending;
-        let duration = p.started.elapsed();
-        serde_json::json!({
-            "timestamp": humantime::format_rfc3339_millis(p.timestamp).to_string(),
-            "request_id": self.request_id.as_deref().or(p.request_id.as_deref()),
-            "trace_id": p.trace_id,
-            "client_ip": p.client_ip,
-            "method": p.method.as_str(),
-            "host": p.host,
-            "path": p.path,
-            "route": self.route.as_deref(),
-            "upstream": self.upstream.as_deref().filter(|u| !u.is_empty()),
-            "endpoint": self.endpoint,
-            "status": self.status,
-            "duration_ms": (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "bytes_sent": self.bytes,
-            "user": self.user,
-            "reason": self.reason,
-        })
-        .to_string()
+        fn text(v: &Option<HeaderValue>) -> Option<&str> {
+            v.as_ref().and_then(|v| v.to_str().ok())
+        }
+        let host = text(&p.host).or_else(|| p.uri.authority().map(http::uri::Authority::as_str));
+        let trace = p.traceparent.as_ref().and_then(|v| trace_id(v.as_bytes()));
+        let _ = write!(out, "{{\"timestamp\":\"{}\"", humantime::format_rfc3339_millis(p.timestamp));
+        field(out, "request_id", text(&self.request_id).or(text(&p.request_id)));
+        field(out, "trace_id", trace);
+        field(out, "client_ip", p.client_ip.to_str().ok());
+        field(out, "method", Some(p.method.as_str()));
+        field(out, "host", host);
+        field(out, "path", Some(p.uri.path()));
+        field(out, "route", self.route.as_deref());
+        field(out, "upstream", upstream.filter(|u| !u.is_empty()));
+        field(out, "endpoint", endpoint);
+        let ms = p.started.elapsed().as_secs_f64() * 1000.0;
+        let _ = write!(out, ",\"status\":{},\"duration_ms\":{ms:.3},\"bytes_sent\":{}", self.status, self.bytes);
+        field(out, "user", self.user.as_deref());
+        field(out, "reason", self.reason);
+        out.push_str("}\n");
     }
 
-    /// Hand the finished line to the writer.
-    pub(crate) fn write(&self) {
-        write(self.line());
+    /// Hand the finished line to the writer (`upstream`, `endpoint`: who answered, when
+    /// an upstream did).
+    pub(crate) fn write(&self, upstream: Option<&str>, endpoint: Option<&str>) {
+        thread_local!(static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+        LINE.with(|line| {
+            // A reused buffer: no allocation per line once it has grown.
+            let mut line = line.borrow_mut();
+            line.clear();
+            self.format(&mut line, upstream, endpoint);
+            append(&line);
+        });
+    }
+}
+
+/// `,"key":"value"` (JSON-escaped) or `,"key":null`.
+fn field(out: &mut String, key: &str, value: Option<&str>) {
+    let _ = write!(out, ",\"{key}\":");
+    match value {
+        None => out.push_str("null"),
+        Some(v) => {
+            out.push('"');
+            for c in v.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if u32::from(c) < 0x20 => {
+                        let _ = write!(out, "\\u{:04x}", u32::from(c));
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
     }
 }
 
@@ -272,10 +316,12 @@ where
 }
 
 /// The client IP an embedded gateway sees: its `ClientInfo`, else the peer address.
-pub(crate) fn client_ip(ext: &http::Extensions) -> String {
+pub(crate) fn client_ip(ext: &http::Extensions) -> HeaderValue {
     match ext.get::<crate::ClientInfo>() {
-        Some(c) => c.ip.to_str().unwrap_or("unknown").to_string(),
-        None => nexus_core::client::peer_of(ext).map_or_else(|| "unknown".to_string(), |p| p.ip().to_string()),
+        Some(c) => c.ip.clone(),
+        None => nexus_core::client::peer_of(ext)
+            .and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok())
+            .unwrap_or(HeaderValue::from_static("unknown")),
     }
 }
 
@@ -321,17 +367,11 @@ impl AtEnd {
         }
     }
 
-    /// The body is over: write the line (once).
-    pub(crate) fn write(&mut self) {
+    /// The body is over: write the line (once), naming who answered.
+    pub(crate) fn write(&mut self, upstream: &str, endpoint: Option<&str>) {
         if let Some(r) = self.0.take() {
-            r.write();
+            r.write(Some(upstream), endpoint);
         }
-    }
-}
-
-impl Drop for AtEnd {
-    fn drop(&mut self) {
-        self.write();
     }
 }
 
@@ -361,7 +401,7 @@ mod tests {
     #[test]
     fn a_line_has_every_field_and_null_where_nothing_applies() {
         let req = Request::post("http://api.test/a/b?q=1").body(()).unwrap();
-        let line = Pending::start(&req, "10.0.0.1").line_for_test(502, 0);
+        let line = Pending::start(&req, &http::HeaderValue::from_static("10.0.0.1")).line_for_test(502, 0);
         for key in [
             "timestamp",
             "request_id",
@@ -384,5 +424,9 @@ mod tests {
         assert_eq!((line["host"].as_str(), line["path"].as_str()), (Some("api.test"), Some("/a/b")));
         assert_eq!(line["method"], "POST");
         assert!(line["route"].is_null() && line["user"].is_null());
+        // What a client sends is escaped: the line stays one JSON object.
+        let odd = Request::get("/x").header("host", "a\"b\\c\tz").body(()).unwrap();
+        let line = Pending::start(&odd, &http::HeaderValue::from_static("::1")).line_for_test(200, 1);
+        assert_eq!(line["host"], "a\"b\\c\tz");
     }
 }

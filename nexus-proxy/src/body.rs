@@ -90,7 +90,7 @@ where
 
     /// The response is complete: give the connection back to its pool and free the slot.
     fn finish(&mut self) {
-        self.log.write();
+        self.write_log();
         if self.guard.is_held() {
             let pool = self.guard.endpoint().pool();
             if let Some(conn) = self.conn.take() {
@@ -107,23 +107,13 @@ where
 
     /// A broken exchange: the connection is dropped (closed), never pooled.
     fn abort(&mut self) {
-        self.log.write();
+        self.write_log();
         self.conn = None;
         self.guard.release();
     }
 }
 
 impl<B> UpstreamBody<B> {
-    /// The upstream that answers.
-    pub(crate) fn upstream(&self) -> &str {
-        self.guard.upstream()
-    }
-
-    /// The endpoint that answers (`host:port`); `None` for the gateway's own answer.
-    pub(crate) fn endpoint(&self) -> Option<&str> {
-        self.guard.endpoint_name()
-    }
-
     /// Write `record` to the access log when this body ends (at once if it has: nothing is
     /// left to send and the slot is given back).
     pub(crate) fn log_at_end(&mut self, record: Box<crate::access_log::Record>) {
@@ -134,8 +124,20 @@ impl<B> UpstreamBody<B> {
             Inner::Answer(d) => d.is_none(),
         };
         if ended && !self.guard.is_held() {
-            self.log.write();
+            self.write_log();
         }
+    }
+
+    /// Write the access-log line, if one rides on this body (once).
+    fn write_log(&mut self) {
+        self.log.write(self.guard.upstream(), self.guard.endpoint_name());
+    }
+}
+
+impl<B> Drop for UpstreamBody<B> {
+    /// A body dropped before its end (the client went away) still gets its line.
+    fn drop(&mut self) {
+        self.write_log();
     }
 }
 
