@@ -7,13 +7,16 @@
 #   CONFIG=benches/peer-bench-full.yaml scripts/peer-bench.sh   # the full chain
 #   TLS=1 scripts/peer-bench.sh                             # clients over TLS (same certificate)
 #   TLS=1 WRK_HEADER="Connection: close" scripts/peer-bench.sh  # a handshake per request
+#   UPSTREAM_TLS=1 scripts/peer-bench.sh                    # both proxies speak TLS to the upstream
 #
 # Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
 # [benches/peer-bench.yaml], CONFIG_B [CONFIG] (B's config: one build, two settings), ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
 # WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), WRK_SCRIPT (a wrk Lua
 # script, e.g. benches/wrk/post.lua: POSTs with a 1 KiB body), PIN [1], TLS [0]: 1 puts TLS in
 # front of both proxies (nginx `listen ssl` on :18443, Nexus `server.tls` on :18445/:18446, one
-# ECDSA P-256 certificate made for the run, TLS 1.3 negotiated by wrk).
+# ECDSA P-256 certificate made for the run, TLS 1.3 negotiated by wrk), UPSTREAM_TLS [0]: 1 makes
+# the nginx upstream listen with TLS (the same certificate) and both proxies verify it and keep
+# their TLS connections alive (nginx `proxy_ssl_*` with session reuse, Nexus `https://` + `tls`).
 #
 # It starts a static nginx upstream on 127.0.0.1:18080 (benches/nginx/upstream.conf), nginx as
 # the peer proxy on :18081 (benches/nginx/proxy.conf), Nexus A on :18085 and B on :18086, one
@@ -37,6 +40,7 @@ WRK_HEADER=${WRK_HEADER:-}
 WRK_SCRIPT=${WRK_SCRIPT:-}
 PIN=${PIN:-1}
 TLS=${TLS:-0}
+UPSTREAM_TLS=${UPSTREAM_TLS:-0}
 
 die() { echo "peer-bench: $*" >&2; exit 1; }
 for tool in nginx wrk taskset python3 curl pgrep; do
@@ -71,10 +75,39 @@ proxy_conf=$PWD/benches/nginx/proxy.conf
 scheme=http
 declare -A port=([nginx]=18081 [nexus_a]=18085 [nexus_b]=18086)
 config_a=$CONFIG config_b=$CONFIG_B
-if [[ $TLS == 1 ]]; then
+if [[ $TLS == 1 || $UPSTREAM_TLS == 1 ]]; then
   command -v openssl >/dev/null || die "missing openssl"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+fi
+upstream_conf=$PWD/benches/nginx/upstream.conf
+if [[ $UPSTREAM_TLS == 1 ]]; then
+  # The upstream speaks TLS on its port; each proxy verifies it (CA = the certificate, name localhost).
+  sed -e "s|listen 127.0.0.1:18080 backlog=4096;|listen 127.0.0.1:18080 ssl backlog=4096; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:up:10m;|" \
+    "$PWD/benches/nginx/upstream.conf" >"$work/upstream-tls.conf"
+  upstream_conf=$work/upstream-tls.conf
+  sed -e "s|proxy_pass http://origin;|proxy_pass https://origin; proxy_ssl_trusted_certificate $work/tls.crt; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on;|" \
+    "$proxy_conf" >"$work/proxy-upstream-tls.conf"
+  proxy_conf=$work/proxy-upstream-tls.conf
+  for x in a b; do
+    src=$([[ $x == a ]] && echo "$CONFIG" || echo "$CONFIG_B")
+    python3 - "$src" "$work/nexus-up-$x.yaml" "$work" <<'PY'
+import re, sys
+src, dst, work = sys.argv[1:]
+out = []
+for line in open(src).read().splitlines():
+    if "http://127.0.0.1:18080" in line:
+        out.append(line.replace("http://127.0.0.1:18080", "https://127.0.0.1:18080"))
+        out.append(f'    tls: {{ ca_file: "{work}/tls.crt", server_name: localhost }}')
+    else:
+        out.append(line)
+open(dst, "w").write("\n".join(out) + "\n")
+PY
+  done
+  CONFIG=$work/nexus-up-a.yaml CONFIG_B=$work/nexus-up-b.yaml
+  config_a=$CONFIG config_b=$CONFIG_B
+fi
+if [[ $TLS == 1 ]]; then
   # nginx: the same proxy with `listen ssl` on :18443 and the run's certificate.
   sed -e "s|listen 127.0.0.1:18081 backlog=4096;|listen 127.0.0.1:18443 ssl backlog=4096; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;|" \
     "$proxy_conf" >"$work/proxy-tls.conf"
@@ -97,7 +130,7 @@ PY
   scheme=https
   port=([nginx]=18443 [nexus_a]=18445 [nexus_b]=18446)
 fi
-start upstream nginx -p "$work/upstream/" -c "$PWD/benches/nginx/upstream.conf" -e "$work/upstream/error.log"
+start upstream nginx -p "$work/upstream/" -c "$upstream_conf" -e "$work/upstream/error.log"
 start nginx nginx -p "$work/proxy/" -c "$proxy_conf" -e "$work/proxy/error.log"
 start nexus_a env NEXUS_WORKERS=1 "$NEXUS_A" --config "$config_a" \
   --listen 127.0.0.1:18085 --admin-listen 127.0.0.1:19085 --log-level warn
@@ -135,7 +168,7 @@ ticks() { # utime+stime of a process and its children (nginx's worker), in clock
 
 samples=$work/samples.tsv
 echo "round	conns	target	rps	p99_ms	cpu_us_per_req" >"$samples"
-echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS targets=${targets[*]} pin=$PIN" >&2
+echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS upstream_tls=$UPSTREAM_TLS targets=${targets[*]} pin=$PIN" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in $CONNS; do
     # Rotate the order each round, so no target always runs first (or after the same one).

@@ -88,10 +88,12 @@ pub(crate) async fn handle(
     mut req: Request<ClientBody>,
 ) -> Response<ResponseBody<ReqBody>> {
     // hyper sizes the map to what the client sent; make room once for what the gateway adds
-    // (X-Request-Id, X-Forwarded-For/-Proto/-Host) instead of growing it step by step.
-    req.headers_mut().reserve(4);
+    // (X-Request-Id, traceparent, X-Forwarded-For/-Proto/-Host) instead of growing it step by step.
+    req.headers_mut().reserve(5);
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
+    // The gateway's span of the client's trace (or a new trace): one traceparent upstream.
+    nexus_middleware::trace_context::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
     // A gRPC request gets the listener's own answers (shutdown, prechecks, a panic's 500) as
     // trailers-only gRPC responses; the gateway does the same for its own. (Not looked up

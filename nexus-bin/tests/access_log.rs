@@ -111,7 +111,10 @@ async fn every_request_gets_one_json_line_with_the_spec_fields() {
         ]
     );
     assert_eq!(all[2]["upstream"], Value::Null, "a 429 never reached an upstream");
-    assert!(all[1]["trace_id"].is_null(), "no traceparent came");
+    assert!(
+        all[1]["trace_id"].as_str().is_some_and(|t| t.len() == 32 && t != all[0]["trace_id"]),
+        "no traceparent came: a trace of its own"
+    );
     assert_eq!(all[6]["bytes_sent"], 200_000);
     assert_eq!(all[6]["endpoint"], up.addr.to_string());
 
@@ -123,4 +126,60 @@ async fn every_request_gets_one_json_line_with_the_spec_fields() {
     assert_eq!(get(&quiet.url("/x")).await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(quiet.access.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_upstream_gets_one_traceparent_continuing_the_clients_trace() {
+    let up = upstream("app").await;
+    let yaml =
+        config(&[("app", up.url())], "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: app\n")
+            .replace("server:\n", "logging:\n  access_log: true\nserver:\n");
+    let gw = gateway(&yaml);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = |values: &[&str]| {
+        let mut req = Request::get(gw.url("/t"));
+        for v in values {
+            req = req.header("traceparent", *v);
+        }
+        req.header("tracestate", "vendor=abc").body(Body::default()).unwrap()
+    };
+    let seen = |s: &Seen| {
+        let values: Vec<String> =
+            s.headers.get_all("traceparent").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        assert_eq!(values.len(), 1, "one traceparent upstream, never two: {values:?}");
+        let parts: Vec<String> = values[0].split('-').map(str::to_string).collect();
+        assert_eq!((parts.len(), parts[0].as_str(), parts[1].len(), parts[2].len()), (4, "00", 32, 16), "{values:?}");
+        parts
+    };
+
+    // A valid one is continued: same trace and flags, the gateway's span as the parent.
+    assert_eq!(send(sent(&[&format!("00-{trace}-00f067aa0ba902b7-01")])).await.0, StatusCode::OK);
+    let continued = seen(&up.last());
+    assert_eq!((continued[1].as_str(), continued[3].as_str()), (trace, "01"));
+    assert_ne!(continued[2], "00f067aa0ba902b7");
+    assert_eq!(up.last().headers["tracestate"], "vendor=abc");
+    // None, an invalid one, or two: a new trace.
+    for values in [vec![], vec!["00-xyz"], vec![&*format!("00-{trace}-00f067aa0ba902b7-01"), "another"]] {
+        assert_eq!(send(sent(&values)).await.0, StatusCode::OK);
+        let started = seen(&up.last());
+        assert_ne!(started[1], trace, "{values:?}");
+        assert_eq!(started[3], "00");
+    }
+    // The access log names the trace the upstream saw.
+    let logged = lines(&gw, 4).await;
+    let upstream_traces: Vec<String> = up.seen().iter().map(|s| seen(s)[1].clone()).collect();
+    let logged_traces: Vec<String> = logged.iter().map(|l| l["trace_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(logged_traces, upstream_traces);
+}
+
+#[tokio::test]
+async fn a_connection_field_cannot_take_the_traceparent_away() {
+    let up = upstream("app").await;
+    let gw = gateway(&config(
+        &[("app", up.url())],
+        "  - name: all\n    paths: [{ path: /, type: prefix }]\n    upstream: app\n",
+    ));
+    let req = Request::get(gw.url("/c")).header("connection", "traceparent").body(Body::default()).unwrap();
+    assert_eq!(send(req).await.0, StatusCode::OK);
+    assert_eq!(up.last().headers.get_all("traceparent").iter().count(), 1);
 }

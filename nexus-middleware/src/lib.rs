@@ -4,6 +4,7 @@
 //! | module | what it does |
 //! | --- | --- |
 //! | [`request_id`] | keeps a client's valid `X-Request-Id` or makes one, on the request and the response |
+//! | [`trace_context`] | one W3C `traceparent` for the gateway's span: the client's trace continued, or a new one |
 //! | [`circuit_breaker`] | 503 with `Retry-After` at once while an upstream keeps failing |
 //! | [`timeout`] | 504 `gateway_timeout` when the inner service takes too long |
 //! | [`retry`] | idempotent requests sent again on `retry_on` answers, with backoff, jitter and a budget |
@@ -45,6 +46,7 @@ pub mod retry;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod timeout;
+pub mod trace_context;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 #[cfg(feature = "jwt")]

@@ -39,21 +39,27 @@ pub fn is_valid(v: &HeaderValue) -> bool {
 /// thread) of a per-thread counter: unique, and not guessable from earlier ids, without
 /// a system call or a lock per request.
 pub fn generate() -> HeaderValue {
+    let bytes = random_bytes();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).expect("a UUID is a valid header value")
+}
+
+/// 16 random bytes: SipHash-1-3 of a per-thread counter, keyed from the OS once per thread
+/// (request ids, trace and span ids).
+pub(crate) fn random_bytes() -> [u8; 16] {
     use std::hash::BuildHasher;
     thread_local! {
         static IDS: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) = Default::default();
     }
-    let bytes = IDS.with(|(keys, counter)| {
+    IDS.with(|(keys, counter)| {
         let n = counter.get();
         counter.set(n.wrapping_add(1));
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&keys.hash_one((n, 0u8)).to_le_bytes());
         bytes[8..].copy_from_slice(&keys.hash_one((n, 1u8)).to_le_bytes());
         bytes
-    });
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).expect("a UUID is a valid header value")
+    })
 }
 
 /// Make sure `headers` carries a valid `X-Request-Id` and return it.

@@ -14,7 +14,8 @@ use nexus_core::{ErrorCode, GatewayError};
 
 /// Header names the gateway fills itself; client input in any spelling that differs by `_`
 /// for `-` (or by case: names are lower-case already) is removed.
-const ALWAYS_OWNED: [&str; 4] = ["x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+const ALWAYS_OWNED: [&str; 5] =
+    ["x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "traceparent"];
 
 /// The edge rules of one config.
 #[derive(Debug, Clone, Default)]

@@ -103,7 +103,8 @@ where
 /// for an axum app (`Router::fallback_service`) or any hyper server. It
 /// enforces everything the config says — routes, splits, auth, rate limits,
 /// breakers, retries, timeouts, body and header limits, metrics — and keeps a
-/// client's valid `X-Request-Id` or makes one, on the request and the answer.
+/// client's valid `X-Request-Id` or makes one, on the request and the answer, and sends one
+/// W3C `traceparent` upstream (`nexus_middleware::trace_context`).
 /// Listeners, probes and the shutdown sequence stay with the server around it.
 ///
 /// The client address comes from a [`ClientInfo`](crate::ClientInfo) or a
@@ -221,6 +222,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = nexus_middleware::request_id::ensure(req.headers_mut());
+        nexus_middleware::trace_context::ensure(req.headers_mut());
         let gateway = Arc::clone(&self.gateway);
         let log = gateway
             .access_log()

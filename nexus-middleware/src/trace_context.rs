@@ -1,0 +1,174 @@
+//! W3C Trace Context (SPEC §9): the request that goes upstream carries exactly one
+//! `traceparent`, naming the gateway's own span. A valid incoming `traceparent` is
+//! continued (same trace id and flags, the gateway's span id as the new parent); an
+//! absent, invalid or repeated one is replaced by a new trace (not sampled: the gateway
+//! exports no spans yet). `tracestate` is passed on untouched.
+//!
+//! ```
+//! use nexus_middleware::trace_context::{TraceParent, ensure};
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+//! let ours = ensure(&mut headers);
+//! assert_eq!(ours.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736", "the trace is continued");
+//! assert_ne!(ours.parent_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7], "under the gateway's own span");
+//! assert_eq!(TraceParent::parse(headers["traceparent"].as_bytes()), Some(ours));
+//! ```
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The `traceparent` header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// A `traceparent` value: version 00's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// The trace (16 bytes, not all zero).
+    pub trace_id: [u8; 16],
+    /// The span the next hop is a child of (8 bytes, not all zero).
+    pub parent_id: [u8; 8],
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+/// `00-` + 32 + `-` + 16 + `-` + 2.
+const LEN: usize = 55;
+
+impl TraceParent {
+    /// Parse a `traceparent` (lower-case hex; version `ff` and all-zero ids are invalid; a
+    /// later version may carry more fields after the flags, version 00 may not).
+    pub fn parse(v: &[u8]) -> Option<Self> {
+        if v.len() < LEN || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+            return None;
+        }
+        let version = hex::<1>(&v[..2])?[0];
+        if version == 0xff || (version == 0 && v.len() != LEN) || (v.len() > LEN && v[LEN] != b'-') {
+            return None;
+        }
+        let trace_id = hex::<16>(&v[3..35])?;
+        let parent_id = hex::<8>(&v[36..52])?;
+        let flags = hex::<1>(&v[53..55])?[0];
+        (trace_id != [0; 16] && parent_id != [0; 8]).then_some(Self { trace_id, parent_id, flags })
+    }
+
+    /// The header value (version 00).
+    pub fn to_header_value(&self) -> HeaderValue {
+        let mut buf = [0u8; LEN];
+        buf[..3].copy_from_slice(b"00-");
+        encode(&self.trace_id, &mut buf[3..35]);
+        buf[35] = b'-';
+        encode(&self.parent_id, &mut buf[36..52]);
+        buf[52] = b'-';
+        encode(&[self.flags], &mut buf[53..55]);
+        HeaderValue::from_bytes(&buf).expect("hex and dashes are a valid header value")
+    }
+
+    /// The trace id as 32 lower-case hex digits (the access log's `trace_id`).
+    pub fn trace_id_hex(&self) -> String {
+        let mut buf = [0u8; 32];
+        encode(&self.trace_id, &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn encode(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// `N` bytes from `2N` lower-case hex digits.
+fn hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Make `headers` carry one `traceparent` for the gateway's span, and return it: the
+/// incoming trace continued when its one `traceparent` is valid, a new trace otherwise.
+pub fn ensure(headers: &mut HeaderMap) -> TraceParent {
+    let mut incoming = headers.get_all(TRACEPARENT).iter();
+    let parent = match (incoming.next(), incoming.next()) {
+        (Some(v), None) => TraceParent::parse(v.as_bytes()),
+        _ => None,
+    };
+    let random = crate::request_id::random_bytes();
+    let mut span = [0u8; 8];
+    span.copy_from_slice(&random[..8]);
+    if span == [0; 8] {
+        span[7] = 1;
+    }
+    let ours = match parent {
+        Some(p) => TraceParent { parent_id: span, ..p },
+        None => {
+            let mut trace_id = crate::request_id::random_bytes();
+            if trace_id == [0; 16] {
+                trace_id[15] = 1;
+            }
+            TraceParent { trace_id, parent_id: span, flags: 0 }
+        }
+    };
+    headers.insert(TRACEPARENT, ours.to_header_value());
+    ours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    #[test]
+    fn only_valid_values_parse() {
+        let ok = TraceParent::parse(format!("00-{ID}-00f067aa0ba902b7-01").as_bytes()).unwrap();
+        assert_eq!(ok.flags, 1);
+        assert_eq!(ok.trace_id_hex(), ID);
+        assert_eq!(ok.to_header_value(), format!("00-{ID}-00f067aa0ba902b7-01").as_str());
+        assert!(TraceParent::parse(format!("01-{ID}-00f067aa0ba902b7-00-later").as_bytes()).is_some());
+        for bad in [
+            format!("00-{ID}-00f067aa0ba902b7-01-extra"),
+            format!("ff-{ID}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{ID}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", ID.to_uppercase()),
+            format!("00-{ID}-00f067aa0ba902b7"),
+            format!("01-{ID}-00f067aa0ba902b7-00x"),
+            "garbage".into(),
+        ] {
+            assert_eq!(TraceParent::parse(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_traceparent_goes_on_continued_or_new() {
+        // Continued: same trace and flags, a new parent.
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, format!("00-{ID}-00f067aa0ba902b7-01").parse().unwrap());
+        let ours = ensure(&mut h);
+        assert_eq!((ours.trace_id_hex().as_str(), ours.flags), (ID, 1));
+        assert_eq!(h.get_all(TRACEPARENT).iter().count(), 1);
+        // Absent, invalid, or two of them: a new trace, not sampled.
+        let mut seen = std::collections::HashSet::new();
+        for incoming in [vec![], vec!["nonsense"], vec![&*format!("00-{ID}-00f067aa0ba902b7-01"), "other"]] {
+            let mut h = HeaderMap::new();
+            for v in incoming {
+                h.append(TRACEPARENT, v.parse().unwrap());
+            }
+            let ours = ensure(&mut h);
+            assert_ne!(ours.trace_id_hex(), ID);
+            assert_eq!(ours.flags, 0);
+            assert_eq!(h.get_all(TRACEPARENT).iter().count(), 1);
+            assert_eq!(TraceParent::parse(h[TRACEPARENT].as_bytes()), Some(ours));
+            assert!(seen.insert(ours.trace_id), "trace ids differ");
+        }
+    }
+}
