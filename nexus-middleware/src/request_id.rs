@@ -45,9 +45,8 @@ pub fn generate() -> HeaderValue {
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
-/// 16 random bytes: SipHash-1-3 of a per-thread counter, keyed from the OS once per thread
-/// (request ids, trace and span ids).
-pub(crate) fn random_bytes() -> [u8; 16] {
+/// 16 random bytes: SipHash-1-3 of a per-thread counter, keyed from the OS once per thread.
+fn random_bytes() -> [u8; 16] {
     use std::hash::BuildHasher;
     thread_local! {
         static IDS: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) = Default::default();
