@@ -77,8 +77,14 @@ declare -A port=([nginx]=18081 [nexus_a]=18085 [nexus_b]=18086)
 config_a=$CONFIG config_b=$CONFIG_B
 if [[ $TLS == 1 || $UPSTREAM_TLS == 1 ]]; then
   command -v openssl >/dev/null || die "missing openssl"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+  # A CA and a leaf it signs (rustls, rightly, refuses a CA certificate as a server's own).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=peer-bench-ca \
+    -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$work/tls.key" -out "$work/tls.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$work/leaf.ext"
+  openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+    -extfile "$work/leaf.ext" -out "$work/tls.crt" 2>/dev/null
 fi
 upstream_conf=$PWD/benches/nginx/upstream.conf
 if [[ $UPSTREAM_TLS == 1 ]]; then
@@ -86,7 +92,7 @@ if [[ $UPSTREAM_TLS == 1 ]]; then
   sed -e "s|listen 127.0.0.1:18080 backlog=4096;|listen 127.0.0.1:18080 ssl backlog=4096; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:up:10m;|" \
     "$PWD/benches/nginx/upstream.conf" >"$work/upstream-tls.conf"
   upstream_conf=$work/upstream-tls.conf
-  sed -e "s|proxy_pass http://origin;|proxy_pass https://origin; proxy_ssl_trusted_certificate $work/tls.crt; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on;|" \
+  sed -e "s|proxy_pass http://origin;|proxy_pass https://origin; proxy_ssl_trusted_certificate $work/ca.crt; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on;|" \
     "$proxy_conf" >"$work/proxy-upstream-tls.conf"
   proxy_conf=$work/proxy-upstream-tls.conf
   for x in a b; do
@@ -98,7 +104,7 @@ out = []
 for line in open(src).read().splitlines():
     if "http://127.0.0.1:18080" in line:
         out.append(line.replace("http://127.0.0.1:18080", "https://127.0.0.1:18080"))
-        out.append(f'    tls: {{ ca_file: "{work}/tls.crt", server_name: localhost }}')
+        out.append(f'    tls: {{ ca_file: "{work}/ca.crt", server_name: localhost }}')
     else:
         out.append(line)
 open(dst, "w").write("\n".join(out) + "\n")
