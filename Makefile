@@ -33,7 +33,16 @@ check-features:
 	./scripts/check-features.sh
 
 ## Each published crate packaged as crates.io would take it, and built from the package.
+## Cargo verifies a crate against its sibling crates through a temporary registry, and treats what
+## comes from a registry as immutable: it unpacks a package under $CARGO_HOME/registry/src/-<hash of
+## the path>/ once, and reuses what it built from it. A later run from the same checkout would verify
+## against the first run's sources. So the unpacked copies (the `-` prefix: never crates.io's), the
+## temporary registry and every build of the nexus-* crates are removed first (they rebuild in
+## a minute; their dependencies are kept).
+PKG_TARGET = $${CARGO_TARGET_DIR:-target}
 package:
+	rm -rf "$${CARGO_HOME:-$$HOME/.cargo}"/registry/src/-* "$(PKG_TARGET)"/package/tmp-registry \
+		"$(PKG_TARGET)"/debug/.fingerprint/nexus-* "$(PKG_TARGET)"/debug/deps/libnexus_*
 	$(CARGO) package --workspace --exclude nexus-benches --allow-dirty
 
 lint: fmt clippy
