@@ -199,6 +199,8 @@ impl Reloader {
             },
             _ => None,
         };
+        // Upstream tries' client spans go to the new config's export from now on.
+        snapshot.gateway.tracing().install();
         self.shared.snapshot.store(Arc::new(snapshot));
         if let Some((terminator, tls)) = tls {
             terminator.install(tls);

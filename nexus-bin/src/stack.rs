@@ -92,8 +92,6 @@ pub(crate) async fn handle(
     req.headers_mut().reserve(5);
     // Request id first: every answer below, errors and panics included, carries it.
     let id = nexus_middleware::request_id::ensure(req.headers_mut());
-    // The gateway's span of the client's trace (or a new trace): one traceparent upstream.
-    nexus_middleware::trace_context::ensure(req.headers_mut());
     let http1 = req.version() < Version::HTTP_2;
     // A gRPC request gets the listener's own answers (shutdown, prechecks, a panic's 500) as
     // trailers-only gRPC responses; the gateway does the same for its own. (Not looked up
@@ -131,9 +129,13 @@ async fn serve(
     shared: &Shared,
     client: &ClientInfo,
     conn: &Connection,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
 ) -> Response<ResponseBody<ReqBody>> {
     let snap = shared.snapshot.load_full();
+    // The gateway's span of the client's trace (or a new trace, sampled per `tracing:`):
+    // one traceparent upstream.
+    let tracing = snap.gateway.tracing();
+    let started = nexus_middleware::trace_context::ensure_with(req.headers_mut(), tracing.sampling());
     // Probes and framing conflicts: the listener's business, before the gateway's.
     if let Some(mut res) = precheck(&snap, &shared.gate, &req, conn.refusal()) {
         // Probes are neither counted nor logged (kubelet's every few seconds would drown the rest).
@@ -147,9 +149,11 @@ async fn serve(
     }
     // Limits, route, and the route's stack of Layers (nexus_proxy::stack), for this
     // connection's client (rate-limit keys, X-Forwarded-*).
-    if snap.gateway.access_log() {
-        // Off the common path: the line's fields are copied out of the request before it goes.
-        let log = Pending::start(&req, &client.ip);
+    let trace = tracing.trace(&started);
+    if snap.gateway.access_log() || trace.is_some() {
+        // Off the common path: the line's (and span's) fields are copied out of the request
+        // before it goes.
+        let log = Pending::start_with(&req, &client.ip, snap.gateway.access_log(), trace);
         let mut res = Box::pin(snap.gateway.serve(req, client)).await;
         log.finish(&mut res);
         return res;
@@ -196,8 +200,10 @@ fn precheck(
 
 /// Shared state for a config.
 pub(crate) fn shared(config: &Config, gate: ReadinessGate) -> Result<Arc<Shared>, ConfigErrors> {
+    let snapshot = Snapshot::build(config, None)?;
+    snapshot.gateway.tracing().install();
     Ok(Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)?),
+        snapshot: ArcSwap::from_pointee(snapshot),
         gate,
         inflight: metrics::gauge!(crate::telemetry::INFLIGHT),
         shutdown: Shutdown::new(),

@@ -87,6 +87,10 @@ fn describe() {
     describe_counter!(m::TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
     describe_counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL, "Failed TLS handshakes, by reason.");
     describe_counter!(m::ACCESS_LOG_DROPPED_TOTAL, "Access-log lines dropped because the writer fell behind.");
+    describe_counter!(
+        m::TRACE_SPANS_DROPPED_TOTAL,
+        "Spans not exported: the export queue was full or the collector failed."
+    );
 }
 
 /// Mark `version` as the running config (and `previous`, if any, as not).

@@ -55,6 +55,12 @@ fn the_reference_shows_the_real_defaults() {
     let mut server = doc["server"].clone();
     let tls = server.as_object_mut().unwrap().remove("tls").expect("the reference shows server.tls");
     assert_eq!(read::<ServerConfig>(&server), defaults.server, "server");
+    // `tracing` is shown with a collector although it is absent by default; the rest of
+    // the block shows the defaults it has when present.
+    let mut tracing = doc["tracing"].clone();
+    assert!(tracing.as_object_mut().unwrap().remove("otlp_endpoint").is_some());
+    assert_eq!(read::<nexus_core::config::TracingConfig>(&tracing), nexus_core::config::TracingConfig::default());
+    assert_eq!(defaults.tracing, None);
     let shown_tls: nexus_core::config::TlsConfig = read(&tls);
     let minimal_tls: nexus_core::config::TlsConfig = read(&json!({
         "listen": "0.0.0.0:8443", "certificates": [], "client_auth": { "ca_file": "x" } }));

@@ -1,8 +1,9 @@
 //! W3C Trace Context (SPEC §9): the request that goes upstream carries exactly one
 //! `traceparent`, naming the gateway's own span. A valid incoming `traceparent` is
 //! continued (same trace id and flags, the gateway's span id as the new parent); an
-//! absent, invalid or repeated one is replaced by a new trace (not sampled: the gateway
-//! exports no spans yet). `tracestate` is passed on untouched.
+//! absent, invalid or repeated one is replaced by a new trace, sampled per [`Sampling`]
+//! ([`ensure_with`]; [`ensure`] never samples a new trace). `tracestate` is passed on
+//! untouched. Spans are exported by `nexus_middleware::otel` (feature `otel`).
 //!
 //! ```
 //! use nexus_middleware::trace_context::{TraceParent, ensure};
@@ -93,9 +94,86 @@ fn hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// How a trace is sampled (SPEC §9 `tracing:`): a valid incoming `traceparent`'s sampled
+/// flag is followed when `respect_parent` is set; otherwise (no parent, an invalid one, or
+/// a parent not trusted) `ratio` of requests are sampled. The default is what a gateway
+/// without a `tracing:` block does: follow the parent, never sample a new trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Share of requests sampled when the parent does not decide (0.0 to 1.0).
+    pub ratio: f64,
+    /// Follow a valid parent's sampled flag.
+    pub respect_parent: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { ratio: 0.0, respect_parent: true }
+    }
+}
+
+impl Sampling {
+    /// Sample `ratio` of new traces, following a sampled parent (`respect_parent`).
+    pub fn new(ratio: f64, respect_parent: bool) -> Self {
+        Self { ratio, respect_parent }
+    }
+
+    /// The decision for a request without a parent that decides: one draw when
+    /// `0 < ratio < 1`, none otherwise.
+    fn draw(&self) -> bool {
+        if self.ratio <= 0.0 {
+            false
+        } else if self.ratio >= 1.0 {
+            true
+        } else {
+            // 53 random bits against the ratio: exact to f64's precision.
+            #[allow(clippy::cast_precision_loss)]
+            let x = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            x < self.ratio
+        }
+    }
+}
+
+/// The gateway's span of a request: [`ours`](Self::ours) is what went upstream (its
+/// `parent_id` is the gateway's span id), `parent_id` the client's span when the trace
+/// was continued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// The `traceparent` sent upstream.
+    pub ours: TraceParent,
+    /// The span of the caller that sent a valid `traceparent`, if one did.
+    pub parent_id: Option<[u8; 8]>,
+}
+
+impl TraceParent {
+    /// Whether the trace is sampled (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
 /// Make `headers` carry one `traceparent` for the gateway's span, and return it: the
-/// incoming trace continued when its one `traceparent` is valid, a new trace otherwise.
+/// incoming trace continued when its one `traceparent` is valid, a new trace otherwise
+/// (never sampled: [`Sampling::default`]). See [`ensure_with`].
 pub fn ensure(headers: &mut HeaderMap) -> TraceParent {
+    ensure_with(headers, &Sampling::default()).ours
+}
+
+/// [`ensure`] with a sampling decision: the sampled flag that goes upstream is the
+/// parent's when `sampling.respect_parent` and the parent is valid, `sampling.ratio`'s
+/// draw otherwise.
+///
+/// ```
+/// use nexus_middleware::trace_context::{Sampling, ensure_with};
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+/// // An internet edge: a client cannot force sampling; the trace id is still continued.
+/// let started = ensure_with(&mut headers, &Sampling::new(0.0, false));
+/// assert!(!started.ours.sampled());
+/// assert_eq!(started.ours.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert_eq!(started.parent_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+/// ```
+pub fn ensure_with(headers: &mut HeaderMap, sampling: &Sampling) -> Started {
     // One hash of the name for the lookup and the write (an entry, not `get_all` + `insert`).
     let entry = headers.entry(TRACEPARENT);
     let parent = match &entry {
@@ -110,20 +188,31 @@ pub fn ensure(headers: &mut HeaderMap) -> TraceParent {
     };
     let span = nonzero(random_u64()).to_le_bytes();
     let ours = match parent {
-        Some(p) => TraceParent { parent_id: span, ..p },
-        None => {
-            let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&random_u64().to_le_bytes());
-            trace_id[8..].copy_from_slice(&nonzero(random_u64()).to_le_bytes());
-            TraceParent { trace_id, parent_id: span, flags: 0 }
+        Some(p) => {
+            let sampled = if sampling.respect_parent { p.sampled() } else { sampling.draw() };
+            TraceParent { parent_id: span, flags: (p.flags & !1) | u8::from(sampled), ..p }
         }
+        None => TraceParent { trace_id: new_trace_id(), parent_id: span, flags: u8::from(sampling.draw()) },
     };
     match entry {
         // Replaces every value the client sent.
         http::header::Entry::Occupied(mut o) => drop(o.insert(ours.to_header_value())),
         http::header::Entry::Vacant(v) => drop(v.insert(ours.to_header_value())),
     }
-    ours
+    Started { ours, parent_id: parent.map(|p| p.parent_id) }
+}
+
+/// A new random trace id (never all zero).
+fn new_trace_id() -> [u8; 16] {
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&random_u64().to_le_bytes());
+    trace_id[8..].copy_from_slice(&nonzero(random_u64()).to_le_bytes());
+    trace_id
+}
+
+/// A new random span id (never all zero): a client span's, for example.
+pub fn new_span_id() -> [u8; 8] {
+    nonzero(random_u64()).to_le_bytes()
 }
 
 /// A random 64-bit number: splitmix64 over a per-thread state seeded from the OS once.
@@ -200,5 +289,36 @@ mod tests {
             assert_eq!(TraceParent::parse(h[TRACEPARENT].as_bytes()), Some(ours));
             assert!(seen.insert(ours.trace_id), "trace ids differ");
         }
+    }
+
+    #[test]
+    fn sampling_follows_the_parent_or_the_ratio() {
+        let sampled_parent = format!("00-{ID}-00f067aa0ba902b7-01");
+        let unsampled_parent = format!("00-{ID}-00f067aa0ba902b7-00");
+        let run = |incoming: Option<&str>, sampling: Sampling| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = incoming {
+                h.insert(TRACEPARENT, v.parse().unwrap());
+            }
+            let started = ensure_with(&mut h, &sampling);
+            assert_eq!(TraceParent::parse(h[TRACEPARENT].as_bytes()), Some(started.ours));
+            started
+        };
+        // Respected: the parent decides, whatever the ratio.
+        assert!(run(Some(&sampled_parent), Sampling::new(0.0, true)).ours.sampled());
+        assert!(!run(Some(&unsampled_parent), Sampling::new(1.0, true)).ours.sampled());
+        // Not respected: the ratio decides, the trace id and the caller's span are kept.
+        let edge = run(Some(&sampled_parent), Sampling::new(0.0, false));
+        assert!(!edge.ours.sampled());
+        assert_eq!(
+            (edge.ours.trace_id_hex().as_str(), edge.parent_id),
+            (ID, Some([0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]))
+        );
+        assert!(run(Some(&unsampled_parent), Sampling::new(1.0, false)).ours.sampled());
+        // New traces: the ratio, about right over many draws.
+        assert!(run(None, Sampling::new(1.0, true)).ours.sampled());
+        assert_eq!(run(None, Sampling::new(1.0, true)).parent_id, None);
+        let hits = (0..20_000).filter(|_| run(None, Sampling::new(0.25, true)).ours.sampled()).count();
+        assert!((4_500..5_500).contains(&hits), "{hits} of 20000 at 0.25");
     }
 }

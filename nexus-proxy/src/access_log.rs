@@ -131,6 +131,11 @@ pub struct Pending {
     method: Method,
     host: Option<HeaderValue>,
     uri: Uri,
+    /// Write the access-log line (`logging.access_log`).
+    log: bool,
+    /// Export the request's server span (sampled, with an export).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    trace: Option<crate::spans::Trace>,
 }
 
 /// A line waiting for the end of its body (bytes counted as they go out).
@@ -148,6 +153,17 @@ pub(crate) struct Record {
 impl Pending {
     /// Note the request's arrival; `client_ip` as `X-Forwarded-For` would say it.
     pub fn start<B>(req: &Request<B>, client_ip: &HeaderValue) -> Self {
+        Self::start_with(req, client_ip, true, None)
+    }
+
+    /// [`start`](Self::start) for an access-log line (`log`), a server span (`trace`: see
+    /// [`Tracing::trace`](crate::spans::Tracing::trace)), or both.
+    pub fn start_with<B>(
+        req: &Request<B>,
+        client_ip: &HeaderValue,
+        log: bool,
+        trace: Option<crate::spans::Trace>,
+    ) -> Self {
         let headers = req.headers();
         Self {
             timestamp: SystemTime::now(),
@@ -158,6 +174,8 @@ impl Pending {
             method: req.method().clone(),
             host: headers.get(header::HOST).cloned(),
             uri: req.uri().clone(),
+            log,
+            trace,
         }
     }
 
@@ -222,6 +240,13 @@ impl Record {
     /// Hand the finished line to the writer (`upstream`, `endpoint`: who answered, when
     /// an upstream did).
     pub(crate) fn write(&self, upstream: Option<&str>, endpoint: Option<&str>) {
+        #[cfg(feature = "otel")]
+        if let Some(trace) = &self.pending.trace {
+            self.export_span(trace, upstream);
+        }
+        if !self.pending.log {
+            return;
+        }
         thread_local!(static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
         LINE.with(|line| {
             // A reused buffer: no allocation per line once it has grown.
@@ -230,6 +255,24 @@ impl Record {
             self.format(&mut line, upstream, endpoint);
             append(&line);
         });
+    }
+}
+
+#[cfg(feature = "otel")]
+impl Record {
+    /// The request's server span, to its export.
+    fn export_span(&self, trace: &crate::spans::Trace, upstream: Option<&str>) {
+        let p = &self.pending;
+        let request_id = self.request_id.as_ref().or(p.request_id.as_ref()).and_then(|v| v.to_str().ok());
+        let span = nexus_middleware::otel::ServerSpan {
+            method: p.method.as_str(),
+            path: p.uri.path(),
+            route: self.route.as_deref(),
+            status: self.status,
+            request_id,
+            upstream: upstream.filter(|u| !u.is_empty()),
+        };
+        trace.export.record(span.finish(&trace.started, p.timestamp, SystemTime::now()));
     }
 }
 

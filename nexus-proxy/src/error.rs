@@ -28,6 +28,23 @@ pub enum ErrorKind {
     CircuitOpen,
 }
 
+impl ErrorKind {
+    /// A short name (`connect`, `timeout`, ...): a client span's `error.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Timeout => "timeout",
+            Self::Upstream => "upstream",
+            Self::ClientBody => "client_body",
+            Self::BodyTooLarge => "body_too_large",
+            Self::NoHealthyEndpoint => "no_healthy_endpoint",
+            Self::Overloaded => "overloaded",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
 /// A failed forward: what failed, on which upstream, and the underlying cause.
 #[derive(Debug)]
 pub struct ProxyError {

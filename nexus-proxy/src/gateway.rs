@@ -352,6 +352,8 @@ pub struct Gateway<B> {
     max_header_bytes: usize,
     /// `logging.access_log`.
     access_log: bool,
+    /// `tracing:`: sampling and span export.
+    tracing: crate::spans::Tracing,
 }
 
 impl<B> Gateway<B>
@@ -400,6 +402,9 @@ where
             }
         }
         let policies = Policies::build(config, env, previous.map(|p| &p.policies), &mut errors);
+        let tracing = crate::spans::Tracing::from_config(config, env, previous.map(|p| &p.tracing))
+            .map_err(|e| errors.push(e))
+            .unwrap_or_default();
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let default_timeout = config.server.limits.request_timeout.as_std();
         let mut targets = Vec::with_capacity(table.len());
@@ -460,7 +465,10 @@ where
             .routes()
             .iter()
             .zip(targets)
-            .map(|(route, target)| RouteStack::build(route, target, &policies, config.logging.access_log))
+            .map(|(route, target)| {
+                // The route's name goes on the answer for the access log and the server span.
+                RouteStack::build(route, target, &policies, config.logging.access_log || tracing.exports())
+            })
             .collect();
         let limits = &config.server.limits;
         Ok(Self {
@@ -474,6 +482,7 @@ where
             max_body: limits.max_request_body.bytes(),
             max_header_bytes: usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX),
             access_log: config.logging.access_log,
+            tracing,
         })
     }
 
@@ -481,6 +490,11 @@ where
     /// the server around the gateway starts and finishes each line, see [`crate::access_log`]).
     pub fn access_log(&self) -> bool {
         self.access_log
+    }
+
+    /// How this config samples traces and where their spans go (`tracing:`).
+    pub fn tracing(&self) -> &crate::spans::Tracing {
+        &self.tracing
     }
 
     /// The route table.

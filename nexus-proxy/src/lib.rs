@@ -68,6 +68,7 @@ pub mod metrics;
 mod pool;
 mod replay;
 pub mod service;
+pub mod spans;
 pub mod stack;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]

@@ -141,8 +141,10 @@ impl<B> GatewayService<B>
 where
     B: RequestBody,
 {
-    /// Serve with this gateway.
+    /// Serve with this gateway. Its span export (`tracing:`) becomes the process's
+    /// ([`Tracing::install`](crate::spans::Tracing::install)): upstream tries' client spans go there.
     pub fn new(gateway: Arc<Gateway<B>>) -> Self {
+        gateway.tracing().install();
         Self { gateway }
     }
 
@@ -222,11 +224,14 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = nexus_middleware::request_id::ensure(req.headers_mut());
-        nexus_middleware::trace_context::ensure(req.headers_mut());
         let gateway = Arc::clone(&self.gateway);
-        let log = gateway
-            .access_log()
-            .then(|| crate::access_log::Pending::start(&req, &crate::access_log::client_ip(req.extensions())));
+        let tracing = gateway.tracing();
+        let started = nexus_middleware::trace_context::ensure_with(req.headers_mut(), tracing.sampling());
+        let trace = tracing.trace(&started);
+        let log = (gateway.access_log() || trace.is_some()).then(|| {
+            let ip = crate::access_log::client_ip(req.extensions());
+            crate::access_log::Pending::start_with(&req, &ip, gateway.access_log(), trace)
+        });
         Box::pin(async move {
             let mut res = gateway.handle(req).await;
             res.headers_mut().insert(REQUEST_ID, id);

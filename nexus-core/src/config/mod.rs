@@ -24,6 +24,7 @@ mod validate;
 pub use load::{Env, Overrides, ProcessEnv};
 pub use schema::*;
 pub use units::{ByteSize, Duration};
+pub use validate::otlp_endpoint;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -118,7 +119,7 @@ pub fn yaml_document(bytes: &[u8]) -> Result<Value, ConfigErrors> {
     serde_json::to_value(yaml).map_err(|e| one(format!("invalid YAML: {e}")))
 }
 
-const TOP_KEYS: &[&str] = &["server", "logging", "admin", "upstreams", "auth", "rate_limits", "routes"];
+const TOP_KEYS: &[&str] = &["server", "logging", "tracing", "admin", "upstreams", "auth", "rate_limits", "routes"];
 
 impl Config {
     /// Parse and validate a config document. Each route, upstream, rate limit and
@@ -198,6 +199,8 @@ fn parse_document(value: Value, errors: &mut Vec<ConfigError>, info: &mut ParseI
         match key.as_str() {
             "server" => set(&mut config.server, section("server", v, errors)),
             "logging" => set(&mut config.logging, section("logging", v, errors)),
+            "tracing" if v.is_null() => config.tracing = Some(TracingConfig::default()),
+            "tracing" => config.tracing = section("tracing", v, errors),
             "admin" => set(&mut config.admin, section("admin", v, errors)),
             "upstreams" => config.upstreams = entries("upstreams", v, errors, info),
             "rate_limits" => config.rate_limits = entries("rate_limits", v, errors, info),

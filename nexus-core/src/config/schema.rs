@@ -16,6 +16,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log level and format.
     pub logging: LoggingConfig,
+    /// W3C trace sampling and OTLP span export; absent: traces are continued and
+    /// propagated, new ones are not sampled, nothing is exported.
+    pub tracing: Option<TracingConfig>,
     /// The admin API.
     pub admin: AdminConfig,
     /// Upstreams by name.
@@ -198,6 +201,28 @@ pub struct LoggingConfig {
 impl Default for LoggingConfig {
     fn default() -> Self {
         Self { level: "info".into(), format: LogFormat::Json, access_log: false }
+    }
+}
+
+/// `tracing:`: sampling of W3C traces and their export as OpenTelemetry spans.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP (protobuf) collector, `http://otel-collector:4318`; spans go
+    /// to `<base>/v1/traces`. Absent: `OTEL_EXPORTER_OTLP_ENDPOINT` when set, else no export.
+    pub otlp_endpoint: Option<String>,
+    /// The resource's `service.name`. Default `nexus`.
+    pub service_name: String,
+    /// Share of requests without a sampled parent that are sampled (0.0 to 1.0). Default 0.01.
+    pub sample_ratio: f64,
+    /// Follow a valid incoming `traceparent`'s sampled flag. `false` at an internet edge:
+    /// `sample_ratio` decides for every request (the trace id is still continued). Default true.
+    pub respect_parent_sampling: bool,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "nexus".into(), sample_ratio: 0.01, respect_parent_sampling: true }
     }
 }
 

@@ -52,6 +52,17 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
             }
         }
     }
+    if let Some(t) = &c.tracing {
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            err("tracing.sample_ratio".into(), format!("{} is not between 0.0 and 1.0", t.sample_ratio));
+        }
+        if t.service_name.trim().is_empty() {
+            err("tracing.service_name".into(), "must not be empty".into());
+        }
+        if let Some(Err(why)) = t.otlp_endpoint.as_deref().map(otlp_endpoint) {
+            err("tracing.otlp_endpoint".into(), why);
+        }
+    }
     let prefix = &c.server.probe_prefix;
     if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
         err(
@@ -404,4 +415,26 @@ fn check_key(key: &str, plain: &[&str], prefixed: &[&str]) -> Result<(), String>
     let mut forms: Vec<String> = plain.iter().map(|s| (*s).to_string()).collect();
     forms.extend(prefixed.iter().map(|p| format!("{p}NAME")));
     Err(format!("invalid key {key:?} (expected {})", forms.join(" | ")))
+}
+
+/// An OTLP/HTTP base URL: `http://` or `https://`, a host, no query (spans go to
+/// `<base>/v1/traces`).
+///
+/// ```
+/// assert!(nexus_core::config::otlp_endpoint("http://otel-collector:4318").is_ok());
+/// assert!(nexus_core::config::otlp_endpoint("otel-collector:4318").is_err());
+/// ```
+pub fn otlp_endpoint(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not have a query string"));
+    }
+    Ok(uri)
 }

@@ -4,6 +4,8 @@
 mod build;
 mod retry;
 mod send;
+#[cfg(feature = "otel")]
+mod spans;
 
 use nexus_middleware::retry::Retries;
 pub(crate) use retry::rebuild;
@@ -336,7 +338,8 @@ where
                 Either::Left(self.forward_with_retries(req, scan, client, timeout, retry))
             }
             _ => Either::Right(
-                self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0).map(|(result, _)| result),
+                self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0, 0)
+                    .map(|(result, _)| result),
             ),
         }
     }
@@ -351,6 +354,7 @@ where
         client: &'a ClientInfo,
         deadline: tokio::time::Instant,
         avoid: u64,
+        #[cfg_attr(not(feature = "otel"), allow(unused_variables))] retries: u32,
     ) -> impl Future<Output = (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>)> + 'a {
         // The breaker first: while open, nothing is reserved or sent.
         let permit = match &self.breaker {
@@ -373,9 +377,16 @@ where
         };
         let index = guard.endpoint;
         let sent_at = self.peak_ewma.then(|| self.clock.now());
+        // A sampled request's try gets a client span (and a traceparent naming it).
+        #[cfg(feature = "otel")]
+        let (req, span) = spans::client_span(req);
         let send = self.send(guard, req, client, deadline);
         Either::Right(async move {
             let result = send.await;
+            #[cfg(feature = "otel")]
+            if let Some(span) = span {
+                span.finish(self.shared.endpoints[index].authority(), retries, &result);
+            }
             let m = &self.shared.endpoints[index].metrics;
             // Failures for the breaker: 5xx from the upstream, connect errors, timeouts
             // (not the client's own body errors).

@@ -1,0 +1,71 @@
+//! An upstream try's client span (feature `otel`): for a sampled request while a span export
+//! is installed, the try carries a `traceparent` naming its own span, and the span (endpoint,
+//! attempt, status or error) goes to the export when the try is answered or fails.
+
+use super::Outgoing;
+use super::retry::rebuild;
+use crate::body::UpstreamBody;
+use crate::error::ProxyError;
+use crate::headers::HeadScan;
+use crate::replay::SendBody;
+use http::{Method, Response};
+use nexus_middleware::otel::{ClientSpan, SpanExport};
+use nexus_middleware::trace_context::{TRACEPARENT, TraceParent};
+use std::sync::Arc;
+
+/// A started client span and where it goes.
+pub(super) struct Started {
+    span: ClientSpan,
+    method: Method,
+    export: Arc<SpanExport>,
+}
+
+/// The try as it goes, and its span when it has one. Costs one relaxed load when no export
+/// is installed, and a `traceparent` parse when one is.
+pub(super) fn client_span<B>(req: Outgoing<'_, B>) -> (Outgoing<'_, B>, Option<Started>) {
+    if !nexus_middleware::otel::exporting() {
+        return (req, None);
+    }
+    let headers = match &req {
+        Outgoing::Owned(r, _) => r.headers(),
+        Outgoing::Lean(parts) => &parts.headers,
+    };
+    let server = headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.as_bytes()));
+    let (Some(server), Some(export)) = (server.filter(TraceParent::sampled), nexus_middleware::otel::installed())
+    else {
+        return (req, None);
+    };
+    let span = ClientSpan::start(&server);
+    let value = span.traceparent().to_header_value();
+    let (req, method) = match req {
+        Outgoing::Owned(mut r, scan) => {
+            r.headers_mut().insert(TRACEPARENT, value);
+            let method = r.method().clone();
+            (Outgoing::Owned(r, scan), method)
+        }
+        // The head is shared by every try: this try's own copy (a sampled request only).
+        Outgoing::Lean(parts) => {
+            let mut r = rebuild(parts, SendBody::Buffered { data: None, trailers: None });
+            r.headers_mut().insert(TRACEPARENT, value);
+            let scan = HeadScan::of(r.headers());
+            (Outgoing::Owned(r, scan), parts.method.clone())
+        }
+    };
+    (req, Some(Started { span, method, export }))
+}
+
+impl Started {
+    /// The try is over: its span to the export. `retries`: tries before this one.
+    pub(super) fn finish<B>(
+        self,
+        authority: &str,
+        retries: u32,
+        result: &Result<Response<UpstreamBody<B>>, ProxyError>,
+    ) {
+        let outcome = match result {
+            Ok(res) => Ok(res.status().as_u16()),
+            Err(e) => Err(e.kind().as_str()),
+        };
+        self.export.record(self.span.finish(self.method.as_str(), authority, retries + 1, outcome));
+    }
+}
