@@ -149,11 +149,11 @@ async fn serve(
     }
     // Limits, route, and the route's stack of Layers (nexus_proxy::stack), for this
     // connection's client (rate-limit keys, X-Forwarded-*).
-    let trace = tracing.trace(&started);
-    if snap.gateway.access_log() || trace.is_some() {
+    if snap.gateway.access_log() || (tracing.exports() && started.ours.sampled()) {
         // Off the common path: the line's (and span's) fields are copied out of the request
-        // before it goes.
-        let log = Pending::start_with(&req, &client.ip, snap.gateway.access_log(), trace);
+        // before it goes. (Nothing of it lives across the common path's await: the request's
+        // future stays its size.)
+        let log = Pending::start_with(&req, &client.ip, snap.gateway.access_log(), tracing.trace(&started));
         let mut res = Box::pin(snap.gateway.serve(req, client)).await;
         log.finish(&mut res);
         return res;

@@ -152,6 +152,15 @@ impl TraceParent {
     }
 }
 
+/// Whether `headers`' `traceparent`, one the gateway wrote ([`ensure`]), says sampled: its
+/// last hex digit read alone (no parse), for checks on every request.
+pub fn is_sampled(headers: &HeaderMap) -> bool {
+    headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.as_bytes().get(LEN - 1))
+        .is_some_and(|d| matches!(d, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
+}
+
 /// Make `headers` carry one `traceparent` for the gateway's span, and return it: the
 /// incoming trace continued when its one `traceparent` is valid, a new trace otherwise
 /// (never sampled: [`Sampling::default`]). See [`ensure_with`].
@@ -317,6 +326,9 @@ mod tests {
         assert!(run(Some(&unsampled_parent), Sampling::new(1.0, false)).ours.sampled());
         // New traces: the ratio, about right over many draws.
         assert!(run(None, Sampling::new(1.0, true)).ours.sampled());
+        let mut h = HeaderMap::new();
+        assert!(ensure_with(&mut h, &Sampling::new(1.0, true)).ours.sampled() && is_sampled(&h));
+        assert!(!ensure_with(&mut h, &Sampling::new(0.0, false)).ours.sampled() && !is_sampled(&h));
         assert_eq!(run(None, Sampling::new(1.0, true)).parent_id, None);
         let hits = (0..20_000).filter(|_| run(None, Sampling::new(0.25, true)).ours.sampled()).count();
         assert!((4_500..5_500).contains(&hits), "{hits} of 20000 at 0.25");

@@ -20,16 +20,17 @@ pub(super) struct Started {
     export: Arc<SpanExport>,
 }
 
-/// The try as it goes, and its span when it has one. Costs one relaxed load when no export
-/// is installed, and a `traceparent` parse when one is.
-pub(super) fn client_span<B>(req: Outgoing<'_, B>) -> (Outgoing<'_, B>, Option<Started>) {
-    if !nexus_middleware::otel::exporting() {
-        return (req, None);
-    }
+/// The try as it goes, and its span when it is sampled (a `traceparent` parse: called only
+/// while an export is installed, see `nexus_middleware::otel::exporting`).
+pub(super) fn client_span<B>(req: Outgoing<'_, B>) -> (Outgoing<'_, B>, Option<Box<Started>>) {
     let headers = match &req {
         Outgoing::Owned(r, _) => r.headers(),
         Outgoing::Lean(parts) => &parts.headers,
     };
+    // Most requests are not sampled: one byte says so before any parsing.
+    if !nexus_middleware::trace_context::is_sampled(headers) {
+        return (req, None);
+    }
     let server = headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.as_bytes()));
     let (Some(server), Some(export)) = (server.filter(TraceParent::sampled), nexus_middleware::otel::installed())
     else {
@@ -51,7 +52,7 @@ pub(super) fn client_span<B>(req: Outgoing<'_, B>) -> (Outgoing<'_, B>, Option<S
             (Outgoing::Owned(r, scan), parts.method.clone())
         }
     };
-    (req, Some(Started { span, method, export }))
+    (req, Some(Box::new(Started { span, method, export })))
 }
 
 impl Started {
