@@ -213,7 +213,7 @@ async fn validate_reads_the_upstream_tls_files_and_refuses_what_this_version_can
 
     // Keys that cannot be honoured are errors with their paths, never ignored.
     let bad = gateway_yaml(&[
-        ("h2", upstream_yaml("h2", "http://127.0.0.1:1", "    protocol: h2c\n")),
+        ("h2", upstream_yaml("h2", "http://127.0.0.1:1", "    protocol: h2\n")),
         ("pair", upstream_yaml("pair", "https://127.0.0.1:1", "    tls: { client_cert_file: /x.crt }\n")),
         ("unused", upstream_yaml("unused", "http://127.0.0.1:1", "    tls: { server_name: x.test }\n")),
     ]);
@@ -221,7 +221,7 @@ async fn validate_reads_the_upstream_tls_files_and_refuses_what_this_version_can
     let out = run(&["validate", "--skip-files"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    for p in ["upstreams.h2.protocol", "upstreams.pair.tls", "upstreams.unused.tls"] {
+    for p in ["upstreams.h2.endpoints[0].url", "upstreams.pair.tls", "upstreams.unused.tls"] {
         assert!(err.contains(p), "{p}: {err}");
     }
 }

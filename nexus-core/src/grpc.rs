@@ -30,6 +30,49 @@ pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-st
 /// `grpc-message`.
 pub const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
+/// `grpc-timeout`: the client's deadline, and the one the gateway passes upstream.
+pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+///
+/// ```
+/// use std::time::Duration;
+/// use nexus_core::grpc::{parse_timeout, timeout_value};
+/// assert_eq!(parse_timeout(b"250m"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_timeout(b"2S"), Some(Duration::from_secs(2)));
+/// assert_eq!(parse_timeout(b"123456789m"), None, "nine digits");
+/// assert_eq!(parse_timeout(b"10x"), None);
+/// assert_eq!(timeout_value(Duration::from_millis(1500)), "1500m");
+/// ```
+pub fn parse_timeout(v: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `d` as a `grpc-timeout` value: milliseconds (rounded up, at least 1), or seconds when
+/// that would take more than 8 digits.
+pub fn timeout_value(d: std::time::Duration) -> HeaderValue {
+    let ms = d.as_millis().max(1);
+    if ms <= 99_999_999 {
+        HeaderValue::from_str(&format!("{ms}m")).expect("digits and a unit")
+    } else {
+        HeaderValue::from_str(&format!("{}S", d.as_secs().min(99_999_999))).expect("digits and a unit")
+    }
+}
+
 /// Whether a request with these headers is a gRPC request (`content-type: application/grpc`,
 /// or `application/grpc+proto`, `application/grpc;...`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {

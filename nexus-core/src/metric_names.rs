@@ -48,6 +48,8 @@ pub const TLS_RELOADS_TOTAL: &str = "nexus_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "nexus_tls_handshake_failures_total";
 /// `nexus_access_log_dropped_total` counter: access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "nexus_access_log_dropped_total";
+/// `nexus_grpc_responses_total{route,grpc_status}` counter: gRPC answers by status, the upstream's or the gateway's own.
+pub const GRPC_RESPONSES_TOTAL: &str = "nexus_grpc_responses_total";
 /// `nexus_trace_spans_dropped_total` counter: spans not exported (the queue was full or the collector failed).
 pub const TRACE_SPANS_DROPPED_TOTAL: &str = "nexus_trace_spans_dropped_total";
 /// `nexus_jwt_cache_requests_total{result}` counter: verified-token cache lookups, `hit` or `miss`.

@@ -118,6 +118,13 @@ pub enum Probe {
     },
     /// A TCP connect.
     Tcp,
+    /// The standard gRPC health check, `grpc.health.v1.Health/Check` for `service` over HTTP/2
+    /// (prior knowledge, or whatever the connection negotiated), passing on `SERVING`.
+    /// Needs the `serve` feature (hyper); without it the check fails, saying so.
+    Grpc {
+        /// The service asked about; empty: the server as a whole.
+        service: String,
+    },
 }
 
 /// One check's settings.
@@ -148,7 +155,7 @@ pub async fn check_once_over<S, E>(
     connect: impl Future<Output = Result<S, E>>,
 ) -> (bool, String)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
     match tokio::time::timeout(timeout, run(authority, probe, connect)).await {
@@ -167,7 +174,7 @@ fn humantime_ms(d: Duration) -> String {
 
 async fn run<S, E>(authority: &str, probe: &Probe, connect: impl Future<Output = Result<S, E>>) -> (bool, String)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -175,8 +182,10 @@ where
         Ok(s) => s,
         Err(e) => return (false, format!("connect: {e}")),
     };
-    let Probe::Http { path, expected_status } = probe else {
-        return (true, "tcp connect ok".into());
+    let (path, expected_status) = match probe {
+        Probe::Http { path, expected_status } => (path, expected_status),
+        Probe::Tcp => return (true, "tcp connect ok".into()),
+        Probe::Grpc { service } => return grpc_check(authority, service, stream).await,
     };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: nexus-health-check\r\nConnection: close\r\nAccept: */*\r\n\r\n"
@@ -201,6 +210,83 @@ where
         Some(status) => (false, format!("{line} (expected {expected_status}, got {status})")),
         None => (false, format!("not an HTTP response: {line:?}")),
     }
+}
+
+/// `grpc.health.v1.Health/Check` over `stream` (HTTP/2).
+#[cfg(feature = "serve")]
+async fn grpc_check<S>(authority: &str, service: &str, stream: S) -> (bool, String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) =
+        match hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => return (false, format!("HTTP/2 handshake: {e}")),
+        };
+    // HealthCheckRequest { string service = 1; }, in one gRPC message.
+    let mut msg = Vec::with_capacity(5 + 2 + service.len());
+    msg.push(0);
+    let len = if service.is_empty() { 0 } else { 2 + service.len() };
+    msg.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    if !service.is_empty() {
+        msg.push(0x0a);
+        msg.push(u8::try_from(service.len()).unwrap_or(u8::MAX));
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let req = http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "nexus-health-check")
+        .body(http_body_util::Full::new(bytes::Bytes::from(msg)));
+    let Ok(req) = req else { return (false, "invalid authority".into()) };
+    let call = async move {
+        let res = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        if res.status() != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", res.status()));
+        }
+        let mut status = res.headers().get("grpc-status").cloned();
+        let mut message = res.headers().get("grpc-message").cloned();
+        let collected = res.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+        if let Some(t) = collected.trailers() {
+            status = status.or_else(|| t.get("grpc-status").cloned());
+            message = message.or_else(|| t.get("grpc-message").cloned());
+        }
+        let body = collected.to_bytes();
+        match status.as_ref().map(http::HeaderValue::as_bytes) {
+            Some(b"0") => {}
+            Some(code) => {
+                let text = message.as_ref().and_then(|m| m.to_str().ok()).unwrap_or("");
+                return Err(format!("grpc-status {} {text}", String::from_utf8_lossy(code)).trim_end().to_string());
+            }
+            None => return Err("no grpc-status".into()),
+        }
+        // HealthCheckResponse { ServingStatus status = 1; }: SERVING = 1 (field 1 absent: UNKNOWN).
+        let serving = match body.get(5..) {
+            Some([0x08, s, ..]) => *s,
+            _ => 0,
+        };
+        match serving {
+            1 => Ok("SERVING".to_string()),
+            2 => Err("NOT_SERVING".into()),
+            3 => Err("SERVICE_UNKNOWN".into()),
+            n => Err(format!("status {n} (UNKNOWN)")),
+        }
+    };
+    tokio::select! {
+        r = call => match r {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        },
+        r = conn => (false, format!("connection closed: {}", r.err().map_or_else(|| "by the server".to_string(), |e| e.to_string()))),
+    }
+}
+
+/// Without hyper (the `serve` feature) there is no HTTP/2 client: the check fails, saying so.
+#[cfg(not(feature = "serve"))]
+async fn grpc_check<S>(_authority: &str, _service: &str, _stream: S) -> (bool, String) {
+    (false, "gRPC health checks need nexus-health's `serve` feature".into())
 }
 
 /// A handle on running checks; dropping it stops them.
@@ -246,7 +332,7 @@ where
     F: Fn(usize, bool, &str) + Send + Sync + 'static,
     C: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<S, E>> + Send,
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
     let on_change = std::sync::Arc::new(on_change);

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use nexus_core::BoxError;
 use nexus_core::body::GatewayBody;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A request body the gateway can forward: bytes, sendable, and an error any
@@ -49,6 +50,16 @@ pub struct UpstreamBody<B> {
     guard: InFlight<B>,
     /// The access-log line of this answer, written when the body ends (empty when off).
     log: crate::access_log::AtEnd,
+    /// A gRPC answer's deadline and route counter (`None` for anything but gRPC).
+    grpc: Option<Box<GrpcState>>,
+}
+
+/// What a gRPC answer's body keeps: the call's deadline (the stream is ended with
+/// `DEADLINE_EXCEEDED` when it passes) and the counter its `grpc-status` goes to.
+#[derive(Debug, Default)]
+struct GrpcState {
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    counts: Option<Arc<crate::metrics::GrpcResponses>>,
 }
 
 /// Where the bytes come from: hyper's client connection (requests that had a body,
@@ -56,6 +67,9 @@ pub struct UpstreamBody<B> {
 #[derive(Debug)]
 enum Inner {
     Hyper(Incoming),
+    /// A stream of a multiplexed HTTP/2 connection, and its place there (held, and given
+    /// back when the body is dropped).
+    H2(Incoming, #[allow(dead_code)] crate::h2::Stream),
     Raw(RawBody),
     /// The gateway's own answer about this upstream (its JSON error); `None` once sent.
     Answer(Option<Bytes>),
@@ -70,17 +84,27 @@ where
         Self::start(Inner::Hyper(inner), conn, guard)
     }
 
+    pub(crate) fn h2(inner: Incoming, stream: crate::h2::Stream, guard: InFlight<B>) -> Self {
+        Self::start(Inner::H2(inner, stream), None, guard)
+    }
+
     pub(crate) fn raw(inner: RawBody, guard: InFlight<B>) -> Self {
         Self::start(Inner::Raw(inner), None, guard)
     }
 
     /// The gateway's answer (`data`) about the upstream `tag` names ([`InFlight::detached`]).
     pub(crate) fn answer(data: Option<Bytes>, tag: InFlight<B>) -> Self {
-        Self { inner: Inner::Answer(data), conn: None, guard: tag, log: crate::access_log::AtEnd::default() }
+        Self {
+            inner: Inner::Answer(data),
+            conn: None,
+            guard: tag,
+            log: crate::access_log::AtEnd::default(),
+            grpc: None,
+        }
     }
 
     fn start(inner: Inner, conn: Option<PooledConn<SendBody<B>>>, guard: InFlight<B>) -> Self {
-        let mut body = Self { inner, conn, guard, log: crate::access_log::AtEnd::default() };
+        let mut body = Self { inner, conn, guard, log: crate::access_log::AtEnd::default(), grpc: None };
         if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
             body.finish();
@@ -111,6 +135,19 @@ where
         self.conn = None;
         self.guard.release();
     }
+
+    /// The deadline passed: the upstream's stream goes, the client's ends with DEADLINE_EXCEEDED.
+    fn deadline_exceeded(&mut self) -> Frame<Bytes> {
+        self.inner = Inner::Answer(None);
+        self.abort();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(nexus_core::grpc::GRPC_STATUS, http::HeaderValue::from_static("4"));
+        trailers.insert(nexus_core::grpc::GRPC_MESSAGE, http::HeaderValue::from_static("deadline exceeded"));
+        if let Some(counts) = self.grpc.take().and_then(|g| g.counts) {
+            counts.count(trailers.get(nexus_core::grpc::GRPC_STATUS));
+        }
+        Frame::trailers(trailers)
+    }
 }
 
 impl<B> UpstreamBody<B> {
@@ -118,13 +155,35 @@ impl<B> UpstreamBody<B> {
     /// left to send and the slot is given back).
     pub(crate) fn log_at_end(&mut self, record: Box<crate::access_log::Record>) {
         self.log.set(record);
-        let ended = match &self.inner {
-            Inner::Hyper(b) => http_body::Body::is_end_stream(b),
+        if self.is_over() && !self.guard.is_held() {
+            self.write_log();
+        }
+    }
+
+    /// Count this gRPC answer's `grpc-status` in `counts` when its trailers come (or as 13
+    /// when it ends without them).
+    pub(crate) fn count_grpc_at_end(&mut self, counts: Arc<crate::metrics::GrpcResponses>) {
+        if self.is_over() {
+            counts.count(None);
+        } else {
+            self.grpc.get_or_insert_default().counts = Some(counts);
+        }
+    }
+
+    /// A gRPC call's deadline: when it passes before the upstream's stream ended, the stream
+    /// is dropped (HTTP/2 resets it: the upstream sees the call cancelled) and the client's
+    /// ends with trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`).
+    pub(crate) fn grpc_deadline(&mut self, at: tokio::time::Instant) {
+        if !self.is_over() {
+            self.grpc.get_or_insert_default().deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        match &self.inner {
+            Inner::Hyper(b) | Inner::H2(b, _) => http_body::Body::is_end_stream(b),
             Inner::Raw(b) => http_body::Body::is_end_stream(b),
             Inner::Answer(d) => d.is_none(),
-        };
-        if ended && !self.guard.is_held() {
-            self.write_log();
         }
     }
 
@@ -135,9 +194,13 @@ impl<B> UpstreamBody<B> {
 }
 
 impl<B> Drop for UpstreamBody<B> {
-    /// A body dropped before its end (the client went away) still gets its line.
+    /// A body dropped before its end (the client went away) still gets its line; a gRPC
+    /// answer that never had its trailers is counted as INTERNAL.
     fn drop(&mut self) {
         self.write_log();
+        if let Some(counts) = self.grpc.take().and_then(|g| g.counts) {
+            counts.count(None);
+        }
     }
 }
 
@@ -151,6 +214,11 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(deadline) = this.grpc.as_mut().and_then(|g| g.deadline.as_mut())
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Ok(this.deadline_exceeded())));
+        }
         let res = match &mut this.inner {
             Inner::Hyper(inner) => {
                 if let Some(conn) = this.conn.as_mut() {
@@ -159,13 +227,18 @@ where
                 }
                 Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
             }
+            Inner::H2(inner, _) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
             Inner::Raw(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
             Inner::Answer(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &res
-            && let Some(data) = frame.data_ref()
-        {
-            this.log.sent(data.len());
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                this.log.sent(data.len());
+            } else if let (Some(trailers), Some(counts)) =
+                (frame.trailers_ref(), this.grpc.take().and_then(|g| g.counts))
+            {
+                counts.count(trailers.get(nexus_core::grpc::GRPC_STATUS));
+            }
         }
         match &res {
             Poll::Ready(None) => this.finish(),
@@ -177,16 +250,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Hyper(b) => b.is_end_stream(),
-            Inner::Raw(b) => b.is_end_stream(),
-            Inner::Answer(d) => d.is_none(),
-        }
+        self.is_over()
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Hyper(b) => b.size_hint(),
+            Inner::Hyper(b) | Inner::H2(b, _) => b.size_hint(),
             Inner::Raw(b) => b.size_hint(),
             Inner::Answer(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }

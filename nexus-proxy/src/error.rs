@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Overloaded,
     /// The upstream's circuit breaker is open.
     CircuitOpen,
+    /// A gRPC request to an upstream that speaks HTTP/1.1 (gRPC needs HTTP/2).
+    ProtocolMismatch,
 }
 
 impl ErrorKind {
@@ -41,6 +43,7 @@ impl ErrorKind {
             Self::NoHealthyEndpoint => "no_healthy_endpoint",
             Self::Overloaded => "overloaded",
             Self::CircuitOpen => "circuit_open",
+            Self::ProtocolMismatch => "protocol_mismatch",
         }
     }
 }
@@ -149,6 +152,9 @@ impl ProxyError {
             ErrorKind::CircuitOpen => {
                 GatewayError::new(ErrorCode::UpstreamUnavailable).with_message("circuit breaker is open")
             }
+            ErrorKind::ProtocolMismatch => GatewayError::new(ErrorCode::UpstreamUnavailable).with_message(
+                "gRPC needs HTTP/2 to the upstream, and this upstream speaks HTTP/1.1 (set its protocol to h2 or h2c)",
+            ),
         }
     }
 }
@@ -171,6 +177,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::NoHealthyEndpoint => "no healthy endpoint",
             ErrorKind::Overloaded => "upstream overloaded",
             ErrorKind::CircuitOpen => "circuit open",
+            ErrorKind::ProtocolMismatch => "gRPC to an HTTP/1.1 upstream",
         };
         match &self.source {
             Some(s) => {

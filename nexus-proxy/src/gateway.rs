@@ -267,18 +267,52 @@ where
         req: Request<B>,
         client: &'a ClientInfo,
     ) -> impl Future<Output = Response<ResponseBody<B>>> + Send + 'a {
+        let grpc = grpc::is_grpc(req.headers());
+        self.forward_as(req, client, grpc)
+    }
+
+    /// [`forward`](Self::forward) for a request already known to be gRPC or not: a gRPC
+    /// request's `grpc-timeout` caps the route's timeout, the deadline goes upstream as
+    /// `grpc-timeout`, and an upstream that speaks HTTP/1.1 gets no gRPC request (503,
+    /// UNAVAILABLE to the client, naming the mismatch).
+    pub(crate) fn forward_as<'a>(
+        &'a self,
+        mut req: Request<B>,
+        client: &'a ClientInfo,
+        grpc: bool,
+    ) -> impl Future<Output = Response<ResponseBody<B>>> + Send + 'a {
         let upstream = self.choose(&req);
         let rid = req.headers().get(REQUEST_ID).cloned();
+        let mut timeout = self.timeout;
+        let mut deadline = None;
+        if grpc {
+            if !upstream.speaks_h2() {
+                let refused = Err(ProxyError::new(crate::error::ErrorKind::ProtocolMismatch, None));
+                return Either::Left(std::future::ready(answer(refused, upstream, rid.as_ref())));
+            }
+            if let Some(t) = req.headers().get(grpc::GRPC_TIMEOUT).and_then(|v| grpc::parse_timeout(v.as_bytes())) {
+                timeout = timeout.min(t);
+            }
+            req.headers_mut().insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(timeout));
+            // A call's deadline covers its whole stream, not only the response head.
+            deadline = Some(tokio::time::Instant::now() + timeout);
+        }
         let req = req.map(SendBody::Stream);
         // Chosen before the first poll, so the request is held once (see `Upstream::forward_send`).
         let sent = match &self.mirror {
             // Rare, and a task of its own anyway: boxed, so the common future stays small.
             Some(m) if self.rng.below(10_000) < m.per_10k => {
-                Either::Left(Box::pin(mirror_then_send(m, upstream, req, client, self.timeout)))
+                Either::Left(Box::pin(mirror_then_send(m, upstream, req, client, timeout)))
             }
-            _ => Either::Right(upstream.forward_send(req, client, self.timeout)),
+            _ => Either::Right(upstream.forward_send(req, client, timeout)),
         };
-        sent.map(move |sent| answer(sent, upstream, rid.as_ref()))
+        Either::Right(sent.map(move |sent| {
+            let mut res = answer(sent, upstream, rid.as_ref());
+            if let (Some(at), GatewayBody::Stream { body }) = (deadline, res.body_mut()) {
+                body.grpc_deadline(at);
+            }
+            res
+        }))
     }
 }
 
@@ -467,7 +501,7 @@ where
             .zip(targets)
             .map(|(route, target)| {
                 // The route's name goes on the answer for the access log and the server span.
-                RouteStack::build(route, target, &policies, config.logging.access_log || tracing.exports())
+                RouteStack::build(route, target, &policies, config.logging.access_log, tracing.exports())
             })
             .collect();
         let limits = &config.server.limits;

@@ -62,6 +62,7 @@ mod connect;
 mod edge;
 pub mod error;
 pub mod gateway;
+mod h2;
 pub mod headers;
 pub mod http1;
 pub mod metrics;

@@ -237,3 +237,36 @@ where
         Poll::Ready(out)
     }
 }
+
+/// `nexus_grpc_responses_total{route,grpc_status}` of one route: a counter per status code
+/// (0 to 16, and `other` for anything else), registered at the route's first gRPC answer.
+#[derive(Debug)]
+pub(crate) struct GrpcResponses {
+    route: String,
+    counters: std::sync::OnceLock<Box<[metrics::Counter; 18]>>,
+}
+
+impl GrpcResponses {
+    pub(crate) fn new(route: &str) -> Self {
+        Self { route: route.to_owned(), counters: std::sync::OnceLock::new() }
+    }
+
+    /// Count one answer whose `grpc-status` is `status` (`None`: the stream ended without
+    /// one, which a gRPC client reads as an error: counted as 13, INTERNAL).
+    pub(crate) fn count(&self, status: Option<&http::HeaderValue>) {
+        let counters = self.counters.get_or_init(|| {
+            Box::new(std::array::from_fn(|i| {
+                let label = if i < 17 { i.to_string() } else { "other".to_owned() };
+                metrics::counter!(nexus_core::metric_names::GRPC_RESPONSES_TOTAL,
+                    "route" => self.route.clone(), "grpc_status" => label)
+            }))
+        });
+        let i = match status.map(http::HeaderValue::as_bytes) {
+            None => 13,
+            Some(v) => {
+                std::str::from_utf8(v).ok().and_then(|s| s.parse::<usize>().ok()).filter(|n| *n < 17).unwrap_or(17)
+            }
+        };
+        counters[i].increment(1);
+    }
+}

@@ -55,9 +55,13 @@ pub(crate) struct RouteStack<B> {
     /// `claim:` keyed limit: needs the verified claims.
     after_auth: Option<RateLimitLayer>,
     pub(crate) target: RouteTarget<LimitedBody<B>>,
-    /// `logging.access_log`: the answer carries the route's name and the verified `sub`
-    /// for the access log (nothing is added when off).
+    /// The route's name, put on the answer for the access log and for sampled requests'
+    /// server spans (`None` when neither is on: nothing is added).
     access_log: Option<Arc<str>>,
+    /// `logging.access_log`: every answer carries the name, and the verified `sub`.
+    log_all: bool,
+    /// `nexus_grpc_responses_total` of this route.
+    grpc: Arc<crate::metrics::GrpcResponses>,
 }
 
 impl<B> RouteStack<B> {
@@ -67,6 +71,7 @@ impl<B> RouteStack<B> {
         target: RouteTarget<LimitedBody<B>>,
         policies: &Policies,
         access_log: bool,
+        traced: bool,
     ) -> Self {
         let rc = route.config();
         let limit = rc
@@ -90,7 +95,9 @@ impl<B> RouteStack<B> {
             auth,
             after_auth,
             target,
-            access_log: access_log.then(|| Arc::from(route.name())),
+            access_log: (access_log || traced).then(|| Arc::from(route.name())),
+            log_all: access_log,
+            grpc: Arc::new(crate::metrics::GrpcResponses::new(route.name())),
         }
     }
 }
@@ -113,12 +120,12 @@ impl<B: RequestBody> RouteStack<B> {
         grpc: bool,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let target = &self.target;
-        let logged = self.access_log.is_some();
+        let logged = self.log_all;
         // Innermost: split side, mirror, then the upstream (balancer, retries, breaker per try).
         let svc = tower::service_fn(move |req: Request<LimitedBody<B>>| {
             // The access log's `user`: the claims are on the request only below authentication.
             let user = if logged { access_log::user_of(&req) } else { None };
-            Box::pin(target.forward(req, client).map(move |mut res| {
+            Box::pin(target.forward_as(req, client, grpc).map(move |mut res| {
                 if let Some(user) = user {
                     res.extensions_mut().insert(access_log::User(user));
                 }
@@ -146,10 +153,15 @@ impl<B: RequestBody> RouteStack<B> {
         // `max_concurrent_requests` answers 503 at once instead of waiting.
         let ready = svc.poll_ready(&mut Context::from_waker(Waker::noop()));
         debug_assert!(ready.is_ready(), "a route's stack is always ready");
-        let route = self.access_log.as_ref();
+        // Spans are exported for sampled requests only: one byte of the traceparent says so.
+        let route = self
+            .access_log
+            .as_ref()
+            .filter(|_| self.log_all || nexus_middleware::trace_context::is_sampled(req.headers()));
+        let counts = &self.grpc;
         svc.call(req).map(move |res: Result<_, Infallible>| {
             let mut res = match res {
-                Ok(res) if grpc => nexus_core::grpc::trailers_only(res),
+                Ok(res) if grpc => count_grpc(nexus_core::grpc::trailers_only(res), counts),
                 Ok(res) => res,
                 Err(never) => match never {},
             };
@@ -159,6 +171,20 @@ impl<B: RequestBody> RouteStack<B> {
             res
         })
     }
+}
+
+/// Count a gRPC answer's status: now when its head has one (trailers-only: the gateway's own
+/// answers, an upstream's immediate error), else when its trailers come.
+fn count_grpc<B>(mut res: GatewayResponse<B>, counts: &Arc<crate::metrics::GrpcResponses>) -> GatewayResponse<B> {
+    if let Some(status) = res.headers().get(nexus_core::grpc::GRPC_STATUS) {
+        counts.count(Some(status));
+        return res;
+    }
+    match res.body_mut() {
+        nexus_core::body::GatewayBody::Stream { body } => body.count_grpc_at_end(Arc::clone(counts)),
+        nexus_core::body::GatewayBody::Full { .. } => counts.count(None),
+    }
+    res
 }
 
 /// The named rate limits and auth policies of one config version, each with

@@ -342,6 +342,8 @@ impl ResolvesServerCert for BySni {
 pub struct UpstreamTls {
     upstream: String,
     spec: UpstreamTlsConfig,
+    /// ALPN offers `h2` only (`protocol: h2`), else `http/1.1`.
+    h2: bool,
     config: ArcSwap<rustls::ClientConfig>,
 }
 
@@ -349,9 +351,15 @@ impl UpstreamTls {
     /// Read `spec`'s files for upstream `upstream`; every error has its field path
     /// (`upstreams.<name>.tls.<key>`).
     pub fn load(upstream: &str, spec: &UpstreamTlsConfig) -> Result<Self, ConfigErrors> {
-        let (config, expiry) = client_config(upstream, spec)?;
+        Self::load_for(upstream, spec, false)
+    }
+
+    /// [`load`](Self::load) for an upstream that speaks HTTP/2 (`protocol: h2`): ALPN offers
+    /// `h2` only, and a server that does not pick it fails the handshake.
+    pub fn load_for(upstream: &str, spec: &UpstreamTlsConfig, h2: bool) -> Result<Self, ConfigErrors> {
+        let (config, expiry) = client_config(upstream, spec, h2)?;
         publish_expiry(&expiry);
-        Ok(Self { upstream: upstream.to_string(), spec: spec.clone(), config: ArcSwap::from_pointee(config) })
+        Ok(Self { upstream: upstream.to_string(), spec: spec.clone(), h2, config: ArcSwap::from_pointee(config) })
     }
 
     /// The upstream's name.
@@ -368,7 +376,7 @@ impl UpstreamTls {
     /// connections; on an error the running set stays and the error is counted in
     /// `nexus_tls_reloads_total{result="error"}`.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
-        match client_config(&self.upstream, &self.spec) {
+        match client_config(&self.upstream, &self.spec, self.h2) {
             Ok((config, expiry)) => {
                 publish_expiry(&expiry);
                 self.config.store(Arc::new(config));
@@ -407,10 +415,18 @@ impl UpstreamTlsTarget {
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, crate::error::ProxyError> {
         let connector = tokio_rustls::TlsConnector::from(self.tls.config.load_full());
-        connector.connect(self.name.clone(), tcp).await.map_err(|e| {
+        let stream = connector.connect(self.name.clone(), tcp).await.map_err(|e| {
             tracing::debug!(upstream = %self.tls.upstream, error = %e, "TLS handshake to the upstream failed");
             crate::error::ProxyError::new(crate::error::ErrorKind::Connect, Some(Box::new(e)))
-        })
+        })?;
+        if self.tls.h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            tracing::debug!(upstream = %self.tls.upstream, "the upstream did not pick h2 in ALPN");
+            return Err(crate::error::ProxyError::new(
+                crate::error::ErrorKind::Connect,
+                Some("the upstream did not agree to HTTP/2 (ALPN h2) although `protocol: h2` says it speaks it".into()),
+            ));
+        }
+        Ok(stream)
     }
 }
 
@@ -418,6 +434,7 @@ impl UpstreamTlsTarget {
 fn client_config(
     upstream: &str,
     spec: &UpstreamTlsConfig,
+    h2: bool,
 ) -> Result<(rustls::ClientConfig, Vec<(String, i64)>), ConfigErrors> {
     let at = |key: &str| format!("upstreams.{upstream}.tls.{key}");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -460,8 +477,8 @@ fn client_config(
         }
         None => builder.with_no_client_auth(),
     };
-    // HTTP/2 to upstreams is not built yet: offer HTTP/1.1 only, so `protocol: auto` is HTTP/1.1.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // `protocol: h2` offers h2 alone; otherwise HTTP/1.1 alone (`auto` is HTTP/1.1 for now).
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     Ok((config, expiry))
 }
 

@@ -304,14 +304,14 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
-    /// HTTP/1.1, or HTTP/2 when TLS's ALPN picks it (this version offers `http/1.1` only).
+    /// HTTP/1.1 (this version offers `http/1.1` alone in ALPN, so TLS endpoints speak it too).
     #[default]
     Auto,
     /// HTTP/1.1.
     Http1,
-    /// HTTP/2 over TLS (not supported by this version: a validation error).
+    /// HTTP/2 over TLS (`https://` endpoints, ALPN `h2`): multiplexed connections.
     H2,
-    /// HTTP/2 over plain TCP with prior knowledge (not supported by this version: a validation error).
+    /// HTTP/2 over plain TCP with prior knowledge (`http://` endpoints): gRPC servers, mostly.
     H2c,
 }
 
@@ -410,7 +410,7 @@ pub enum LoadBalancing {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// `http` or `tcp`.
+    /// `http`, `tcp` or `grpc`.
     #[serde(rename = "type", default)]
     pub kind: HealthCheckKind,
     /// Path for `http` checks. Default `/health`.
@@ -419,6 +419,9 @@ pub struct HealthCheckConfig {
     /// Status an `http` check expects. Default 200.
     #[serde(default = "default_expected_status")]
     pub expected_status: u16,
+    /// The service a `grpc` check asks about. Default empty: the server as a whole.
+    #[serde(default)]
+    pub service: String,
     /// Time between checks. Default `5s`.
     #[serde(default = "default_hc_interval")]
     pub interval: Duration,
@@ -461,6 +464,9 @@ pub enum HealthCheckKind {
     Http,
     /// A TCP connect.
     Tcp,
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check` over HTTP/2), passing on
+    /// `SERVING`. Needs `protocol: h2` or `h2c`.
+    Grpc,
 }
 
 /// `circuit_breaker:`.

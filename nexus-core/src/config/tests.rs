@@ -150,3 +150,42 @@ fn errors_in_one_entry_do_not_hide_each_other_or_the_checks_after_them() {
     assert!(find("routes[0].upstream").is_some_and(|m| m.contains("unknown upstream \"nope\"")), "{got:?}");
     assert_eq!(got.len(), 7, "one error each, nothing twice: {got:?}");
 }
+
+#[test]
+fn http2_protocols_match_their_schemes_and_their_health_checks() {
+    let up = |url: &str, protocol: &str, check: &str| json!({ "endpoints": [{ "url": url }], "protocol": protocol, "health_check": { "type": check } });
+    let e = errors(json!({ "upstreams": {
+        "h2-plain": up("http://127.0.0.1:1", "h2", "grpc"),
+        "h2c-tls": up("https://127.0.0.1:1", "h2c", "tcp"),
+        "grpc-check-h1": up("http://127.0.0.1:1", "http1", "grpc"),
+        "http-check-h2c": up("http://127.0.0.1:1", "h2c", "http"),
+    }}));
+    for path in [
+        "upstreams.h2-plain.endpoints[0].url",
+        "upstreams.h2c-tls.endpoints[0].url",
+        "upstreams.grpc-check-h1.health_check.type",
+        "upstreams.http-check-h2c.health_check.type",
+    ] {
+        assert!(e.has_path(path), "{path}: {e}");
+    }
+    assert_eq!(e.0.len(), 4, "{e}");
+    let ok = json!({ "upstreams": {
+        "h2": up("https://127.0.0.1:1", "h2", "grpc"),
+        "h2c": { "endpoints": [{ "url": "http://127.0.0.1:1" }], "protocol": "h2c",
+                 "health_check": { "type": "grpc", "service": "orders.v1.Orders" } },
+    }});
+    let config = Config::from_json(ok).unwrap();
+    assert_eq!(config.upstreams["h2c"].health_check.as_ref().unwrap().service, "orders.v1.Orders");
+}
+
+#[test]
+fn tracing_is_checked_with_its_paths() {
+    let e =
+        errors(json!({ "tracing": { "sample_ratio": 1.5, "service_name": " ", "otlp_endpoint": "collector:4318" } }));
+    for path in ["tracing.sample_ratio", "tracing.service_name", "tracing.otlp_endpoint"] {
+        assert!(e.has_path(path), "{path}: {e}");
+    }
+    let c = Config::from_json(json!({ "tracing": null })).unwrap();
+    assert_eq!(c.tracing, Some(TracingConfig::default()), "an empty block is the block's defaults");
+    assert_eq!(Config::from_json(json!({})).unwrap().tracing, None);
+}

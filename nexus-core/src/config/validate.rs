@@ -114,8 +114,19 @@ pub(super) fn validate(c: &Config, info: &ParseInfo, errors: &mut Vec<ConfigErro
 /// `protocol` and `tls` of one upstream (the files are read by `nexus validate`, not here).
 fn validate_upstream_tls(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, String)) {
     use super::UpstreamProtocol;
-    if matches!(u.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c) {
-        err(format!("{p}.protocol"), "HTTP/2 to upstreams is not supported by this version; use auto or http1".into());
+    for (i, e) in u.endpoints.iter().enumerate() {
+        let Ok(addr) = crate::upstream::parse_endpoint_url(&e.url) else { continue };
+        match u.protocol {
+            UpstreamProtocol::H2 if !addr.is_tls() => err(
+                format!("{p}.endpoints[{i}].url"),
+                "protocol h2 is HTTP/2 over TLS and needs https:// endpoints (h2c is HTTP/2 over plain TCP)".into(),
+            ),
+            UpstreamProtocol::H2c if addr.is_tls() => err(
+                format!("{p}.endpoints[{i}].url"),
+                "protocol h2c is HTTP/2 over plain TCP and needs http:// endpoints (h2 is HTTP/2 over TLS)".into(),
+            ),
+            _ => {}
+        }
     }
     let Some(tls) = &u.tls else { return };
     let any_tls = u.endpoints.iter().any(|e| crate::upstream::parse_endpoint_url(&e.url).is_ok_and(|a| a.is_tls()));
@@ -169,6 +180,19 @@ fn validate_upstream(p: &str, u: &UpstreamConfig, err: &mut impl FnMut(String, S
         err(format!("{p}.connect_timeout"), "must be greater than 0".into());
     }
     if let Some(h) = &u.health_check {
+        let h2 = matches!(u.protocol, super::UpstreamProtocol::H2 | super::UpstreamProtocol::H2c);
+        if h.kind == super::HealthCheckKind::Grpc && !h2 {
+            err(
+                format!("{p}.health_check.type"),
+                "grpc checks speak HTTP/2: the upstream needs protocol h2 or h2c".into(),
+            );
+        }
+        if h.kind == super::HealthCheckKind::Http && h2 {
+            err(
+                format!("{p}.health_check.type"),
+                "http checks speak HTTP/1.1, which an HTTP/2 upstream may not: use grpc or tcp".into(),
+            );
+        }
         if !h.path.starts_with('/') {
             err(format!("{p}.health_check.path"), format!("{:?} must start with '/'", h.path));
         }

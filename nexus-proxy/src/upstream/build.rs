@@ -10,7 +10,7 @@ use crate::pool::EndpointPool;
 use http_body::Body;
 use nexus_core::BoxError;
 use nexus_core::breaker::BreakerConfig;
-use nexus_core::config::{ConfigError, ConfigErrors, LoadBalancing, UpstreamConfig};
+use nexus_core::config::{ConfigError, ConfigErrors, LoadBalancing, UpstreamConfig, UpstreamProtocol};
 use nexus_core::ewma::PeakEwma;
 use nexus_core::outlier::{OutlierConfig, Outliers};
 use nexus_core::retry::RetryPolicy;
@@ -55,6 +55,9 @@ where
             let addr = parse_endpoint_url(&e.url).map_err(|m| ConfigErrors(vec![ConfigError::new(at(), m)]))?;
             let connector =
                 connector(&addr, tls.as_ref()).map_err(|m| ConfigErrors(vec![ConfigError::new(at(), m)]))?;
+            // HTTP/2 endpoints: multiplexed connections (the HTTP/1.1 pool stays empty).
+            let h2 = matches!(config.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+                .then(|| crate::h2::H2Pool::new(connector.clone()));
             let pool = EndpointPool::new(connector, config.max_concurrent_requests.min(4096));
             let healthy_gauge = metrics::gauge!(crate::metrics::UPSTREAM_ENDPOINT_HEALTHY,
                 "upstream" => name.to_string(), "endpoint" => addr.authority().to_string());
@@ -80,6 +83,7 @@ where
                 health,
                 healthy_gauge,
                 pool,
+                h2,
             });
         }
         let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
@@ -149,7 +153,8 @@ fn upstream_tls(name: &str, config: &UpstreamConfig) -> Result<Option<Arc<crate:
         return Ok(None);
     }
     let spec = config.tls.clone().unwrap_or_default();
-    crate::tls::UpstreamTls::load(name, &spec).map(|t| Some(Arc::new(t)))
+    let h2 = config.protocol == nexus_core::config::UpstreamProtocol::H2;
+    crate::tls::UpstreamTls::load_for(name, &spec, h2).map(|t| Some(Arc::new(t)))
 }
 
 /// Without the `tls` feature there is nothing to load (an `https://` endpoint is refused
@@ -192,6 +197,7 @@ fn spawn_health_checks<B>(
             Probe::Http { path: hc.path.clone(), expected_status: hc.expected_status }
         }
         nexus_core::config::HealthCheckKind::Tcp => Probe::Tcp,
+        nexus_core::config::HealthCheckKind::Grpc => Probe::Grpc { service: hc.service.clone() },
     };
     let config = CheckConfig {
         probe,

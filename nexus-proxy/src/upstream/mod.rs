@@ -48,6 +48,8 @@ pub struct Endpoint<B> {
     /// Peak-EWMA latency (fed only under `load_balancing: peak_ewma`).
     ewma: Arc<PeakEwma>,
     pool: EndpointPool<SendBody<B>>,
+    /// `protocol: h2 | h2c`: every request goes over these multiplexed connections.
+    h2: Option<crate::h2::H2Pool<SendBody<B>>>,
 }
 
 impl<B> Endpoint<B> {
@@ -303,6 +305,11 @@ where
         Ok(InFlight { shared: Arc::clone(shared), endpoint: i, released: false })
     }
 
+    /// Whether the endpoints speak HTTP/2 (`protocol: h2 | h2c`), which gRPC needs.
+    pub fn speaks_h2(&self) -> bool {
+        self.shared.endpoints.first().is_some_and(|e| e.h2.is_some())
+    }
+
     /// Forward a request to one endpoint and return its response, streamed.
     ///
     /// The request's path and query are sent as they are (the caller normalises
@@ -377,9 +384,10 @@ where
         };
         let index = guard.endpoint;
         let sent_at = self.peak_ewma.then(|| self.clock.now());
-        // A sampled request's try gets a client span (and a traceparent naming it).
+        // A sampled request's try gets a client span (and a traceparent naming it); boxed, so
+        // that the try's future grows by a pointer, not by the span.
         #[cfg(feature = "otel")]
-        let (req, span) = spans::client_span(req);
+        let (req, span) = if nexus_middleware::otel::exporting() { spans::client_span(req) } else { (req, None) };
         let send = self.send(guard, req, client, deadline);
         Either::Right(async move {
             let result = send.await;

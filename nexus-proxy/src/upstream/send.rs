@@ -49,6 +49,17 @@ where
         client: &'a ClientInfo,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
+        if self.shared.endpoints[guard.endpoint].h2.is_some() {
+            // HTTP/2 upstreams: every request on a multiplexed connection (boxed, as hyper's path).
+            let req = match req {
+                Outgoing::Lean(parts) => {
+                    super::retry::rebuild(parts, SendBody::Buffered { data: None, trailers: None })
+                }
+                Outgoing::Owned(req, _) => req,
+            };
+            let sending: Sending<'a, B> = Box::pin(self.send_h2(guard, req, client, deadline));
+            return Either::Right(Either::Right(sending));
+        }
         let (req, scan) = match req {
             Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, client, deadline)),
             Outgoing::Owned(req, scan) => (req, scan),
@@ -65,7 +76,7 @@ where
         }
         // Bodies and upgrades go through hyper's client: a future several times the lean one's
         // size, boxed so that every request's future (moved at each await) stays small.
-        Either::Right(Either::Right(Box::pin(self.send_hyper(
+        Either::Right(Either::Right(Box::pin(self.send_hyper_boxed(
             guard,
             parts,
             body,
@@ -73,6 +84,66 @@ where
             client,
             deadline,
         ))))
+    }
+
+    /// [`send_hyper`](Self::send_hyper) as the same future type as [`send_h2`](Self::send_h2).
+    fn send_hyper_boxed<'a>(
+        &'a self,
+        guard: InFlight<B>,
+        parts: http::request::Parts,
+        body: SendBody<B>,
+        upgrade: (bool, Option<hyper::upgrade::OnUpgrade>),
+        client: &'a ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> Sending<'a, B> {
+        Box::pin(self.send_hyper(guard, parts, body, upgrade, client, deadline))
+    }
+
+    /// A request to an HTTP/2 endpoint (`protocol: h2 | h2c`): hop-by-hop fields out (`TE:
+    /// trailers` kept: gRPC servers look for it), `X-Forwarded-*` set, the target sent as
+    /// `:scheme`, `:authority` (the client's `Host`) and `:path`. Trailers pass both ways.
+    async fn send_h2(
+        &self,
+        guard: InFlight<B>,
+        req: Request<SendBody<B>>,
+        client: &ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
+        let deadline = self.capped(deadline);
+        let endpoint = &self.shared.endpoints[guard.endpoint];
+        let Some(pool) = endpoint.h2.as_ref() else {
+            return Err(ProxyError::new(ErrorKind::Upstream, Some("not an HTTP/2 endpoint".into())));
+        };
+        let (mut parts, body) = req.into_parts();
+        let trailers = parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+        parts.headers.reserve(3);
+        let host = parts.headers.remove(header::HOST);
+        let authority = match (&host, parts.uri.authority()) {
+            (Some(h), _) => h.to_str().ok().map(str::to_owned),
+            (None, Some(a)) => Some(a.as_str().to_owned()),
+            (None, None) => None,
+        }
+        .unwrap_or_else(|| endpoint.authority().to_owned());
+        headers::set_forwarded(&mut parts.headers, &client.ip, client.trusted, client.proto(), host.as_ref());
+        if trailers {
+            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::builder()
+            .scheme(if endpoint.addr.is_tls() { "https" } else { "http" })
+            .authority(authority.as_str())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))))?;
+        parts.version = Version::HTTP_2;
+        let req = Request::from_parts(parts, body);
+        let (mut res, stream) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
+        };
+        headers::remove_hop_by_hop(res.headers_mut(), false);
+        Ok(res.map(|body| UpstreamBody::h2(body, stream, guard)))
     }
 
     /// A request with a body, or an upgrade, through hyper's client connection.
@@ -141,6 +212,10 @@ where
         Ok(Response::from_parts(parts, UpstreamBody::new(body, Some(conn), guard)))
     }
 }
+
+/// A try on hyper's client or HTTP/2 (boxed: see [`Upstream::send`]).
+type Sending<'a, B> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + Send + 'a>>;
 
 /// What one try sends.
 // Not boxed: the owned request is the common case, and boxing it is an allocation per request.
