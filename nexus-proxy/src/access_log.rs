@@ -198,7 +198,7 @@ impl Pending {
                 record.bytes = data.as_ref().map_or(0, |d| d.len() as u64);
                 record.write(None, None);
             }
-            GatewayBody::Stream { body } => body.log_at_end(Box::new(record)),
+            GatewayBody::Stream { body } => body.log_at_end(record),
         }
     }
 
@@ -379,30 +379,6 @@ where
             pending.finish(res);
         }
         Poll::Ready(out)
-    }
-}
-
-/// A line riding on an upstream body: written when the body ends, fails or is dropped.
-#[derive(Debug, Default)]
-pub(crate) struct AtEnd(Option<Box<Record>>);
-
-impl AtEnd {
-    pub(crate) fn set(&mut self, record: Box<Record>) {
-        self.0 = Some(record);
-    }
-
-    /// Count `n` body bytes handed to the client.
-    pub(crate) fn sent(&mut self, n: usize) {
-        if let Some(r) = &mut self.0 {
-            r.bytes += n as u64;
-        }
-    }
-
-    /// The body is over: write the line (once), naming who answered.
-    pub(crate) fn write(&mut self, upstream: &str, endpoint: Option<&str>) {
-        if let Some(r) = self.0.take() {
-            r.write(Some(upstream), endpoint);
-        }
     }
 }
 

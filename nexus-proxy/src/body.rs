@@ -44,20 +44,31 @@ pub fn upstream_of<B>(body: &ResponseBody<B>) -> &str {
 #[derive(Debug)]
 pub struct UpstreamBody<B> {
     inner: Inner,
-    /// The hyper connection the body comes from (raw bodies hold their own).
-    conn: Option<PooledConn<SendBody<B>>>,
+    /// The connection the body comes from, when the body does not hold it itself (raw
+    /// bodies do).
+    conn: Option<Held<B>>,
     /// The request's in-flight slot (held until the body is finished), and the upstream's name.
     guard: InFlight<B>,
-    /// The access-log line of this answer, written when the body ends (empty when off).
-    log: crate::access_log::AtEnd,
-    /// A gRPC answer's deadline and route counter (`None` for anything but gRPC).
-    grpc: Option<Box<GrpcState>>,
+    /// What rides on the body until it ends (`None` for most: one pointer, so that every
+    /// response the gateway moves stays its size).
+    tail: Option<Box<Tail>>,
 }
 
-/// What a gRPC answer's body keeps: the call's deadline (the stream is ended with
-/// `DEADLINE_EXCEEDED` when it passes) and the counter its `grpc-status` goes to.
+/// The connection behind a body read through hyper.
+#[derive(Debug)]
+enum Held<B> {
+    /// An HTTP/1.1 connection, driven by the body and given back to the pool at its end.
+    H1(PooledConn<SendBody<B>>),
+    /// A stream's place on a multiplexed HTTP/2 connection (given back when dropped).
+    H2(#[allow(dead_code)] crate::h2::Stream),
+}
+
+/// What is done when a body ends: its access-log line is written, a gRPC answer's
+/// `grpc-status` counted; and a gRPC call's deadline (the stream is ended with
+/// `DEADLINE_EXCEEDED` when it passes).
 #[derive(Debug, Default)]
-struct GrpcState {
+struct Tail {
+    record: Option<crate::access_log::Record>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     counts: Option<Arc<crate::metrics::GrpcResponses>>,
 }
@@ -67,9 +78,6 @@ struct GrpcState {
 #[derive(Debug)]
 enum Inner {
     Hyper(Incoming),
-    /// A stream of a multiplexed HTTP/2 connection, and its place there (held, and given
-    /// back when the body is dropped).
-    H2(Incoming, #[allow(dead_code)] crate::h2::Stream),
     Raw(RawBody),
     /// The gateway's own answer about this upstream (its JSON error); `None` once sent.
     Answer(Option<Bytes>),
@@ -81,11 +89,11 @@ where
     B::Error: Into<BoxError>,
 {
     pub(crate) fn new(inner: Incoming, conn: Option<PooledConn<SendBody<B>>>, guard: InFlight<B>) -> Self {
-        Self::start(Inner::Hyper(inner), conn, guard)
+        Self::start(Inner::Hyper(inner), conn.map(Held::H1), guard)
     }
 
     pub(crate) fn h2(inner: Incoming, stream: crate::h2::Stream, guard: InFlight<B>) -> Self {
-        Self::start(Inner::H2(inner, stream), None, guard)
+        Self::start(Inner::Hyper(inner), Some(Held::H2(stream)), guard)
     }
 
     pub(crate) fn raw(inner: RawBody, guard: InFlight<B>) -> Self {
@@ -94,17 +102,11 @@ where
 
     /// The gateway's answer (`data`) about the upstream `tag` names ([`InFlight::detached`]).
     pub(crate) fn answer(data: Option<Bytes>, tag: InFlight<B>) -> Self {
-        Self {
-            inner: Inner::Answer(data),
-            conn: None,
-            guard: tag,
-            log: crate::access_log::AtEnd::default(),
-            grpc: None,
-        }
+        Self { inner: Inner::Answer(data), conn: None, guard: tag, tail: None }
     }
 
-    fn start(inner: Inner, conn: Option<PooledConn<SendBody<B>>>, guard: InFlight<B>) -> Self {
-        let mut body = Self { inner, conn, guard, log: crate::access_log::AtEnd::default(), grpc: None };
+    fn start(inner: Inner, conn: Option<Held<B>>, guard: InFlight<B>) -> Self {
+        let mut body = Self { inner, conn, guard, tail: None };
         if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, empty): the exchange is over now.
             body.finish();
@@ -117,7 +119,7 @@ where
         self.write_log();
         if self.guard.is_held() {
             let pool = self.guard.endpoint().pool();
-            if let Some(conn) = self.conn.take() {
+            if let Some(Held::H1(conn)) = self.conn.take() {
                 pool.checkin(conn);
             }
             if let Inner::Raw(raw) = &mut self.inner
@@ -143,7 +145,7 @@ where
         let mut trailers = http::HeaderMap::new();
         trailers.insert(nexus_core::grpc::GRPC_STATUS, http::HeaderValue::from_static("4"));
         trailers.insert(nexus_core::grpc::GRPC_MESSAGE, http::HeaderValue::from_static("deadline exceeded"));
-        if let Some(counts) = self.grpc.take().and_then(|g| g.counts) {
+        if let Some(counts) = self.tail.as_mut().and_then(|t| t.counts.take()) {
             counts.count(trailers.get(nexus_core::grpc::GRPC_STATUS));
         }
         Frame::trailers(trailers)
@@ -153,8 +155,8 @@ where
 impl<B> UpstreamBody<B> {
     /// Write `record` to the access log when this body ends (at once if it has: nothing is
     /// left to send and the slot is given back).
-    pub(crate) fn log_at_end(&mut self, record: Box<crate::access_log::Record>) {
-        self.log.set(record);
+    pub(crate) fn log_at_end(&mut self, record: crate::access_log::Record) {
+        self.tail.get_or_insert_default().record = Some(record);
         if self.is_over() && !self.guard.is_held() {
             self.write_log();
         }
@@ -166,7 +168,7 @@ impl<B> UpstreamBody<B> {
         if self.is_over() {
             counts.count(None);
         } else {
-            self.grpc.get_or_insert_default().counts = Some(counts);
+            self.tail.get_or_insert_default().counts = Some(counts);
         }
     }
 
@@ -175,21 +177,23 @@ impl<B> UpstreamBody<B> {
     /// ends with trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`).
     pub(crate) fn grpc_deadline(&mut self, at: tokio::time::Instant) {
         if !self.is_over() {
-            self.grpc.get_or_insert_default().deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+            self.tail.get_or_insert_default().deadline = Some(Box::pin(tokio::time::sleep_until(at)));
         }
     }
 
     fn is_over(&self) -> bool {
         match &self.inner {
-            Inner::Hyper(b) | Inner::H2(b, _) => http_body::Body::is_end_stream(b),
+            Inner::Hyper(b) => http_body::Body::is_end_stream(b),
             Inner::Raw(b) => http_body::Body::is_end_stream(b),
             Inner::Answer(d) => d.is_none(),
         }
     }
 
-    /// Write the access-log line, if one rides on this body (once).
+    /// Write the access-log line, if one rides on this body (once), naming who answered.
     fn write_log(&mut self) {
-        self.log.write(self.guard.upstream(), self.guard.endpoint_name());
+        if let Some(record) = self.tail.as_mut().and_then(|t| t.record.take()) {
+            record.write(Some(self.guard.upstream()), self.guard.endpoint_name());
+        }
     }
 }
 
@@ -198,7 +202,7 @@ impl<B> Drop for UpstreamBody<B> {
     /// answer that never had its trailers is counted as INTERNAL.
     fn drop(&mut self) {
         self.write_log();
-        if let Some(counts) = self.grpc.take().and_then(|g| g.counts) {
+        if let Some(counts) = self.tail.as_mut().and_then(|t| t.counts.take()) {
             counts.count(None);
         }
     }
@@ -214,29 +218,28 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(deadline) = this.grpc.as_mut().and_then(|g| g.deadline.as_mut())
+        if let Some(deadline) = this.tail.as_mut().and_then(|t| t.deadline.as_mut())
             && deadline.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Some(Ok(this.deadline_exceeded())));
         }
         let res = match &mut this.inner {
             Inner::Hyper(inner) => {
-                if let Some(conn) = this.conn.as_mut() {
+                if let Some(Held::H1(conn)) = this.conn.as_mut() {
                     // Drive the upstream connection: it is what fills `inner`.
                     conn.drive(cx);
                 }
                 Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
             }
-            Inner::H2(inner, _) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
             Inner::Raw(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
             Inner::Answer(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &res {
+        if let (Poll::Ready(Some(Ok(frame))), Some(tail)) = (&res, this.tail.as_mut()) {
             if let Some(data) = frame.data_ref() {
-                this.log.sent(data.len());
-            } else if let (Some(trailers), Some(counts)) =
-                (frame.trailers_ref(), this.grpc.take().and_then(|g| g.counts))
-            {
+                if let Some(record) = &mut tail.record {
+                    record.bytes += data.len() as u64;
+                }
+            } else if let (Some(trailers), Some(counts)) = (frame.trailers_ref(), tail.counts.take()) {
                 counts.count(trailers.get(nexus_core::grpc::GRPC_STATUS));
             }
         }
@@ -255,7 +258,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Hyper(b) | Inner::H2(b, _) => b.size_hint(),
+            Inner::Hyper(b) => b.size_hint(),
             Inner::Raw(b) => b.size_hint(),
             Inner::Answer(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }

@@ -288,7 +288,7 @@ where
         if grpc {
             if !upstream.speaks_h2() {
                 let refused = Err(ProxyError::new(crate::error::ErrorKind::ProtocolMismatch, None));
-                return Either::Left(std::future::ready(answer(refused, upstream, rid.as_ref())));
+                return Either::Left(std::future::ready(answer(refused, upstream, rid.as_ref(), None)));
             }
             if let Some(t) = req.headers().get(grpc::GRPC_TIMEOUT).and_then(|v| grpc::parse_timeout(v.as_bytes())) {
                 timeout = timeout.min(t);
@@ -306,13 +306,7 @@ where
             }
             _ => Either::Right(upstream.forward_send(req, client, timeout)),
         };
-        Either::Right(sent.map(move |sent| {
-            let mut res = answer(sent, upstream, rid.as_ref());
-            if let (Some(at), GatewayBody::Stream { body }) = (deadline, res.body_mut()) {
-                body.grpc_deadline(at);
-            }
-            res
-        }))
+        Either::Right(sent.map(move |sent| answer(sent, upstream, rid.as_ref(), deadline)))
     }
 }
 
@@ -339,15 +333,22 @@ pub(crate) fn own_version<T>(mut res: Response<T>) -> Response<T> {
     res
 }
 
-/// The client's answer to a forward: the upstream's response, or the JSON of SPEC §4
-/// for a failed one (502, 503 with `Retry-After`, 504), labelled with the upstream.
+/// The client's answer to a forward: the upstream's response (a gRPC call's with its
+/// `deadline`), or the JSON of SPEC §4 for a failed one (502, 503 with `Retry-After`, 504),
+/// labelled with the upstream.
 fn answer<B: RequestBody>(
     sent: Result<Response<crate::body::UpstreamBody<B>>, ProxyError>,
     upstream: &Upstream<B>,
     rid: Option<&HeaderValue>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response<ResponseBody<B>> {
     match sent {
-        Ok(res) => own_version(res).map(GatewayBody::stream),
+        Ok(mut res) => {
+            if let Some(at) = deadline {
+                res.body_mut().grpc_deadline(at);
+            }
+            own_version(res).map(GatewayBody::stream)
+        }
         Err(e) => {
             tracing::debug!(upstream = upstream.name(), error = %e, "forward failed");
             let id = rid.and_then(|v| v.to_str().ok()).unwrap_or("");
