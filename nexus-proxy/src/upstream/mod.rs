@@ -387,7 +387,9 @@ where
         // A sampled request's try gets a client span (and a traceparent naming it); boxed, so
         // that the try's future grows by a pointer, not by the span.
         #[cfg(feature = "otel")]
-        let (req, span) = if nexus_middleware::otel::exporting() { spans::client_span(req) } else { (req, None) };
+        let mut req = req;
+        #[cfg(feature = "otel")]
+        let span = if nexus_middleware::otel::exporting() { spans::client_span(&mut req) } else { None };
         let send = self.send(guard, req, client, deadline);
         Either::Right(async move {
             let result = send.await;

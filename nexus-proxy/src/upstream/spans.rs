@@ -20,39 +20,38 @@ pub(super) struct Started {
     export: Arc<SpanExport>,
 }
 
-/// The try as it goes, and its span when it is sampled (a `traceparent` parse: called only
-/// while an export is installed, see `nexus_middleware::otel::exporting`).
-pub(super) fn client_span<B>(req: Outgoing<'_, B>) -> (Outgoing<'_, B>, Option<Box<Started>>) {
-    let headers = match &req {
+/// The try's span when the request is sampled (and its `traceparent` rewritten to name the
+/// span; a borrowed head is copied for that). Called only while an export is installed (see
+/// `nexus_middleware::otel::exporting`); one byte of the `traceparent` tells an unsampled
+/// request, which is left as it is.
+pub(super) fn client_span<B>(req: &mut Outgoing<'_, B>) -> Option<Box<Started>> {
+    let headers = match &*req {
         Outgoing::Owned(r, _) => r.headers(),
         Outgoing::Lean(parts) => &parts.headers,
     };
-    // Most requests are not sampled: one byte says so before any parsing.
     if !nexus_middleware::trace_context::is_sampled(headers) {
-        return (req, None);
+        return None;
     }
-    let server = headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.as_bytes()));
-    let (Some(server), Some(export)) = (server.filter(TraceParent::sampled), nexus_middleware::otel::installed())
-    else {
-        return (req, None);
-    };
+    let server = headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.as_bytes()))?;
+    let export = nexus_middleware::otel::installed()?;
     let span = ClientSpan::start(&server);
     let value = span.traceparent().to_header_value();
-    let (req, method) = match req {
-        Outgoing::Owned(mut r, scan) => {
+    let method = match req {
+        Outgoing::Owned(r, _) => {
             r.headers_mut().insert(TRACEPARENT, value);
-            let method = r.method().clone();
-            (Outgoing::Owned(r, scan), method)
+            r.method().clone()
         }
         // The head is shared by every try: this try's own copy (a sampled request only).
         Outgoing::Lean(parts) => {
             let mut r = rebuild(parts, SendBody::Buffered { data: None, trailers: None });
             r.headers_mut().insert(TRACEPARENT, value);
             let scan = HeadScan::of(r.headers());
-            (Outgoing::Owned(r, scan), parts.method.clone())
+            let method = parts.method.clone();
+            *req = Outgoing::Owned(r, scan);
+            method
         }
     };
-    (req, Some(Box::new(Started { span, method, export })))
+    Some(Box::new(Started { span, method, export }))
 }
 
 impl Started {
