@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps check-deploy check-features package lint fmt clippy bench bench-router bench-p99 peer-bench fuzz fuzz-ci docker-build demo clean
+.PHONY: all build release test test-deps check-deploy check-features package lint fmt clippy bench bench-router bench-p99 peer-bench grpc-bench fuzz fuzz-ci docker-build demo clean
 
 all: build
 
@@ -68,6 +68,11 @@ bench-p99:
 ## NEXUS_B=<another build> pairs two builds per round; CONFIG=benches/peer-bench-full.yaml for the full chain.
 peer-bench: release
 	./scripts/peer-bench.sh
+
+## Unary gRPC calls through Nexus (h2c upstream) and nginx (grpc_pass) to one echo upstream (needs nginx, h2load).
+grpc-bench: release
+	$(CARGO) build --release -p nexus-benches --example grpc_echo
+	./scripts/grpc-bench.sh
 
 # Every fuzz target briefly (FUZZ_SECONDS each), from fuzz/seeds (attack and regression inputs)
 # and the local corpus; installs the nightly toolchain and cargo-fuzz when missing.
