@@ -19,7 +19,8 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                let message = req.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
+                let message =
+                    req.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
                 let mut trailers = HeaderMap::new();
                 trailers.insert("grpc-status", HeaderValue::from_static("0"));
                 let body = Full::new(message).with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });

@@ -219,11 +219,16 @@ async fn read_all(mut body: Incoming) -> (Vec<u8>, HeaderMap) {
 
 fn gateway_for(grpc: SocketAddr) -> Gateway {
     let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = closed_port();
     gateway(&format!(
-        "upstreams:\n  grpc:\n    endpoints: [{{ url: \"http://{grpc}\" }}]\n    protocol: h2c\n\
+        "rate_limits:\n  one:\n    requests: 1\n    per: 1m\n\
+         upstreams:\n  grpc:\n    endpoints: [{{ url: \"http://{grpc}\" }}]\n    protocol: h2c\n\
          \x20 plain:\n    endpoints: [{{ url: \"http://{plain}\" }}]\n    protocol: http1\n\
+         \x20 dead:\n    endpoints: [{{ url: \"http://127.0.0.1:{dead}\" }}]\n    protocol: h2c\n\
          routes:\n  - name: echo\n    paths: [{{ path: /test.Echo/, type: prefix }}]\n    upstream: grpc\n    timeout: 5s\n\
-         \x20 - name: old\n    paths: [{{ path: /test.Old/, type: prefix }}]\n    upstream: plain\n"
+         \x20 - name: old\n    paths: [{{ path: /test.Old/, type: prefix }}]\n    upstream: plain\n\
+         \x20 - name: dead\n    paths: [{{ path: /test.Dead/, type: prefix }}]\n    upstream: dead\n\
+         \x20 - name: limited\n    paths: [{{ path: /test.Limited/, type: prefix }}]\n    upstream: grpc\n    rate_limit: one\n"
     ))
 }
 
@@ -348,8 +353,17 @@ async fn deadlines_and_the_gateways_own_answers_are_grpc_statuses() {
     let message = res.headers()["grpc-message"].to_str().unwrap().to_owned();
     assert!(message.contains("needs HTTP/2"), "{message}");
 
+    // An upstream that cannot be reached: UNAVAILABLE. Over a rate limit: RESOURCE_EXHAUSTED.
+    let res = client.send_request(call(gw.addr, "/test.Dead/Call", messages(&[b""]))).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14", "{:?}", res.headers());
+    let res = client.send_request(call(gw.addr, "/test.Limited/Unary", messages(&[b"1"]))).await.unwrap();
+    assert_eq!(read_all(res.into_body()).await.1["grpc-status"], "0");
+    let res = client.send_request(call(gw.addr, "/test.Limited/Unary", messages(&[b"2"]))).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "8", "{:?}", res.headers());
+
     let metrics = get(&gw.admin_url("/metrics")).await.2;
     assert!(metrics.contains("nexus_grpc_responses_total{route=\"echo\",grpc_status=\"4\"} 1"), "{metrics}");
+    assert!(metrics.contains("nexus_grpc_responses_total{route=\"limited\",grpc_status=\"8\"} 1"), "{metrics}");
     assert!(metrics.contains("nexus_grpc_responses_total{route=\"old\",grpc_status=\"14\"} 1"), "{metrics}");
 }
 
