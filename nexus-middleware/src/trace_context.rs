@@ -155,10 +155,12 @@ impl TraceParent {
 /// Whether `headers`' `traceparent`, one the gateway wrote ([`ensure`]), says sampled: its
 /// last hex digit read alone (no parse), for checks on every request.
 pub fn is_sampled(headers: &HeaderMap) -> bool {
-    headers
-        .get(TRACEPARENT)
-        .and_then(|v| v.as_bytes().get(LEN - 1))
-        .is_some_and(|d| matches!(d, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
+    headers.get(TRACEPARENT).is_some_and(|v| is_sampled_value(v.as_bytes()))
+}
+
+/// [`is_sampled`] for a `traceparent` value already at hand (a pass over a request's fields).
+pub fn is_sampled_value(v: &[u8]) -> bool {
+    v.get(LEN - 1).is_some_and(|d| matches!(d, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
 }
 
 /// Make `headers` carry one `traceparent` for the gateway's span, and return it: the

@@ -34,6 +34,7 @@ struct Seen {
     cleanup: bool,
     transfer_encoding: bool,
     grpc: bool,
+    sampled: bool,
 }
 
 /// What [`Edge::admit`] learnt of a request it let through.
@@ -42,6 +43,9 @@ pub(crate) struct Admitted {
     /// A gRPC request (`content-type: application/grpc*`): the gateway's own answers to it
     /// are trailers-only gRPC responses.
     pub(crate) grpc: bool,
+    /// Its `traceparent` (the gateway's, set before) says sampled: the route names itself on
+    /// the answer for the server span.
+    pub(crate) sampled: bool,
 }
 
 impl Edge {
@@ -88,6 +92,8 @@ impl Edge {
             } else if name == header::EXPECT {
                 // An HTTP/1.0 request's expectation is ignored (RFC 9110 §10.1.1): dropped.
                 seen.cleanup |= req.version() <= http::Version::HTTP_10;
+            } else if name == nexus_middleware::trace_context::TRACEPARENT {
+                seen.sampled = nexus_middleware::trace_context::is_sampled_value(value.as_bytes());
             }
         }
         let headers = req.headers();
@@ -121,7 +127,7 @@ impl Edge {
             let http10 = req.version() <= http::Version::HTTP_10;
             self.clean(req.headers_mut(), http10);
         }
-        Ok(Admitted { grpc: seen.grpc })
+        Ok(Admitted { grpc: seen.grpc, sampled: seen.sampled })
     }
 
     /// Whether `name` is the gateway's (exactly, or spelled with `_` for `-`).

@@ -66,6 +66,8 @@ pub(crate) struct HeadScan {
     pub(crate) close: bool,
     /// An `Expect` field (`100-continue`).
     pub(crate) expect: bool,
+    /// The `traceparent` (the gateway's, once it has set it) says sampled.
+    pub(crate) sampled: bool,
     upgrade_field: bool,
     upgrade_token: bool,
 }
@@ -102,6 +104,8 @@ impl HeadScan {
                     self.upgrade_token = true;
                 }
             }
+        } else if name == nexus_middleware::trace_context::TRACEPARENT {
+            self.sampled = nexus_middleware::trace_context::is_sampled_value(value);
         }
         self.upgrade = self.upgrade_field && self.upgrade_token;
     }

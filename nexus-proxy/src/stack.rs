@@ -112,12 +112,14 @@ impl<B: RequestBody> RouteStack<B> {
     /// before the first poll, so the request is held once (see `Upstream::forward_send`).
     ///
     /// `grpc`: the request is a gRPC one, and the route's own answers (its Layers' 401, 429,
-    /// the forward's 502/503/504) are turned into trailers-only gRPC responses.
+    /// the forward's 502/503/504) are turned into trailers-only gRPC responses. `sampled`: its
+    /// trace is sampled (the answer carries the route's name for the server span).
     pub(crate) fn serve<'a>(
         &'a self,
         req: Request<LimitedBody<B>>,
         client: &'a ClientInfo,
         grpc: bool,
+        sampled: bool,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let target = &self.target;
         let logged = self.log_all;
@@ -153,11 +155,9 @@ impl<B: RequestBody> RouteStack<B> {
         // `max_concurrent_requests` answers 503 at once instead of waiting.
         let ready = svc.poll_ready(&mut Context::from_waker(Waker::noop()));
         debug_assert!(ready.is_ready(), "a route's stack is always ready");
-        // Spans are exported for sampled requests only: one byte of the traceparent says so.
-        let route = self
-            .access_log
-            .as_ref()
-            .filter(|_| self.log_all || nexus_middleware::trace_context::is_sampled(req.headers()));
+        // Spans are exported for sampled requests only (`sampled`: from the edge's pass over
+        // the fields, no lookup).
+        let route = self.access_log.as_ref().filter(|_| self.log_all || sampled);
         let counts = &self.grpc;
         svc.call(req).map(move |res: Result<_, Infallible>| {
             let mut res = match res {

@@ -345,7 +345,7 @@ where
                 Either::Left(self.forward_with_retries(req, scan, client, timeout, retry))
             }
             _ => Either::Right(
-                self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0, 0)
+                self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0, (0, scan.sampled))
                     .map(|(result, _)| result),
             ),
         }
@@ -361,7 +361,7 @@ where
         client: &'a ClientInfo,
         deadline: tokio::time::Instant,
         avoid: u64,
-        #[cfg_attr(not(feature = "otel"), allow(unused_variables))] retries: u32,
+        #[cfg_attr(not(feature = "otel"), allow(unused_variables))] (retries, sampled): (u32, bool),
     ) -> impl Future<Output = (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>)> + 'a {
         // The breaker first: while open, nothing is reserved or sent.
         let permit = match &self.breaker {
@@ -389,7 +389,7 @@ where
         #[cfg(feature = "otel")]
         let mut req = req;
         #[cfg(feature = "otel")]
-        let span = if nexus_middleware::otel::exporting() { spans::client_span(&mut req) } else { None };
+        let span = if sampled && nexus_middleware::otel::exporting() { spans::client_span(&mut req) } else { None };
         let send = self.send(guard, req, client, deadline);
         Either::Right(async move {
             let result = send.await;

@@ -66,7 +66,7 @@ where
             // Too large to keep: sent once, never retried.
             Err(once) => {
                 let once = Request::from_parts(parts, once);
-                return self.attempt(Outgoing::Owned(once, scan), client, deadline, 0, 0).await.0;
+                return self.attempt(Outgoing::Owned(once, scan), client, deadline, 0, (0, scan.sampled)).await.0;
             }
         };
         // An empty body after all (chunked with no data): the head alone, borrowed per try.
@@ -98,7 +98,7 @@ where
                 None => Outgoing::Lean(parts),
                 Some(replay) => Outgoing::Owned(rebuild(parts, replay.body()), scan),
             };
-            let (result, endpoint) = self.attempt(out, client, deadline, avoid, retries).await;
+            let (result, endpoint) = self.attempt(out, client, deadline, avoid, (retries, scan.sampled)).await;
             if let Some(i) = endpoint.filter(|i| *i < 64) {
                 avoid |= 1 << i;
             }

@@ -20,18 +20,14 @@ pub(super) struct Started {
     export: Arc<SpanExport>,
 }
 
-/// The try's span when the request is sampled (and its `traceparent` rewritten to name the
-/// span; a borrowed head is copied for that). Called only while an export is installed (see
-/// `nexus_middleware::otel::exporting`); one byte of the `traceparent` tells an unsampled
-/// request, which is left as it is.
+/// The try's span (and its `traceparent` rewritten to name the span; a borrowed head is
+/// copied for that). Called for a sampled request (`HeadScan::sampled`) while an export is
+/// installed (see `nexus_middleware::otel::exporting`).
 pub(super) fn client_span<B>(req: &mut Outgoing<'_, B>) -> Option<Box<Started>> {
     let headers = match &*req {
         Outgoing::Owned(r, _) => r.headers(),
         Outgoing::Lean(parts) => &parts.headers,
     };
-    if !nexus_middleware::trace_context::is_sampled(headers) {
-        return None;
-    }
     let server = headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.as_bytes()))?;
     let export = nexus_middleware::otel::installed()?;
     let span = ClientSpan::start(&server);
