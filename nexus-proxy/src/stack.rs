@@ -57,7 +57,7 @@ pub(crate) struct RouteStack<B> {
     pub(crate) target: RouteTarget<LimitedBody<B>>,
     /// The route's name, put on the answer for the access log and for sampled requests'
     /// server spans (`None` when neither is on: nothing is added).
-    access_log: Option<Arc<str>>,
+    name_on_answer: Option<Arc<str>>,
     /// `logging.access_log`: every answer carries the name, and the verified `sub`.
     log_all: bool,
     /// `nexus_grpc_responses_total` of this route.
@@ -95,7 +95,7 @@ impl<B> RouteStack<B> {
             auth,
             after_auth,
             target,
-            access_log: (access_log || traced).then(|| Arc::from(route.name())),
+            name_on_answer: (access_log || traced).then(|| Arc::from(route.name())),
             log_all: access_log,
             grpc: Arc::new(crate::metrics::GrpcResponses::new(route.name())),
         }
@@ -157,7 +157,7 @@ impl<B: RequestBody> RouteStack<B> {
         debug_assert!(ready.is_ready(), "a route's stack is always ready");
         // Spans are exported for sampled requests only (`sampled`: from the edge's pass over
         // the fields, no lookup).
-        let route = self.access_log.as_ref().filter(|_| self.log_all || sampled);
+        let route = self.name_on_answer.as_ref().filter(|_| self.log_all || sampled);
         let counts = &self.grpc;
         svc.call(req).map(move |res: Result<_, Infallible>| {
             let mut res = match res {
