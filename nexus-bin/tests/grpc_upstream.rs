@@ -420,6 +420,86 @@ async fn two_hundred_concurrent_calls_share_two_connections_and_a_goaway_loses_n
     assert!(seen.connections.load(Ordering::SeqCst) >= 6, "the upstream did close its connections");
 }
 
+/// An h2c upstream (the `h2` crate's server, which can refuse a stream) that resets every
+/// stream in `refuse` (counting from 0) with `REFUSED_STREAM`, and answers the others, once
+/// their body has ended, with that body echoed (the messages as they came) and status 0.
+/// Returns its address and the count of streams it saw.
+async fn refusing_upstream(refuse: &'static [usize]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&streams);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if refuse.contains(&count.fetch_add(1, Ordering::SeqCst)) {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut echo = Vec::new();
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                            echo.extend_from_slice(&data);
+                        }
+                        let head = Response::builder().header("content-type", "application/grpc").body(()).unwrap();
+                        let Ok(mut send) = respond.send_response(head, false) else { return };
+                        let _ = send.send_data(Bytes::from(echo), false);
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+#[tokio::test]
+async fn a_call_the_upstream_refused_with_refused_stream_is_sent_again_once() {
+    let ok = Some(HeaderValue::from_static("0"));
+    // Streams 0 and 2 are refused: the first call is sent again (stream 1) and answered; the
+    // second call's two tries (2, refused; 3) succeed too.
+    let (addr, streams) = refusing_upstream(&[0, 2]).await;
+    let gw = gateway_for(addr);
+    let mut client = h2_client(gw.addr).await;
+    for expected_streams in [2, 4] {
+        let res = client.send_request(call(gw.addr, "/test.Echo/Unary", messages(&[b"once"]))).await.unwrap();
+        let (data, trailers) = read_all(res.into_body()).await;
+        assert_eq!((data, trailers.get("grpc-status").cloned()), (message(b"once").to_vec(), ok.clone()));
+        assert_eq!(streams.load(Ordering::SeqCst), expected_streams);
+    }
+
+    // A client-streaming call, refused while its body is still open: the copy sends what the
+    // first try sent, then the rest as the client sends it. Nothing waited for the body.
+    let (addr, streams) = refusing_upstream(&[0]).await;
+    let gw = gateway_for(addr);
+    let mut client = h2_client(gw.addr).await;
+    let (tx, body) = channel_body();
+    tx.send(Frame::data(message(b"first"))).await.unwrap();
+    let pending = tokio::spawn(client.send_request(call(gw.addr, "/test.Echo/ClientStream", body)));
+    assert!(eventually(5, || async { streams.load(Ordering::SeqCst) == 2 }).await, "sent again while the body is open");
+    tx.send(Frame::data(message(b"second"))).await.unwrap();
+    drop(tx);
+    let res = pending.await.unwrap().unwrap();
+    let (data, trailers) = read_all(res.into_body()).await;
+    assert_eq!(data, [message(b"first"), message(b"second")].concat(), "every message, once each");
+    assert_eq!(trailers.get("grpc-status").cloned(), ok);
+
+    // Sent again once, not more: refused twice in a row, the call is UNAVAILABLE.
+    let (addr, streams) = refusing_upstream(&[0, 1]).await;
+    let gw = gateway_for(addr);
+    let mut client = h2_client(gw.addr).await;
+    let res = client.send_request(call(gw.addr, "/test.Echo/Unary", messages(&[b"twice"]))).await.unwrap();
+    assert_eq!(res.headers().get("grpc-status"), Some(&HeaderValue::from_static("14")), "{res:?}");
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn grpc_health_checks_take_a_not_serving_endpoint_out_and_bring_it_back() {
     let (a, seen_a) = grpc_upstream(None).await;

@@ -6,7 +6,7 @@ mod support;
 
 use http::StatusCode;
 use std::path::Path;
-use support::certs::{Ca, server_config};
+use support::certs::{Ca, server_config, server_config_alpn};
 use support::*;
 
 /// `upstreams:` entry `name` with one endpoint at `url` and `extra` keys (indented 4).
@@ -139,6 +139,61 @@ async fn a_certificate_that_does_not_verify_is_a_502_and_a_rotated_ca_is_picked_
     assert_eq!(get(&gw.url("/up/z")).await.0, StatusCode::OK);
     let metrics = get(&gw.admin_url("/metrics")).await.2;
     assert!(metrics.contains(r#"nexus_tls_reloads_total{result="error"}"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn protocol_auto_speaks_http2_to_an_endpoint_that_picks_h2_and_http1_to_one_that_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("upstream CA");
+    ca.write(&dir.path().join("ca.crt"));
+    ca.leaf(dir.path(), "up", &["up.test"]);
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let h2 = tls_upstream("h2", server_config_alpn(dir.path(), "up", None, both)).await;
+    let h1 = tls_upstream("h1", server_config(dir.path(), "up", None)).await;
+    let tls = format!("    tls: {{ ca_file: \"{}\", server_name: up.test }}\n", file(dir.path(), "ca.crt"));
+    // `protocol: auto` is the default: one upstream says it, the other leaves it out.
+    let gw = gateway_with(
+        &gateway_yaml(&[
+            ("h2", upstream_yaml("h2", &h2.url(), &format!("    protocol: auto\n{tls}"))),
+            ("h1", upstream_yaml("h1", &h1.url(), &tls)),
+        ]),
+        &[("NEXUS_WORKERS", "1")],
+    );
+
+    // A burst of first requests learns once, then GETs and POSTs go as the endpoint picked.
+    let burst = (0..8).map(|i| {
+        let (h2_url, h1_url) = (gw.url(&format!("/h2/{i}")), gw.url(&format!("/h1/{i}")));
+        async move { (get(&h2_url).await.0, get(&h1_url).await.0) }
+    });
+    for statuses in futures_util::future::join_all(burst).await {
+        assert_eq!(statuses, (StatusCode::OK, StatusCode::OK));
+    }
+    for (name, up) in [("h2", &h2), ("h1", &h1)] {
+        let req = http::Request::post(gw.url(&format!("/{name}/post"))).body(support::body("twelve bytes")).unwrap();
+        let (status, _, body) = send(req).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, format!("{name} /{name}/post").as_str()));
+        assert_eq!(up.count(), 9);
+    }
+    assert!(h2.seen().iter().all(|s| s.version == http::Version::HTTP_2), "ALPN picked h2: every request on HTTP/2");
+    assert_eq!(h2.connections(), 1, "HTTP/2: the connection that learned it carries every request");
+    assert!(h1.seen().iter().all(|s| s.version == http::Version::HTTP_11), "ALPN picked http/1.1");
+
+    // gRPC needs HTTP/2: to the endpoint that picked HTTP/1.1 it is UNAVAILABLE, naming why.
+    let grpc = |name: &str| {
+        http::Request::post(gw.url(&format!("/{name}/pkg.Svc/Call")))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(support::body("\0\0\0\0\0"))
+            .unwrap()
+    };
+    let (status, headers, _) = send(grpc("h1")).await;
+    assert_eq!((status, headers.get("grpc-status").map(|v| v.to_str().unwrap())), (StatusCode::OK, Some("14")));
+    assert!(headers["grpc-message"].to_str().unwrap().contains("HTTP"), "{headers:?}");
+    assert_eq!(h1.count(), 9, "nothing sent");
+    let (status, _, _) = send(grpc("h2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h2.count(), 10);
+    assert_eq!(h2.last().version, http::Version::HTTP_2);
 }
 
 #[tokio::test]

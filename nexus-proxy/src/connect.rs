@@ -29,6 +29,15 @@ impl From<TcpStream> for UpstreamIo {
 }
 
 impl UpstreamIo {
+    /// Whether the upstream picked HTTP/2 in ALPN (never, over plain TCP).
+    pub(crate) fn alpn_is_h2(&self) -> bool {
+        match self {
+            Self::Tcp(_) => false,
+            #[cfg(feature = "tls")]
+            Self::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+
     /// Whether an idle connection can take a request: not closed by the upstream and
     /// nothing unasked-for waiting on it. Costs no system call unless the socket is readable.
     pub(crate) fn is_open_and_quiet(&mut self) -> bool {
@@ -120,12 +129,26 @@ impl AsyncWrite for UpstreamIo {
 pub(crate) type ConnectFuture<'a> =
     Pin<Box<dyn std::future::Future<Output = Result<UpstreamIo, ProxyError>> + Send + 'a>>;
 
+/// What a connection to an upstream offers in ALPN (see `UpstreamTlsTarget::handshake`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// The upstream's setting: `h2` for `protocol: h2`, else `http/1.1`.
+    Default,
+    /// `h2` alone (the HTTP/2 connections of a `protocol: auto` endpoint that picked it).
+    H2,
+    /// `h2`, then `http/1.1`: the server picks (`protocol: auto` learning what an endpoint speaks).
+    Both,
+}
+
 /// How to open a connection to one endpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
     authority: String,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::UpstreamTlsTarget>,
+    /// What its TLS connections offer in ALPN (plain TCP has no ALPN).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    offer: Offer,
 }
 
 impl Connector {
@@ -135,13 +158,32 @@ impl Connector {
             authority,
             #[cfg(feature = "tls")]
             tls: None,
+            offer: Offer::Default,
         }
     }
 
     /// TLS to `authority`, verified and introduced as `target` says.
     #[cfg(feature = "tls")]
     pub(crate) fn tls(authority: String, target: crate::tls::UpstreamTlsTarget) -> Self {
-        Self { authority, tls: Some(target) }
+        Self { authority, tls: Some(target), offer: Offer::Default }
+    }
+
+    /// The same endpoint, its TLS connections offering `offer` in ALPN.
+    pub(crate) fn offering(&self, offer: Offer) -> Self {
+        Self { offer, ..self.clone() }
+    }
+
+    /// `host:port`.
+    pub(crate) fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Whether connections are TLS (and so can agree on a protocol through ALPN).
+    pub(crate) fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// A connection to the endpoint: TCP (and the TLS handshake, for `https://`) within
@@ -168,7 +210,7 @@ impl Connector {
         let _ = tcp.set_nodelay(true);
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            return tls.handshake(tcp).await.map(|s| UpstreamIo::Tls(Box::new(s)));
+            return tls.handshake(tcp, self.offer).await.map(|s| UpstreamIo::Tls(Box::new(s)));
         }
         Ok(UpstreamIo::Tcp(tcp))
     }

@@ -5,7 +5,7 @@
 //! shares it instead of opening one each). A connection the upstream closed or sent GOAWAY on
 //! is left for a new one. Each connection is driven by a task of its own, as multiplexing needs.
 
-use crate::connect::Connector;
+use crate::connect::{Connector, UpstreamIo};
 use crate::error::{ErrorKind, ProxyError};
 use http::{Request, Response};
 use http_body::Body;
@@ -93,6 +93,18 @@ where
             return Ok(found);
         }
         let io = self.connector.connect(timeout).await?;
+        let (sender, streams) = self.start(io, 1).await?;
+        Ok((sender, Stream(streams)))
+    }
+
+    /// Start HTTP/2 on `io` and keep the connection for the next requests: for a connection
+    /// opened elsewhere (the one that learned a `protocol: auto` endpoint picks `h2`).
+    pub(crate) async fn adopt(&self, io: UpstreamIo) -> Result<(), ProxyError> {
+        self.start(io, 0).await.map(drop)
+    }
+
+    /// The HTTP/2 handshake on `io`; the connection is kept with `streams` of its streams taken.
+    async fn start(&self, io: UpstreamIo, streams: usize) -> Result<(SendRequest<B>, Arc<AtomicUsize>), ProxyError> {
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE)
@@ -105,21 +117,27 @@ where
                 tracing::debug!(error = %e, "HTTP/2 upstream connection ended with an error");
             }
         });
-        let streams = Arc::new(AtomicUsize::new(1));
+        let streams = Arc::new(AtomicUsize::new(streams));
         lock(&self.conns).push(Conn { sender: sender.clone(), streams: Arc::clone(&streams) });
-        Ok((sender, Stream(streams)))
+        Ok((sender, streams))
     }
 
     /// Send `req` (absolute-form URI: HTTP/2 sends its scheme and authority) and wait for the
     /// response head. The [`Stream`] goes with the response body.
+    ///
+    /// Sent again, once, when HTTP/2 guarantees the upstream never processed it (RFC 9113
+    /// §8.7): a request the connection gave back unsent (it was closing: a GOAWAY came) goes
+    /// on a fresh connection; one the upstream refused with `REFUSED_STREAM` goes again when
+    /// `again` can make a copy (its body was read whole). A stream a GOAWAY cut is not sent
+    /// again: h2 reports streams above the GOAWAY's last stream id and streams the closing
+    /// connection left behind with the same error, and the second kind may have been processed.
     pub(crate) async fn send(
         &self,
         req: Request<B>,
         connect_timeout: Duration,
+        mut again: impl FnMut() -> Option<Request<B>>,
     ) -> Result<(Response<Incoming>, Stream), ProxyError> {
         let mut req = req;
-        // A request the connection gave back unsent (it was closing: a GOAWAY came) goes on a
-        // fresh connection, once; the upstream never saw it.
         for _ in 0..2 {
             let (mut sender, stream) = match self.take() {
                 Some(found) => found,
@@ -132,13 +150,34 @@ where
                         lock(&self.conns).retain(|c| !Arc::ptr_eq(&c.streams, &stream.0));
                         req = unsent;
                     }
-                    None => return Err(ProxyError::from_hyper(e.into_error())),
+                    None => {
+                        let e = e.into_error();
+                        match again().filter(|_| refused(&e)) {
+                            Some(copy) => {
+                                tracing::debug!("the upstream refused the stream (REFUSED_STREAM); sending it again");
+                                req = copy;
+                            }
+                            None => return Err(ProxyError::from_hyper(e)),
+                        }
+                    }
                 },
             }
         }
         Err(ProxyError::new(
             ErrorKind::Upstream,
-            Some("HTTP/2 connections kept closing before the request was sent".into()),
+            Some("HTTP/2 kept closing or refusing the stream before the upstream processed the request".into()),
         ))
     }
+}
+
+/// Whether the upstream reset the stream with `REFUSED_STREAM`: it did not process it.
+fn refused(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }

@@ -7,6 +7,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use nexus_core::retry::MAX_REPLAY_BODY;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// A request body on its way upstream.
@@ -28,6 +29,112 @@ pub(crate) enum SendBody<B> {
         /// The rest.
         rest: B,
     },
+    /// The client's body, streamed, keeping what it sent so that a copy can send it again.
+    Kept(Kept<B>),
+}
+
+/// A streamed body that keeps the frames it has sent (up to [`MAX_REPLAY_BODY`] bytes), so
+/// that [`again`](Self::again) can make a copy that sends them again and then the rest of the
+/// stream as it comes. This is how an HTTP/2 request the upstream refused (`REFUSED_STREAM`:
+/// never processed) is sent again without holding back a streaming call: nothing waits for
+/// the body, and every copy reads the client's stream through the one kept list, so no frame is
+/// lost whichever copy read it first.
+#[derive(Debug)]
+pub(crate) struct Kept<B> {
+    shared: Arc<Mutex<Keeping<B>>>,
+    /// The next kept frame this copy sends.
+    next: usize,
+}
+
+#[derive(Debug)]
+struct Keeping<B> {
+    body: B,
+    frames: Vec<KeptFrame>,
+    /// Bytes kept so far; past [`MAX_REPLAY_BODY`] nothing more is kept and no copy can be made.
+    bytes: usize,
+    overflowed: bool,
+    /// The client's body has ended.
+    ended: bool,
+}
+
+#[derive(Debug, Clone)]
+enum KeptFrame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl KeptFrame {
+    fn frame(&self) -> Frame<Bytes> {
+        match self {
+            Self::Data(d) => Frame::data(d.clone()),
+            Self::Trailers(t) => Frame::trailers(t.clone()),
+        }
+    }
+}
+
+impl<B> Kept<B> {
+    pub(crate) fn new(body: B) -> Self {
+        let keeping = Keeping { body, frames: Vec::new(), bytes: 0, overflowed: false, ended: false };
+        Self { shared: Arc::new(Mutex::new(keeping)), next: 0 }
+    }
+
+    /// A copy that sends the body from its start; `None` once more than [`MAX_REPLAY_BODY`]
+    /// bytes went out.
+    pub(crate) fn again(&self) -> Option<Self> {
+        let overflowed = lock(&self.shared).overflowed;
+        (!overflowed).then(|| self.again_unchecked())
+    }
+
+    /// A handle on the same body from its start, to call [`again`](Self::again) on later.
+    pub(crate) fn again_unchecked(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared), next: 0 }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<B> Kept<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut k = lock(&self.shared);
+        if let Some(kept) = k.frames.get(self.next) {
+            self.next += 1;
+            return Poll::Ready(Some(Ok(kept.frame())));
+        }
+        if k.ended {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut k.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => k.ended = true,
+            Poll::Ready(Some(Ok(frame))) if !k.overflowed => {
+                let kept = match (frame.data_ref(), frame.trailers_ref()) {
+                    (Some(d), _) => Some(KeptFrame::Data(d.clone())),
+                    (None, Some(t)) => Some(KeptFrame::Trailers(t.clone())),
+                    (None, None) => None,
+                };
+                k.bytes += frame.data_ref().map_or(0, Bytes::len);
+                if k.bytes > MAX_REPLAY_BODY {
+                    k.overflowed = true;
+                    k.frames = Vec::new();
+                } else if let Some(kept) = kept {
+                    k.frames.push(kept);
+                    self.next = k.frames.len();
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let k = lock(&self.shared);
+        self.next >= k.frames.len() && (k.ended || k.body.is_end_stream())
+    }
 }
 
 /// A fully read body that can be sent any number of times.
@@ -119,6 +226,7 @@ where
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            Self::Kept(k) => k.poll_frame(cx),
         }
     }
 
@@ -127,6 +235,7 @@ where
             Self::Stream(b) => b.is_end_stream(),
             Self::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
             Self::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
+            Self::Kept(k) => k.is_end_stream(),
         }
     }
 
@@ -144,6 +253,7 @@ where
                 }
                 s
             }
+            Self::Kept(_) => SizeHint::new(),
         }
     }
 }
@@ -168,5 +278,40 @@ mod tests {
         let Err(once) = read_ahead(big).await.unwrap() else { panic!("160 KiB is not kept") };
         assert!(matches!(once, SendBody::Prefixed { .. }));
         assert_eq!(once.collect().await.unwrap().to_bytes().len(), 20 * 8192, "nothing is lost");
+    }
+
+    #[tokio::test]
+    async fn a_kept_body_sends_everything_again_whichever_copy_read_it() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        let stream = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let mut first = SendBody::Kept(Kept::new(stream));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"one ")))).await.unwrap();
+        // The first try sends one frame, and is refused.
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "one ");
+        let SendBody::Kept(k) = &first else { unreachable!() };
+        let second = SendBody::Kept(k.again().expect("a small body can be sent again"));
+        // The dead try reads the next frame before it is dropped: the copy still gets it.
+        tx.send(Ok(Frame::data(Bytes::from_static(b"two ")))).await.unwrap();
+        assert_eq!(first.frame().await.unwrap().unwrap().into_data().unwrap(), "two ");
+        drop(first);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"three")))).await.unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        drop(tx);
+        let all = second.collect().await.unwrap();
+        assert_eq!(all.trailers().map(|t| t["grpc-status"].clone()), Some(http::HeaderValue::from_static("0")));
+        assert_eq!(all.to_bytes(), "one two three");
+
+        // Past the replay limit, no copy can be made.
+        let big: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            (0..20).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 8192])))).collect();
+        let sent = Kept::new(StreamBody::new(futures_util::stream::iter(big)));
+        let spare = sent.again_unchecked();
+        assert!(spare.again().is_some());
+        let body = SendBody::Kept(sent);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 20 * 8192, "nothing is lost");
+        assert!(spare.again().is_none(), "160 KiB is not kept");
     }
 }

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::connect::Offer;
 use arc_swap::ArcSwap;
 use nexus_core::config::{ConfigError, ConfigErrors, TlsConfig, TlsVersion, UpstreamTlsConfig};
 use nexus_core::metric_names::{TLS_CERTIFICATE_EXPIRY, TLS_HANDSHAKE_FAILURES_TOTAL, TLS_RELOADS_TOTAL};
@@ -410,20 +411,33 @@ pub(crate) struct UpstreamTlsTarget {
 impl UpstreamTlsTarget {
     /// The client handshake on `tcp`; any failure (the certificate does not verify, no
     /// common version, a reset) is a connect error.
+    ///
+    /// `offer` is what ALPN offers: the upstream's default (`h2` for `protocol: h2`, else
+    /// `http/1.1`), `h2` alone, or both (`protocol: auto` learning what the endpoint speaks).
+    /// Where `h2` alone is offered, a server that does not pick it fails the handshake.
     pub(crate) async fn handshake(
         &self,
         tcp: TcpStream,
+        offer: Offer,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, crate::error::ProxyError> {
         let connector = tokio_rustls::TlsConnector::from(self.tls.config.load_full());
-        let stream = connector.connect(self.name.clone(), tcp).await.map_err(|e| {
+        let connecting = match offer {
+            Offer::Default => connector.connect(self.name.clone(), tcp),
+            Offer::H2 => connector.with_alpn(vec![b"h2".to_vec()]).connect(self.name.clone(), tcp),
+            Offer::Both => {
+                connector.with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()]).connect(self.name.clone(), tcp)
+            }
+        };
+        let stream = connecting.await.map_err(|e| {
             tracing::debug!(upstream = %self.tls.upstream, error = %e, "TLS handshake to the upstream failed");
             crate::error::ProxyError::new(crate::error::ErrorKind::Connect, Some(Box::new(e)))
         })?;
-        if self.tls.h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        let h2_only = offer == Offer::H2 || (offer == Offer::Default && self.tls.h2);
+        if h2_only && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             tracing::debug!(upstream = %self.tls.upstream, "the upstream did not pick h2 in ALPN");
             return Err(crate::error::ProxyError::new(
                 crate::error::ErrorKind::Connect,
-                Some("the upstream did not agree to HTTP/2 (ALPN h2) although `protocol: h2` says it speaks it".into()),
+                Some("the upstream did not agree to HTTP/2 (ALPN h2) on a connection that offered only h2".into()),
             ));
         }
         Ok(stream)
@@ -477,7 +491,8 @@ fn client_config(
         }
         None => builder.with_no_client_auth(),
     };
-    // `protocol: h2` offers h2 alone; otherwise HTTP/1.1 alone (`auto` is HTTP/1.1 for now).
+    // `protocol: h2` offers h2 alone; otherwise HTTP/1.1 alone. (`auto` offers both on the one
+    // connection that learns what an endpoint speaks: `Offer::Both`.)
     config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     Ok((config, expiry))
 }

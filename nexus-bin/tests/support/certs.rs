@@ -43,6 +43,11 @@ impl Ca {
 /// A rustls server config serving `<dir>/<file>.crt`/`.key` (ALPN `http/1.1`); with
 /// `client_ca`, client certificates signed by it are required.
 pub fn server_config(dir: &Path, file: &str, client_ca: Option<&Ca>) -> Arc<rustls::ServerConfig> {
+    server_config_alpn(dir, file, client_ca, &[b"http/1.1"])
+}
+
+/// [`server_config`] picking from `alpn` (in its order of preference).
+pub fn server_config_alpn(dir: &Path, file: &str, client_ca: Option<&Ca>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
     let chain =
         CertificateDer::pem_file_iter(dir.join(format!("{file}.crt"))).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_file(dir.join(format!("{file}.key"))).unwrap();
@@ -61,6 +66,6 @@ pub fn server_config(dir: &Path, file: &str, client_ca: Option<&Ca>) -> Arc<rust
         }
     };
     let mut config = builder.with_single_cert(chain, key).unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }

@@ -28,6 +28,7 @@ pub struct Seen {
     pub method: String,
     pub uri: String,
     pub headers: http::HeaderMap,
+    pub version: http::Version,
     /// Over TLS: the SNI the gateway sent (`Some("")` without one) and whether it
     /// presented a client certificate. `None`: plain TCP.
     pub tls: Option<(String, bool)>,
@@ -148,6 +149,7 @@ async fn answer(
         method: req.method().to_string(),
         uri: req.uri().to_string(),
         headers: req.headers().clone(),
+        version: req.version(),
         tls,
     });
     let path = req.uri().path().to_string();

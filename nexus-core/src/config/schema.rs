@@ -304,7 +304,8 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
-    /// HTTP/1.1 (this version offers `http/1.1` alone in ALPN, so TLS endpoints speak it too).
+    /// `https://` endpoints: HTTP/2 when the endpoint picks `h2` in ALPN (learned from the first
+    /// connection, which offers `h2` and `http/1.1`), HTTP/1.1 otherwise; `http://`: HTTP/1.1.
     #[default]
     Auto,
     /// HTTP/1.1.

@@ -2,9 +2,9 @@
 //! `https://`), health checks, breaker, retries, outlier detection; and what carries over
 //! a reload from the version it replaces.
 
-use super::{Endpoint, Epoch, Shared, Upstream};
+use super::{Endpoint, Epoch, Shared, Upstream, auto};
 use crate::balance::{Balancer, Rng};
-use crate::connect::Connector;
+use crate::connect::{Connector, Offer};
 use crate::metrics::EndpointMetrics;
 use crate::pool::EndpointPool;
 use http_body::Body;
@@ -55,9 +55,14 @@ where
             let addr = parse_endpoint_url(&e.url).map_err(|m| ConfigErrors(vec![ConfigError::new(at(), m)]))?;
             let connector =
                 connector(&addr, tls.as_ref()).map_err(|m| ConfigErrors(vec![ConfigError::new(at(), m)]))?;
-            // HTTP/2 endpoints: multiplexed connections (the HTTP/1.1 pool stays empty).
-            let h2 = matches!(config.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
-                .then(|| crate::h2::H2Pool::new(connector.clone()));
+            // HTTP/2 endpoints: multiplexed connections (the HTTP/1.1 pool stays empty). `auto`
+            // over TLS has both, and ALPN picks (`super::auto`).
+            let learned = (config.protocol == UpstreamProtocol::Auto && connector.is_tls()).then(auto::Learned::new);
+            let h2 = match config.protocol {
+                UpstreamProtocol::H2 | UpstreamProtocol::H2c => Some(crate::h2::H2Pool::new(connector.clone())),
+                _ if learned.is_some() => Some(crate::h2::H2Pool::new(connector.offering(Offer::H2))),
+                _ => None,
+            };
             let pool = EndpointPool::new(connector, config.max_concurrent_requests.min(4096));
             let healthy_gauge = metrics::gauge!(crate::metrics::UPSTREAM_ENDPOINT_HEALTHY,
                 "upstream" => name.to_string(), "endpoint" => addr.authority().to_string());
@@ -84,6 +89,7 @@ where
                 healthy_gauge,
                 pool,
                 h2,
+                learned,
             });
         }
         let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();

@@ -1,6 +1,7 @@
 //! One upstream: its endpoints, their balancer, and per-endpoint pools of
 //! keep-alive HTTP/1.1 connections (see [`crate::pool`]).
 
+mod auto;
 mod build;
 mod retry;
 mod send;
@@ -48,8 +49,11 @@ pub struct Endpoint<B> {
     /// Peak-EWMA latency (fed only under `load_balancing: peak_ewma`).
     ewma: Arc<PeakEwma>,
     pool: EndpointPool<SendBody<B>>,
-    /// `protocol: h2 | h2c`: every request goes over these multiplexed connections.
+    /// `protocol: h2 | h2c`: every request goes over these multiplexed connections; and
+    /// `protocol: auto` on `https://`: they do once the endpoint picked `h2` in ALPN.
     h2: Option<crate::h2::H2Pool<SendBody<B>>>,
+    /// `protocol: auto` on `https://`: what the endpoint was found to speak.
+    learned: Option<auto::Learned>,
 }
 
 impl<B> Endpoint<B> {
@@ -305,9 +309,14 @@ where
         Ok(InFlight { shared: Arc::clone(shared), endpoint: i, released: false })
     }
 
-    /// Whether the endpoints speak HTTP/2 (`protocol: h2 | h2c`), which gRPC needs.
+    /// Whether the endpoints speak HTTP/2, which gRPC needs: `protocol: h2 | h2c`, or `auto`
+    /// on `https://` unless the endpoint was found to pick HTTP/1.1 in ALPN (not known yet
+    /// counts as yes: the request learns it).
     pub fn speaks_h2(&self) -> bool {
-        self.shared.endpoints.first().is_some_and(|e| e.h2.is_some())
+        self.shared
+            .endpoints
+            .first()
+            .is_some_and(|e| e.h2.is_some() && e.learned.as_ref().is_none_or(|l| l.now() != auto::Spoken::Http1))
     }
 
     /// Forward a request to one endpoint and return its response, streamed.

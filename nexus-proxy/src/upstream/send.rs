@@ -1,11 +1,12 @@
 //! How one try goes out: the lean HTTP/1.1 exchange for a head without a body
 //! ([`crate::http1`]), hyper's client for bodies and upgrades.
 
+use super::auto::{Learned, Spoken};
 use super::{ClientInfo, InFlight, Upstream, deadline_after};
 use crate::body::UpstreamBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::{self, HeadScan};
-use crate::replay::SendBody;
+use crate::replay::{Kept, SendBody};
 use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
@@ -49,16 +50,26 @@ where
         client: &'a ClientInfo,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 'a {
-        if self.shared.endpoints[guard.endpoint].h2.is_some() {
-            // HTTP/2 upstreams: every request on a multiplexed connection (boxed, as hyper's path).
-            let req = match req {
-                Outgoing::Lean(parts) => {
-                    super::retry::rebuild(parts, SendBody::Buffered { data: None, trailers: None })
+        let endpoint = &self.shared.endpoints[guard.endpoint];
+        if endpoint.h2.is_some() {
+            match endpoint.learned.as_ref().map_or(Spoken::H2, Learned::now) {
+                // HTTP/2: every request on a multiplexed connection (boxed, as hyper's path).
+                Spoken::H2 => {
+                    let req = match req {
+                        Outgoing::Lean(parts) => {
+                            super::retry::rebuild(parts, SendBody::Buffered { data: None, trailers: None })
+                        }
+                        Outgoing::Owned(req, _) => req,
+                    };
+                    let sending: Sending<'a, B> = Box::pin(self.send_h2(guard, req, client, deadline));
+                    return Either::Right(Either::Right(sending));
                 }
-                Outgoing::Owned(req, _) => req,
-            };
-            let sending: Sending<'a, B> = Box::pin(self.send_h2(guard, req, client, deadline));
-            return Either::Right(Either::Right(sending));
+                Spoken::Unknown => {
+                    return Either::Right(Either::Right(self.send_learning(guard, req, client, deadline)));
+                }
+                // `auto`, and the endpoint picked HTTP/1.1: as any HTTP/1.1 endpoint.
+                Spoken::Http1 => {}
+            }
         }
         let (req, scan) = match req {
             Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, client, deadline)),
@@ -84,6 +95,30 @@ where
             client,
             deadline,
         ))))
+    }
+
+    /// The first request to a `protocol: auto` endpoint: learn what it speaks (one
+    /// connection, ALPN; see [`super::auto`]), then send as it speaks. Its return type is
+    /// named (not `impl Future`): it calls [`send`](Self::send), which returns it.
+    fn send_learning<'a>(
+        &'a self,
+        guard: InFlight<B>,
+        req: Outgoing<'a, B>,
+        client: &'a ClientInfo,
+        deadline: tokio::time::Instant,
+    ) -> Sending<'a, B> {
+        Box::pin(async move {
+            let endpoint = &self.shared.endpoints[guard.endpoint];
+            let (Some(learned), Some(h2)) = (endpoint.learned.as_ref(), endpoint.h2.as_ref()) else {
+                return Err(ProxyError::new(ErrorKind::Upstream, Some("not a `protocol: auto` endpoint".into())));
+            };
+            let learning = learned.learn(endpoint.pool(), h2, self.connect_timeout);
+            match tokio::time::timeout_at(self.capped(deadline), learning).await {
+                Ok(Ok(_)) => self.send(guard, req, client, deadline).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProxyError::new(ErrorKind::Timeout, None)),
+            }
+        })
     }
 
     /// [`send_hyper`](Self::send_hyper) as the same future type as [`send_h2`](Self::send_h2).
@@ -137,9 +172,49 @@ where
             .build()
             .map_err(|e| ProxyError::new(ErrorKind::Upstream, Some(Box::new(e))))?;
         parts.version = Version::HTTP_2;
+        // A gRPC call's body keeps what it sends (not waiting for it), and a body read whole
+        // is at hand: either can be sent again if the upstream refuses the stream
+        // (`REFUSED_STREAM`: never processed). Other streamed bodies go once.
+        let body = match body {
+            SendBody::Stream(b) if nexus_core::grpc::is_grpc(&parts.headers) => SendBody::Kept(Kept::new(b)),
+            other => other,
+        };
+        let spare = match &body {
+            SendBody::Buffered { data, trailers } => {
+                Some(SendBody::Buffered { data: data.clone(), trailers: trailers.clone() })
+            }
+            SendBody::Kept(k) => Some(SendBody::Kept(k.again_unchecked())),
+            SendBody::Stream(_) | SendBody::Prefixed { .. } => None,
+        };
+        let copy = spare.map(|spare| (spare, parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let again = move || {
+            let (spare, method, uri, headers) = copy.as_ref()?;
+            let body = match spare {
+                SendBody::Buffered { data, trailers } => {
+                    SendBody::Buffered { data: data.clone(), trailers: trailers.clone() }
+                }
+                SendBody::Kept(k) => SendBody::Kept(k.again()?),
+                SendBody::Stream(_) | SendBody::Prefixed { .. } => return None,
+            };
+            let mut req = Request::new(body);
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri.clone();
+            *req.version_mut() = Version::HTTP_2;
+            *req.headers_mut() = headers.clone();
+            Some(req)
+        };
         let req = Request::from_parts(parts, body);
-        let (mut res, stream) = match tokio::time::timeout_at(deadline, pool.send(req, self.connect_timeout)).await {
-            Ok(r) => r?,
+        let sending = pool.send(req, self.connect_timeout, again);
+        let (mut res, stream) = match tokio::time::timeout_at(deadline, sending).await {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(e)) => {
+                // An `auto` endpoint that no longer takes an HTTP/2 connection (it stopped
+                // offering `h2`, or is down): the next request learns again.
+                if let (Some(learned), ErrorKind::Connect | ErrorKind::ConnectTimeout) = (&endpoint.learned, e.kind()) {
+                    learned.forget();
+                }
+                return Err(e);
+            }
             Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
         };
         headers::remove_hop_by_hop(res.headers_mut(), false);
