@@ -9,6 +9,7 @@
 //! | [`timeout`] | 504 `gateway_timeout` when the inner service takes too long |
 //! | [`retry`] | idempotent requests sent again on `retry_on` answers, with backoff, jitter and a budget |
 //! | [`jwt`] | JWT bearer authentication (HMAC, RSA, EC, EdDSA keys; JWKS file or URL with rotation), 401/403 |
+//! | [`grpc`] | the Layers' own answers to gRPC requests as trailers-only gRPC statuses (401 → 16, 429 → 8, ...) |
 //! | [`from_config`] | the config file's `rate_limits` and `auth.jwt` entries as the Layers' settings |
 //! | [`rate_limit`] | 429 with `Retry-After` and `RateLimit-*` per client IP, header or claim; local or Redis |
 
@@ -37,6 +38,7 @@ macro_rules! inner_service_accessors {
 
 pub mod circuit_breaker;
 pub mod from_config;
+pub mod grpc;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
@@ -52,6 +54,7 @@ pub mod timeout;
 pub mod trace_context;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+pub use grpc::{GrpcErrorLayer, GrpcErrors};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtAuth, JwtAuthLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimiter};

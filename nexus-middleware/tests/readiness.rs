@@ -91,3 +91,8 @@ async fn circuit_breaker() {
 async fn request_id() {
     passes_readiness_through(RequestIdLayer::new()).await;
 }
+
+#[tokio::test]
+async fn grpc_errors() {
+    passes_readiness_through(nexus_middleware::grpc::GrpcErrorLayer::new()).await;
+}
