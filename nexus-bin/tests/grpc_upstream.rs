@@ -218,10 +218,15 @@ async fn read_all(mut body: Incoming) -> (Vec<u8>, HeaderMap) {
 }
 
 fn gateway_for(grpc: SocketAddr) -> Gateway {
+    gateway_for_with(grpc, &[])
+}
+
+fn gateway_for_with(grpc: SocketAddr, env: &[(&str, &str)]) -> Gateway {
     let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let dead = closed_port();
-    gateway(&format!(
-        "rate_limits:\n  one:\n    requests: 1\n    per: 1m\n\
+    gateway_with(
+        &format!(
+            "rate_limits:\n  one:\n    requests: 1\n    per: 1m\n\
          upstreams:\n  grpc:\n    endpoints: [{{ url: \"http://{grpc}\" }}]\n    protocol: h2c\n\
          \x20 plain:\n    endpoints: [{{ url: \"http://{plain}\" }}]\n    protocol: http1\n\
          \x20 dead:\n    endpoints: [{{ url: \"http://127.0.0.1:{dead}\" }}]\n    protocol: h2c\n\
@@ -229,7 +234,9 @@ fn gateway_for(grpc: SocketAddr) -> Gateway {
          \x20 - name: old\n    paths: [{{ path: /test.Old/, type: prefix }}]\n    upstream: plain\n\
          \x20 - name: dead\n    paths: [{{ path: /test.Dead/, type: prefix }}]\n    upstream: dead\n\
          \x20 - name: limited\n    paths: [{{ path: /test.Limited/, type: prefix }}]\n    upstream: grpc\n    rate_limit: one\n"
-    ))
+        ),
+        env,
+    )
 }
 
 #[tokio::test]
@@ -368,9 +375,9 @@ async fn deadlines_and_the_gateways_own_answers_are_grpc_statuses() {
 }
 
 #[tokio::test]
-async fn two_hundred_concurrent_calls_share_two_connections_and_a_goaway_loses_none() {
+async fn two_hundred_concurrent_calls_share_two_connections_per_worker_and_a_goaway_loses_none() {
     let (addr, seen) = grpc_upstream(None).await;
-    let gw = gateway_for(addr);
+    let gw = gateway_for_with(addr, &[("NEXUS_WORKERS", "2")]);
     let mut calls = Vec::new();
     for c in 0..4 {
         let client = h2_client(gw.addr).await;
@@ -392,8 +399,9 @@ async fn two_hundred_concurrent_calls_share_two_connections_and_a_goaway_loses_n
         assert_eq!(status, Some(HeaderValue::from_static("0")));
     }
     assert_eq!(seen.requests.load(Ordering::SeqCst), 200);
+    // Each worker has its own connections to the endpoint, up to 100 streams each.
     let conns = seen.connections.load(Ordering::SeqCst);
-    assert!((1..=2).contains(&conns), "200 streams over {conns} connections");
+    assert!((1..=4).contains(&conns), "200 streams over {conns} connections from 2 workers");
 
     // An upstream that sends GOAWAY after every 5 requests: every call still succeeds.
     let (addr, seen) = grpc_upstream(Some(5)).await;

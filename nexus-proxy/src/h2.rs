@@ -1,9 +1,11 @@
-//! HTTP/2 to an endpoint (`protocol: h2` over TLS with ALPN `h2`, `h2c` with prior knowledge):
-//! hyper's HTTP/2 client over the project's [`Connector`], with connections shared by every
-//! request to the endpoint. A connection carries up to [`STREAMS_PER_CONNECTION`] requests at
-//! once; the next request opens a second one (one opening at a time, so a burst of requests
-//! shares it instead of opening one each). A connection the upstream closed or sent GOAWAY on
-//! is left for a new one. Each connection is driven by a task of its own, as multiplexing needs.
+//! HTTP/2 to an endpoint (`protocol: h2` over TLS with ALPN `h2`, `h2c` with prior knowledge,
+//! `auto` when the endpoint picks `h2`): hyper's HTTP/2 client over the project's
+//! [`Connector`], with connections shared by every request of a worker thread to the endpoint
+//! (one set per worker, as the HTTP/1.1 pool keeps its idle connections: a connection is driven
+//! by a task on the worker that opened it, so its requests never wake another thread). A
+//! connection carries up to [`STREAMS_PER_CONNECTION`] requests at once; the next request opens
+//! a second one (one opening at a time per worker, so a burst of requests shares it instead of
+//! opening one each). A connection the upstream closed or sent GOAWAY on is left for a new one.
 
 use crate::connect::{Connector, UpstreamIo};
 use crate::error::{ErrorKind, ProxyError};
@@ -14,7 +16,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nexus_core::BoxError;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Requests one connection carries at once before a second one is opened. RFC 9113 §6.5.2
@@ -30,9 +32,15 @@ struct Conn<B> {
     streams: Arc<AtomicUsize>,
 }
 
-/// The HTTP/2 connections of one endpoint.
+/// The HTTP/2 connections of one endpoint, per worker thread ([`crate::pool::shard`]).
 pub(crate) struct H2Pool<B> {
     connector: Connector,
+    /// A shard is made on its thread's first request.
+    shards: Box<[OnceLock<Shard<B>>]>,
+}
+
+/// One worker's connections to the endpoint.
+struct Shard<B> {
     conns: Mutex<Vec<Conn<B>>>,
     /// Held while a connection is opened.
     opening: tokio::sync::Mutex<()>,
@@ -59,9 +67,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<B> H2Pool<B> {
-    /// Connections open now.
+    /// Connections open now, every worker's.
     pub(crate) fn connections(&self) -> usize {
-        lock(&self.conns).len()
+        self.shards.iter().filter_map(OnceLock::get).map(|s| lock(&s.conns).len()).sum()
+    }
+
+    /// The calling worker's connections.
+    fn shard(&self) -> &Shard<B> {
+        self.shards[crate::pool::shard()]
+            .get_or_init(|| Shard { conns: Mutex::new(Vec::new()), opening: tokio::sync::Mutex::new(()) })
     }
 }
 
@@ -73,12 +87,12 @@ where
 {
     /// A pool opening connections with `connector`.
     pub(crate) fn new(connector: Connector) -> Self {
-        Self { connector, conns: Mutex::new(Vec::new()), opening: tokio::sync::Mutex::new(()) }
+        Self { connector, shards: (0..crate::pool::SHARDS).map(|_| OnceLock::new()).collect() }
     }
 
     /// A connection with room for one more stream, and the stream's place on it.
     fn take(&self) -> Option<(SendRequest<B>, Stream)> {
-        let mut conns = lock(&self.conns);
+        let mut conns = lock(&self.shard().conns);
         conns.retain(|c| !c.sender.is_closed());
         let c =
             conns.iter().find(|c| c.sender.is_ready() && c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)?;
@@ -87,7 +101,7 @@ where
     }
 
     async fn open(&self, timeout: Duration) -> Result<(SendRequest<B>, Stream), ProxyError> {
-        let _one_at_a_time = self.opening.lock().await;
+        let _one_at_a_time = self.shard().opening.lock().await;
         // Someone else may have opened one while this request waited.
         if let Some(found) = self.take() {
             return Ok(found);
@@ -118,7 +132,7 @@ where
             }
         });
         let streams = Arc::new(AtomicUsize::new(streams));
-        lock(&self.conns).push(Conn { sender: sender.clone(), streams: Arc::clone(&streams) });
+        lock(&self.shard().conns).push(Conn { sender: sender.clone(), streams: Arc::clone(&streams) });
         Ok((sender, streams))
     }
 
@@ -147,7 +161,7 @@ where
                 Ok(res) => return Ok((res, stream)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => {
-                        lock(&self.conns).retain(|c| !Arc::ptr_eq(&c.streams, &stream.0));
+                        lock(&self.shard().conns).retain(|c| !Arc::ptr_eq(&c.streams, &stream.0));
                         req = unsent;
                     }
                     None => {

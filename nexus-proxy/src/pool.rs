@@ -79,7 +79,7 @@ where
 
 /// Thread shards per pool. A thread's shard is the order in which it first touched a pool,
 /// modulo this (so up to 64 worker threads each keep their own idle connections).
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 
 /// The calling thread's shard of every pool.
 ///
@@ -89,7 +89,7 @@ const SHARDS: usize = 64;
 /// need a cross-thread wake-up for every response; keeping idle connections per thread means a
 /// worker reuses its own. Under tokio's multi-thread scheduler any shard works; the per-thread
 /// split only spreads the queues' contention.
-fn shard() -> usize {
+pub(crate) fn shard() -> usize {
     thread_local!(static SHARD: Cell<usize> = const { Cell::new(usize::MAX) });
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     SHARD.with(|s| {

@@ -151,6 +151,27 @@ impl Replay {
 }
 
 impl<B> SendBody<B> {
+    /// A handle that [`resend`](Self::resend) can make this body again from: for a body read
+    /// whole, or one that keeps what it sends ([`Kept`]); `None` for a body sent once.
+    pub(crate) fn spare(&self) -> Option<Self> {
+        match self {
+            Self::Buffered { data, trailers } => {
+                Some(Self::Buffered { data: data.clone(), trailers: trailers.clone() })
+            }
+            Self::Kept(k) => Some(Self::Kept(k.again_unchecked())),
+            Self::Stream(_) | Self::Prefixed { .. } => None,
+        }
+    }
+
+    /// The body again from its start, made from a [`spare`](Self::spare); `None` when it can no
+    /// longer be (a kept body that sent more than [`MAX_REPLAY_BODY`]).
+    pub(crate) fn resend(&self) -> Option<Self> {
+        match self {
+            Self::Kept(k) => k.again().map(Self::Kept),
+            other => other.spare(),
+        }
+    }
+
     /// A body already read whole becomes a [`Replay`]; any other is sent once.
     // The `Err` side is the body handed back, not an error to pass around.
     #[allow(clippy::result_large_err)]

@@ -179,23 +179,10 @@ where
             SendBody::Stream(b) if nexus_core::grpc::is_grpc(&parts.headers) => SendBody::Kept(Kept::new(b)),
             other => other,
         };
-        let spare = match &body {
-            SendBody::Buffered { data, trailers } => {
-                Some(SendBody::Buffered { data: data.clone(), trailers: trailers.clone() })
-            }
-            SendBody::Kept(k) => Some(SendBody::Kept(k.again_unchecked())),
-            SendBody::Stream(_) | SendBody::Prefixed { .. } => None,
-        };
-        let copy = spare.map(|spare| (spare, parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let copy = body.spare().map(|spare| (spare, parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
         let again = move || {
             let (spare, method, uri, headers) = copy.as_ref()?;
-            let body = match spare {
-                SendBody::Buffered { data, trailers } => {
-                    SendBody::Buffered { data: data.clone(), trailers: trailers.clone() }
-                }
-                SendBody::Kept(k) => SendBody::Kept(k.again()?),
-                SendBody::Stream(_) | SendBody::Prefixed { .. } => return None,
-            };
+            let body = spare.resend()?;
             let mut req = Request::new(body);
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri.clone();
