@@ -314,6 +314,86 @@ async fn unary_and_streaming_calls_pass_with_their_trailers() {
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1, "one multiplexed connection");
 }
 
+/// tonic's codec for raw message bytes: tonic's client frames and unframes the messages,
+/// the echo sees them as they are (no generated code needed).
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Self;
+    type Decoder = Self;
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[tokio::test]
+async fn tonic_client_streaming_and_bidirectional_calls_stream_through() {
+    let (addr, _) = grpc_upstream(None).await;
+    let gw = gateway_for(addr);
+    let channel = tonic::transport::Channel::from_shared(gw.url("")).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+
+    // Client streaming: three messages sent over time, one answer (the echo counts them).
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let sender = tokio::spawn(async move {
+        for p in ["x", "y", "z"] {
+            tx.send(Bytes::from(p)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let messages = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/test.Echo/ClientStream");
+    let counted = grpc.client_streaming(tonic::Request::new(messages), path, RawCodec).await.expect("the call");
+    sender.await.unwrap();
+    assert_eq!(counted.into_inner(), Bytes::from_static(&[3]));
+
+    // Bidirectional: each message comes back before the next is sent (nothing is buffered).
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let messages = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/test.Echo/Bidi");
+    // (The call's response head comes once the first message is on its way.)
+    let (call, ()) = tokio::join!(grpc.streaming(tonic::Request::new(messages), path, RawCodec), async {
+        tx.send(Bytes::from_static(b"one")).await.unwrap();
+    });
+    let mut replies = call.expect("the call").into_inner();
+    async fn next(replies: &mut tonic::Streaming<Bytes>) -> Result<Option<Bytes>, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(5), replies.message()).await.expect("the echo in time")
+    }
+    assert_eq!(next(&mut replies).await.unwrap(), Some(Bytes::from_static(b"one")));
+    for p in ["two", "three"] {
+        tx.send(Bytes::from(p)).await.unwrap();
+        assert_eq!(next(&mut replies).await.unwrap(), Some(Bytes::from(p)));
+    }
+    drop(tx);
+    assert_eq!(next(&mut replies).await.unwrap(), None, "the stream ends with status 0");
+}
+
 /// A `grpc-timeout` value as a duration.
 fn nexus_core_timeout(v: &HeaderValue) -> Duration {
     let s = v.to_str().unwrap();
