@@ -71,6 +71,7 @@ mod replay;
 pub mod service;
 pub mod spans;
 pub mod stack;
+mod target;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;

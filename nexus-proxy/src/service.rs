@@ -92,7 +92,7 @@ where
             let client = client_of(&req, &this.trusted);
             let id = req.headers().get(nexus_core::error::REQUEST_ID).cloned();
             Ok(match this.upstream.forward(req, &client, this.timeout).await {
-                Ok(res) => crate::gateway::own_version(res).map(GatewayBody::stream),
+                Ok(res) => crate::target::own_version(res).map(GatewayBody::stream),
                 Err(e) => e.to_gateway_error().into_response(id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")),
             })
         })
