@@ -108,6 +108,14 @@ where
         if k.ended {
             return Poll::Ready(None);
         }
+        if Arc::strong_count(&self.shared) == 1 && !k.overflowed {
+            // No other handle is left to send the body again (the request was answered, or
+            // this is the last try), and this one has sent what was kept: keep nothing more. A
+            // long streaming call does not hold its first 64 KiB to its end.
+            k.overflowed = true;
+            k.frames = Vec::new();
+            self.next = 0;
+        }
         let polled = Pin::new(&mut k.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => k.ended = true,
@@ -305,13 +313,15 @@ mod tests {
     async fn a_kept_body_sends_everything_again_whichever_copy_read_it() {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
         let stream = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-        let mut first = SendBody::Kept(Kept::new(stream));
+        let kept = Kept::new(stream);
+        // A handle to make the copy from, taken before the first try (as `send_h2` does).
+        let spare = kept.again_unchecked();
+        let mut first = SendBody::Kept(kept);
         tx.send(Ok(Frame::data(Bytes::from_static(b"one ")))).await.unwrap();
         // The first try sends one frame, and is refused.
         let frame = first.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "one ");
-        let SendBody::Kept(k) = &first else { unreachable!() };
-        let second = SendBody::Kept(k.again().expect("a small body can be sent again"));
+        let second = SendBody::Kept(spare.again().expect("a small body can be sent again"));
         // The dead try reads the next frame before it is dropped: the copy still gets it.
         tx.send(Ok(Frame::data(Bytes::from_static(b"two ")))).await.unwrap();
         assert_eq!(first.frame().await.unwrap().unwrap().into_data().unwrap(), "two ");
@@ -328,6 +338,26 @@ mod tests {
         // Past the replay limit, no copy can be made.
         let big: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             (0..20).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 8192])))).collect();
+        // With no handle left to make a copy from, nothing more is kept.
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"a"))), Ok(Frame::data(Bytes::from_static(b"b")))];
+        let alone = Kept::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let shared = Arc::downgrade(&alone.shared);
+        let body = SendBody::Kept(alone);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "ab");
+        assert!(shared.upgrade().is_none(), "dropped with its body");
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"a"))), Ok(Frame::data(Bytes::from_static(b"b")))];
+        let alone = Kept::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let spare = alone.again_unchecked();
+        let mut body = SendBody::Kept(alone);
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+        assert_eq!(lock(&spare.shared).frames.len(), 1, "kept while a copy can be made");
+        drop(spare);
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
+        let SendBody::Kept(k) = &body else { unreachable!() };
+        assert!(lock(&k.shared).frames.is_empty(), "nothing kept once no copy can be made");
+
         let sent = Kept::new(StreamBody::new(futures_util::stream::iter(big)));
         let spare = sent.again_unchecked();
         assert!(spare.again().is_some());
