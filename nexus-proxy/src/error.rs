@@ -159,7 +159,7 @@ impl ProxyError {
     }
 }
 
-fn chain<'a>(
+pub(crate) fn chain<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(err), |e| e.source())

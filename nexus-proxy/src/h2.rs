@@ -142,7 +142,8 @@ where
     /// Sent again, once, when HTTP/2 guarantees the upstream never processed it (RFC 9113
     /// §8.7): a request the connection gave back unsent (it was closing: a GOAWAY came) goes
     /// on a fresh connection; one the upstream refused with `REFUSED_STREAM` goes again when
-    /// `again` can make a copy (its body was read whole). A stream a GOAWAY cut is not sent
+    /// `again` can make a copy (a body read whole, or one that kept what it sent:
+    /// [`crate::replay::Kept`]). A stream a GOAWAY cut is not sent
     /// again: h2 reports streams above the GOAWAY's last stream id and streams the closing
     /// connection left behind with the same error, and the second kind may have been processed.
     pub(crate) async fn send(
@@ -186,12 +187,7 @@ where
 
 /// Whether the upstream reset the stream with `REFUSED_STREAM`: it did not process it.
 fn refused(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = err.source();
-    }
-    false
+    crate::error::chain(e)
+        .find_map(|err| err.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
