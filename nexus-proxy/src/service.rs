@@ -215,7 +215,8 @@ where
     type Response = GatewayResponse<B>;
     type Error = Infallible;
     /// Boxed: the gateway's own future is awaited in place by the `nexus` binary, but a
-    /// `Service` must name its future (the one boxed call of an embedder's request).
+    /// `Service` must name its future (a second box on an embedder's request, beside the
+    /// forward's: see [`RouteTarget::forward`](crate::RouteTarget::forward)).
     type Future = BoxFuture<Result<GatewayResponse<B>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {

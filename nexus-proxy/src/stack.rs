@@ -16,8 +16,10 @@
 //!
 //! Each layer is optional: a route without `auth` has no JWT layer at all, not
 //! one that does nothing. The stack's type is static and the server awaits its
-//! future in place: the binary's request path boxes nothing (an embedder's
-//! [`GatewayService`](crate::GatewayService) boxes once, for a nameable future).
+//! future in place. The one box on the binary's request path is the upstream's
+//! forward, at the bottom (see [`RouteTarget::forward`](crate::RouteTarget::forward)):
+//! every layer above moves a pointer, not the forward's state (an embedder's
+//! [`GatewayService`](crate::GatewayService) boxes once more, for a nameable future).
 //!
 //! State that outlives a reload lives in [`Policies`]: a limit whose settings
 //! did not change keeps its buckets, an auth policy its key set (and JWKS
@@ -108,7 +110,8 @@ impl<B: RequestBody> RouteStack<B> {
     /// The Layers wrap a forward that borrows this snapshot's target and the client, so
     /// the stack is applied per request (`Layer::layer`: a few reference-count increments,
     /// what cloning a built stack costs too) and its future is one static type the server
-    /// awaits in place: no boxing, no allocation for the stack. Everything is decided
+    /// awaits in place: no allocation for the stack (the forward below it is boxed once,
+    /// so that the layers move a pointer instead of its state). Everything is decided
     /// before the first poll, so the request is held once (see `Upstream::forward_send`).
     ///
     /// `grpc`: the request is a gRPC one, and the route's own answers (its Layers' 401, 429,
@@ -127,12 +130,12 @@ impl<B: RequestBody> RouteStack<B> {
         let svc = tower::service_fn(move |req: Request<LimitedBody<B>>| {
             // The access log's `user`: the claims are on the request only below authentication.
             let user = if logged { access_log::user_of(&req) } else { None };
-            Box::pin(target.forward_as(req, client, grpc).map(move |mut res| {
+            target.forward_as(req, client, grpc).map(move |mut res| {
                 if let Some(user) = user {
                     res.extensions_mut().insert(access_log::User(user));
                 }
                 Ok::<_, Infallible>(res)
-            }))
+            })
         });
         // A claim-keyed limit: after authentication, which provides the claims.
         let svc = match &self.after_auth {

@@ -399,9 +399,9 @@ where
         let mut req = req;
         #[cfg(feature = "otel")]
         let span = if sampled && nexus_middleware::otel::exporting() { spans::client_span(&mut req) } else { None };
-        let send = self.send(guard, req, client, deadline);
-        Either::Right(async move {
-            let result = send.await;
+        // What follows the answer is synchronous: a `map`, not an `async` block, which would
+        // hold the send future twice (once captured, once awaited) and double the try's size.
+        Either::Right(self.send(guard, req, client, deadline).map(move |result| {
             #[cfg(feature = "otel")]
             if let Some(span) = span {
                 span.finish(self.shared.endpoints[index].authority(), retries, &result);
@@ -439,7 +439,7 @@ where
                 _ => {}
             }
             (result, Some(index))
-        })
+        }))
     }
 
     /// Feed endpoint `index`'s answer to outlier detection (first, so that the breaker
