@@ -342,6 +342,14 @@ where
     /// future is returned as it is, so the request is not held twice (an `async fn`
     /// keeps its arguments besides its callee's future), which keeps the request's
     /// future small where every layer above moves it.
+    ///
+    /// Each way is boxed: this state (the try, its connection exchange, the answer) is the
+    /// largest part of a request's future, and every future above it is moved whole (as it
+    /// is wrapped, and into its caller's state) before it is first polled. One allocation
+    /// costs less than moving the state through every layer (callgrind, bare proxy: about
+    /// 600 fewer instructions per request). Boxed apart, a request without retries gets a
+    /// box under 1 KiB, which the allocator serves from its fast path; the retries' state
+    /// is larger.
     pub(crate) fn forward_send<'a>(
         &'a self,
         req: Request<SendBody<B>>,
@@ -351,12 +359,12 @@ where
         let scan = HeadScan::of(req.headers());
         match &self.retry {
             Some(retry) if is_idempotent(req.method()) && !scan.upgrade => {
-                Either::Left(self.forward_with_retries(req, scan, client, timeout, retry))
+                Either::Left(Box::pin(self.forward_with_retries(req, scan, client, timeout, retry)))
             }
-            _ => Either::Right(
+            _ => Either::Right(Box::pin(
                 self.attempt(Outgoing::Owned(req, scan), client, deadline_after(timeout), 0, (0, scan.sampled))
                     .map(|(result, _)| result),
-            ),
+            )),
         }
     }
 
