@@ -71,15 +71,22 @@ fn random_bytes() -> [u8; 16] {
 /// assert_eq!(h["x-request-id"], id);
 /// ```
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    let mut ids = headers.get_all(REQUEST_ID).iter();
-    if let (Some(v), None) = (ids.next(), ids.next())
-        && is_valid(v)
-    {
-        return v.clone();
+    // One hash of the name for the lookup and the write (an entry, not `get_all` + `insert`).
+    match headers.entry(REQUEST_ID) {
+        http::header::Entry::Occupied(mut o) => {
+            let mut ids = o.iter();
+            if let (Some(v), None) = (ids.next(), ids.next())
+                && is_valid(v)
+            {
+                return v.clone();
+            }
+            // Invalid, or more than one: replaced by a single new id.
+            let id = generate();
+            o.insert(id.clone());
+            id
+        }
+        http::header::Entry::Vacant(v) => v.insert(generate()).clone(),
     }
-    let id = generate();
-    headers.insert(REQUEST_ID, id.clone());
-    id
 }
 
 /// Adds [`RequestId`] to a service.
@@ -190,6 +197,17 @@ mod tests {
         }
         let edge = [b'~'; 128];
         assert_eq!(roundtrip(Some(&edge)).await.0.len(), 128);
+    }
+
+    #[test]
+    fn two_client_ids_are_replaced_by_one_new_id() {
+        // Which one would be the request's? Neither: a new id, and only it, goes upstream.
+        let mut h = http::HeaderMap::new();
+        h.append(REQUEST_ID, HeaderValue::from_static("first"));
+        h.append(REQUEST_ID, HeaderValue::from_static("second"));
+        let id = ensure(&mut h);
+        assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok(), "{id:?}");
+        assert_eq!(h.get_all(REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
     }
 
     #[test]
