@@ -35,30 +35,15 @@ pub fn is_valid(v: &HeaderValue) -> bool {
 
 /// A new random id (UUID v4, lower-case, hyphenated).
 ///
-/// The 122 random bits are SipHash-1-3 (std's `RandomState`, keyed from the OS once per
-/// thread) of a per-thread counter: unique, and not guessable from earlier ids, without
-/// a system call or a lock per request.
+/// The 122 random bits come from `rand`'s thread-local generator (ChaCha12, seeded from the
+/// OS and reseeded as it goes): unique, and not guessable from earlier ids, without a
+/// system call or a lock per request. (It makes 256 bytes at a time, 16 ids' worth.)
 pub fn generate() -> HeaderValue {
-    let bytes = random_bytes();
+    // One u128 (four words of the block), not sixteen u8 draws.
+    let bytes = rand::random::<u128>().to_le_bytes();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
-}
-
-/// 16 random bytes: SipHash-1-3 of a per-thread counter, keyed from the OS once per thread.
-fn random_bytes() -> [u8; 16] {
-    use std::hash::BuildHasher;
-    thread_local! {
-        static IDS: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) = Default::default();
-    }
-    IDS.with(|(keys, counter)| {
-        let n = counter.get();
-        counter.set(n.wrapping_add(1));
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&keys.hash_one((n, 0u8)).to_le_bytes());
-        bytes[8..].copy_from_slice(&keys.hash_one((n, 1u8)).to_le_bytes());
-        bytes
-    })
 }
 
 /// Make sure `headers` carries a valid `X-Request-Id` and return it.
