@@ -218,7 +218,7 @@ where
             && (req.body().is_end_stream()
                 || req.body().size_hint().upper().is_some_and(|n| n <= MAX_REPLAY_BODY as u64));
         if !replayable {
-            return ResponseFuture { state: State::Once { fut: self.inner.call(req) }, ctx: None };
+            return ResponseFuture { state: State::Once { fut: self.inner.call(req) } };
         }
         // The service poll_ready readied goes with this request; the layer keeps a clone.
         let clone = self.inner.clone();
@@ -233,32 +233,190 @@ where
             extensions: parts.extensions,
             body: Bytes::new(),
         };
+        let replays =
+            Replays { svc, template, readied: true, outcome: answered::<ResB, S::Error>, copy: Template::request };
         ResponseFuture {
-            state: State::Reading { collect: body.collect() },
-            ctx: Some(Ctx { svc, template, shared: Arc::clone(&self.shared), retries: 0, readied: true }),
+            state: State::Reading { collect: body.collect(), then: Some((replays, Arc::clone(&self.shared))) },
         }
     }
 }
 
-/// What a retrying request carries between tries.
-#[derive(Debug)]
-struct Ctx<S> {
+/// One request's tries, which a [`RetryLoop`] starts one after another: how a try starts
+/// and what its output says to the retry policy. [`Retry`] calls its inner service with a
+/// fresh copy of the request; `nexus_proxy::Upstream` sends its own tries (a head every try
+/// borrows, an endpoint not tried yet).
+///
+/// ```
+/// use std::future::{Ready, ready};
+/// use nexus_core::retry::{Failure, Outcome, RetryPolicy};
+/// use nexus_core::rng::Rng;
+/// use nexus_middleware::retry::{Retries, RetryLoop, Tries};
+///
+/// /// Refused twice, then answered.
+/// struct Flaky;
+///
+/// impl Tries for Flaky {
+///     type Output = Result<u16, Failure>;
+///     type Future = Ready<Self::Output>;
+///     fn start(&mut self, retries: u32) -> Self::Future {
+///         ready(if retries < 2 { Err(Failure::Connect) } else { Ok(200) })
+///     }
+///     fn outcome<'o>(&mut self, output: &'o Self::Output) -> Option<Outcome<'o>> {
+///         output.as_ref().err().map(|f| Outcome::Failed(Some(*f)))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let retries = Retries::new(RetryPolicy::default(), Rng::seeded(7)); // connect_error, 2 retries
+/// retries.begin();
+/// assert_eq!(RetryLoop::new(Flaky, &retries, None).await, Ok(200));
+/// # }
+/// ```
+pub trait Tries {
+    /// What a try ends with; the last try's is the answer.
+    type Output;
+    /// A try in flight.
+    type Future: Future<Output = Self::Output>;
+
+    /// Wait until the next try may start (a tower service's readiness); `Err` ends the
+    /// loop with that output. Always ready unless overridden.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Output>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Start the try that follows `retries` retries (0: the first try).
+    fn start(&mut self, retries: u32) -> Self::Future;
+
+    /// What a try's `output` is to the retry policy; `None`: it is the answer, whatever the
+    /// policy says (the gateway's own refusals, say).
+    fn outcome<'o>(&mut self, output: &'o Self::Output) -> Option<Outcome<'o>>;
+}
+
+pin_project! {
+    /// The retry loop: start a try, ask [`Retries::next`] about its outcome (policy,
+    /// deadline, budget), wait as long as it says and start the next, until it says the
+    /// output is the answer. [`Retry`] runs one per request it may retry, and so does
+    /// `nexus_proxy::Upstream` for its `retry` block: the one copy of the loop.
+    ///
+    /// `R` is the [`Retries`] in force, shared ([`Arc`]) or borrowed. The caller calls
+    /// [`Retries::begin`] when the request starts (the budget's deposit); `deadline`, when
+    /// given, is one no wait may end at or past.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RetryLoop<T: Tries, R> {
+        #[pin]
+        step: Step<T::Future>,
+        tries: T,
+        retries: R,
+        count: u32,
+        deadline: Option<Instant>,
+    }
+}
+
+impl<T: Tries, R: std::borrow::Borrow<Retries>> RetryLoop<T, R> {
+    /// The loop over `tries`, decided by `retries`; not started until polled.
+    pub fn new(tries: T, retries: R, deadline: Option<Instant>) -> Self {
+        Self { step: Step::Next, tries, retries, count: 0, deadline }
+    }
+}
+
+impl<T: Tries, R> std::fmt::Debug for RetryLoop<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryLoop").field("retries", &self.count).field("deadline", &self.deadline).finish()
+    }
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step<F> {
+        Next,
+        Trying { #[pin] fut: F },
+        Waiting { #[pin] sleep: Sleep },
+    }
+}
+
+impl<T: Tries, R: std::borrow::Borrow<Retries>> Future for RetryLoop<T, R> {
+    type Output = T::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
+        let mut this = self.project();
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Next => {
+                    if let Err(output) = ready!(this.tries.poll_ready(cx)) {
+                        return Poll::Ready(output);
+                    }
+                    let fut = this.tries.start(*this.count);
+                    this.step.set(Step::Trying { fut });
+                }
+                StepProj::Trying { fut } => {
+                    let output = ready!(fut.poll(cx));
+                    let retries = (*this.retries).borrow();
+                    let wait = this.tries.outcome(&output).and_then(|o| retries.next(*this.count, o, *this.deadline));
+                    let Some(wait) = wait else { return Poll::Ready(output) };
+                    drop(output);
+                    *this.count += 1;
+                    this.step.set(Step::Waiting { sleep: tokio::time::sleep(wait) });
+                }
+                StepProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.step.set(Step::Next);
+                }
+            }
+        }
+    }
+}
+
+/// What a tower service's result is to the retry policy.
+type Classify<Res, E> = for<'o> fn(&'o Result<Res, E>) -> Option<Outcome<'o>>;
+
+/// A tower service's tries: each calls it with a fresh copy of the request.
+struct Replays<S: Service<Request<B>>, B> {
     svc: S,
     template: Template,
-    shared: Arc<Retries>,
-    retries: u32,
-    /// The service is ready for the next call (true for the first, readied by the caller).
+    /// The service is ready for the next call (true for the first: the caller readied it).
     readied: bool,
+    /// A response's status and headers, or an error of the inner service (which says
+    /// nothing of its kind).
+    outcome: Classify<S::Response, S::Error>,
+    /// A fresh copy of the request ([`Template::request`]).
+    copy: fn(&Template) -> Request<B>,
+}
+
+impl<S: Service<Request<B>>, B> Tries for Replays<S, B> {
+    type Output = Result<S::Response, S::Error>;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Output>> {
+        if !self.readied {
+            ready!(self.svc.poll_ready(cx)).map_err(Err)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start(&mut self, _retries: u32) -> S::Future {
+        self.readied = false;
+        self.svc.call((self.copy)(&self.template))
+    }
+
+    fn outcome<'o>(&mut self, output: &'o Self::Output) -> Option<Outcome<'o>> {
+        (self.outcome)(output)
+    }
+}
+
+/// A tower service's outcome: its response, or an error of unknown kind.
+fn answered<ResB, E>(result: &Result<Response<ResB>, E>) -> Option<Outcome<'_>> {
+    Some(match result {
+        Ok(res) => Outcome::Answered(res.status().as_u16(), res.headers()),
+        Err(_) => Outcome::Failed(None),
+    })
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B: Body> {
+    enum State<F, B: Body, P, L> {
         Once { #[pin] fut: F },
-        Reading { #[pin] collect: Collect<B> },
-        Calling { #[pin] fut: F },
-        Waiting { #[pin] sleep: Sleep },
-        Ready,
+        Reading { #[pin] collect: Collect<B>, then: Option<P> },
+        Retrying { #[pin] tries: L },
     }
 }
 
@@ -266,8 +424,7 @@ pin_project! {
     /// Response future of [`Retry`].
     pub struct ResponseFuture<S: Service<Request<B>>, B: Body> {
         #[pin]
-        state: State<S::Future, B>,
-        ctx: Option<Ctx<S>>,
+        state: State<S::Future, B, (Replays<S, B>, Arc<Retries>), RetryLoop<Replays<S, B>, Arc<Retries>>>,
     }
 }
 
@@ -290,57 +447,26 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Once { fut } => return fut.poll(cx),
-                StateProj::Reading { collect } => {
-                    let ctx = this.ctx.as_mut().expect("retry context");
-                    match ready!(collect.poll(cx)) {
-                        Ok(collected) => ctx.template.body = collected.to_bytes(),
-                        Err(_) => {
+                StateProj::Reading { collect, then } => {
+                    let (mut replays, shared) = then.take().expect("polled after completion");
+                    match collect.poll(cx) {
+                        Poll::Pending => {
+                            *then = Some((replays, shared));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(collected)) => replays.template.body = collected.to_bytes(),
+                        Poll::Ready(Err(_)) => {
                             let res = GatewayError::new(ErrorCode::BadRequest)
                                 .with_message("the request body could not be read")
-                                .into_response_for(&ctx.template.headers);
+                                .into_response_for(&replays.template.headers);
                             return Poll::Ready(Ok(res));
                         }
                     }
-                    this.state.set(State::Ready);
+                    this.state.set(State::Retrying { tries: RetryLoop::new(replays, shared, None) });
                 }
-                StateProj::Ready => {
-                    let ctx = this.ctx.as_mut().expect("retry context");
-                    if !ctx.readied {
-                        ready!(ctx.svc.poll_ready(cx))?;
-                    }
-                    ctx.readied = false;
-                    let fut = ctx.svc.call(ctx.template.request());
-                    this.state.set(State::Calling { fut });
-                }
-                StateProj::Calling { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    let ctx = this.ctx.as_mut().expect("retry context");
-                    match ctx.wait_before_retry(&result) {
-                        Some(wait) => {
-                            ctx.retries += 1;
-                            this.state.set(State::Waiting { sleep: tokio::time::sleep(wait) });
-                        }
-                        None => return Poll::Ready(result),
-                    }
-                }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
-                    this.state.set(State::Ready);
-                }
+                StateProj::Retrying { tries } => return tries.poll(cx),
             }
         }
-    }
-}
-
-impl<S> Ctx<S> {
-    /// `Some(wait)` when this outcome is retried (and the budget allows it).
-    fn wait_before_retry<ResB, E>(&self, result: &Result<Response<ResB>, E>) -> Option<Duration> {
-        let outcome = match result {
-            Ok(res) => Outcome::Answered(res.status().as_u16(), res.headers()),
-            // The inner service's error type says nothing of its kind.
-            Err(_) => Outcome::Failed(None),
-        };
-        self.shared.next(self.retries, outcome, None)
     }
 }
 
@@ -486,24 +612,16 @@ mod tests {
         assert!((6..=7).contains(&n), "{n}");
     }
 
-    #[test]
-    fn connect_errors_are_retried_only_when_listed() {
+    #[tokio::test(start_paused = true)]
+    async fn connect_errors_are_retried_only_when_listed() {
         let p = RetryPolicy { retry_on: vec![RetryOn::Status(503)], ..policy() };
-        let ctx = Ctx {
-            svc: (),
-            template: Template {
-                method: Method::GET,
-                uri: Uri::default(),
-                version: Version::HTTP_11,
-                headers: HeaderMap::new(),
-                extensions: Extensions::new(),
-                body: Bytes::new(),
-            },
-            shared: RetryLayer::new(p).shared,
-            retries: 0,
-            readied: true,
-        };
+        let retries = Retries::new(p, Rng::seeded(1));
+        retries.begin();
         let err: Result<Response<()>, &str> = Err("refused");
-        assert_eq!(ctx.wait_before_retry(&err), None);
+        let outcome = answered(&err).expect("an error of the inner service is an outcome");
+        assert_eq!(retries.next(0, outcome, None), None);
+        let listed = Retries::new(policy(), Rng::seeded(1));
+        listed.begin();
+        assert!(listed.next(0, outcome, None).is_some(), "connect_error is listed (the default)");
     }
 }

@@ -1,20 +1,22 @@
-//! Retries of one upstream: each retry is decided by [`Retries::next`], the one
-//! `RetryLayer` asks too (policy, budget, deadline, counter); what is the upstream's own is
-//! where a try goes (an endpoint not tried yet), and that the head is borrowed by every try
-//! (no copy per try for a request without a body).
+//! Retries of one upstream, run by the [`RetryLoop`] that `RetryLayer` runs too: each retry
+//! is decided by [`Retries::next`] (policy, budget, deadline, counter). What is the
+//! upstream's own is its [`Tries`]: where a try goes (an endpoint not tried yet), and that
+//! the head is borrowed by every try (no copy per try for a request without a body).
 
 use super::{ClientInfo, Outgoing, Upstream, deadline_from, to_origin_form};
 use crate::body::UpstreamBody;
 use crate::error::ProxyError;
 use crate::headers::{self, HeadScan};
 use crate::replay::SendBody;
+use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::Body;
 use nexus_core::BoxError;
 use nexus_core::retry::Outcome;
-use nexus_middleware::retry::Retries;
+use nexus_middleware::retry::{Retries, RetryLoop, Tries};
 use std::future::Future;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 impl<B> Upstream<B>
@@ -80,44 +82,61 @@ where
         self.retry_loop(&parts, (!lean).then_some(&replay), scan, client, deadline, retry).await
     }
 
-    /// Try, and try again while the policy, the deadline and the budget allow. `replay`:
-    /// the body to send with each try; without it `parts` is a head ready for the wire.
-    async fn retry_loop(
-        &self,
-        parts: &http::request::Parts,
-        replay: Option<&crate::replay::Replay>,
+    /// Try, and try again while the policy, the deadline and the budget allow (the one
+    /// [`RetryLoop`] that `RetryLayer` runs too). `replay`: the body to send with each try;
+    /// without it `parts` is a head ready for the wire.
+    fn retry_loop<'s>(
+        &'s self,
+        parts: &'s http::request::Parts,
+        replay: Option<&'s crate::replay::Replay>,
         scan: HeadScan,
-        client: &ClientInfo,
+        client: &'s ClientInfo,
         deadline: tokio::time::Instant,
-        retry: &Retries,
-    ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
-        let mut avoid = 0u64;
-        let mut retries = 0;
-        loop {
+        retry: &'s Retries,
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + 's {
+        let start = move |avoid, retries| {
             let out = match replay {
                 None => Outgoing::Lean(parts),
                 Some(replay) => Outgoing::Owned(rebuild(parts, replay.body()), scan),
             };
-            let (result, endpoint) = self.attempt(out, client, deadline, avoid, (retries, scan.sampled)).await;
-            if let Some(i) = endpoint.filter(|i| *i < 64) {
-                avoid |= 1 << i;
-            }
-            let outcome = match &result {
-                Ok(res) => Outcome::Answered(res.status().as_u16(), res.headers()),
-                Err(e) => match e.failure() {
-                    Some(failure) => Outcome::Failed(Some(failure)),
-                    // The gateway's own refusals (circuit open, no healthy endpoint, the
-                    // client's body) are never retried.
-                    None => return result,
-                },
-            };
-            // Decided as `RetryLayer` decides it: policy, then deadline, then budget (counted).
-            let Some(wait) = retry.next(retries, outcome, Some(deadline)) else {
-                return result;
-            };
-            drop(result);
-            tokio::time::sleep(wait).await;
-            retries += 1;
+            self.attempt(out, client, deadline, avoid, (retries, scan.sampled))
+        };
+        let tries = EndpointTries { start, avoid: 0, body: PhantomData };
+        RetryLoop::new(tries, retry, Some(deadline)).map(|(result, _)| result)
+    }
+}
+
+/// An upstream's tries of one request: each goes to an endpoint not tried yet, while a
+/// healthy one is left. `start(avoid, retries)` sends a try, avoiding the endpoints of the
+/// bitmask `avoid`, and gives its answer and the endpoint it went to.
+struct EndpointTries<S, B> {
+    start: S,
+    /// The endpoints tried (bit `i`: endpoint `i`; the first 64 are told apart).
+    avoid: u64,
+    body: PhantomData<fn() -> B>,
+}
+
+impl<S, F, B> Tries for EndpointTries<S, B>
+where
+    S: FnMut(u64, u32) -> F,
+    F: Future<Output = (Result<Response<UpstreamBody<B>>, ProxyError>, Option<usize>)>,
+{
+    type Output = F::Output;
+    type Future = F;
+
+    fn start(&mut self, retries: u32) -> F {
+        (self.start)(self.avoid, retries)
+    }
+
+    fn outcome<'o>(&mut self, (result, endpoint): &'o Self::Output) -> Option<Outcome<'o>> {
+        if let Some(i) = endpoint.filter(|i| *i < 64) {
+            self.avoid |= 1 << i;
+        }
+        match result {
+            Ok(res) => Some(Outcome::Answered(res.status().as_u16(), res.headers())),
+            // The gateway's own refusals (circuit open, no healthy endpoint, the client's
+            // body) are never retried.
+            Err(e) => e.failure().map(|failure| Outcome::Failed(Some(failure))),
         }
     }
 }
