@@ -76,9 +76,9 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
 }
 
 async fn upstreams(State(s): State<AdminState>) -> Response {
-    let snapshot = s.reloader.shared().snapshot.load_full();
+    let snapshot = s.reloader.front().snapshot();
     let upstreams: Vec<Value> = snapshot
-        .gateway
+        .gateway()
         .upstreams()
         .values()
         .map(|u| {
@@ -108,8 +108,8 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
 
 /// The running routes in precedence order (SPEC §9's shape).
 async fn routes(State(s): State<AdminState>) -> Response {
-    let snapshot = s.reloader.shared().snapshot.load_full();
-    let routes: Vec<Value> = snapshot.gateway.table().in_precedence_order().into_iter().map(route_json).collect();
+    let snapshot = s.reloader.front().snapshot();
+    let routes: Vec<Value> = snapshot.gateway().table().in_precedence_order().into_iter().map(route_json).collect();
     axum::Json(json!({ "routes": routes })).into_response()
 }
 
@@ -200,8 +200,8 @@ async fn explain(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response
         }
     }
     let loaded = s.reloader.current();
-    let snapshot = s.reloader.shared().snapshot.load_full();
-    match explain_request(&loaded, snapshot.gateway.table(), &method, host.as_deref(), &path, &headers) {
+    let snapshot = s.reloader.front().snapshot();
+    match explain_request(&loaded, snapshot.gateway().table(), &method, host.as_deref(), &path, &headers) {
         Ok(answer) => {
             let status = if answer["matched"] == true { StatusCode::OK } else { StatusCode::NOT_FOUND };
             (status, axum::Json(answer)).into_response()

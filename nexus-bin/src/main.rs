@@ -14,7 +14,6 @@ mod demo;
 mod logging;
 mod reload;
 mod server;
-mod stack;
 mod telemetry;
 
 fn main() -> ExitCode {

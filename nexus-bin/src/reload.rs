@@ -5,9 +5,8 @@
 //! An invalid file changes nothing but `last_reload`.
 
 use crate::config_file::{self, LoadedConfig};
-use crate::stack::{Shared, Snapshot};
 use nexus_core::config::{ConfigError, ConfigErrors, Overrides};
-use nexus_proxy::tls::LoadedTls;
+use nexus_proxy::front::Front;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,7 +45,7 @@ struct State {
 /// The config lifecycle of a running gateway.
 #[derive(Debug)]
 pub(crate) struct Reloader {
-    shared: Arc<Shared>,
+    front: Arc<Front>,
     overrides: Overrides,
     source: PathBuf,
     state: Mutex<State>,
@@ -55,9 +54,9 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(shared: Arc<Shared>, loaded: LoadedConfig, overrides: Overrides) -> Self {
+    pub(crate) fn new(front: Arc<Front>, loaded: LoadedConfig, overrides: Overrides) -> Self {
         Self {
-            shared,
+            front,
             overrides,
             source: loaded.source.clone(),
             state: Mutex::new(State { history: vec![Arc::new(loaded)], pinned_file: None, last: None }),
@@ -65,8 +64,8 @@ impl Reloader {
         }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub(crate) fn front(&self) -> &Arc<Front> {
+        &self.front
     }
 
     /// The running config.
@@ -186,51 +185,13 @@ impl Reloader {
     }
 
     fn install(&self, loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
-        let snapshot = Snapshot::build(&loaded.config, Some(&self.shared.snapshot.load()))?;
-        // The TLS files are read before anything is swapped: a pair that does not load
-        // fails the whole reload, and the running config (and certificates) stay.
-        let tls = match (&self.shared.tls, &loaded.config.server.tls) {
-            (Some(terminator), Some(config)) => match LoadedTls::load(config) {
-                Ok(tls) => Some((terminator, tls)),
-                Err(e) => {
-                    terminator.count_failed_reload();
-                    return Err(e);
-                }
-            },
-            _ => None,
-        };
-        // Upstream tries' client spans go to the new config's export from now on.
-        snapshot.gateway.tracing().install();
-        self.shared.snapshot.store(Arc::new(snapshot));
-        if let Some((terminator, tls)) = tls {
-            terminator.install(tls);
-        }
-        Ok(())
+        self.front.install(&loaded.config)
     }
 
     /// Re-read the running config's certificate files; a pair that fails to load keeps
     /// the running one (logged, and counted in `nexus_tls_reloads_total{result="error"}`).
     fn refresh_tls(&self, trigger: &str) {
-        let current = self.current();
-        if let (Some(terminator), Some(config)) = (&self.shared.tls, &current.config.server.tls) {
-            match terminator.reload(config) {
-                Ok(()) => tracing::info!(%trigger, "TLS certificates re-read"),
-                Err(errors) => {
-                    for e in &errors {
-                        tracing::error!(%trigger, error = %e, "TLS reload failed; the running certificates stay");
-                    }
-                }
-            }
-        }
-        // The upstream side: CA files and client certificates of `https://` upstreams.
-        for (name, upstream) in self.shared.snapshot.load().gateway.upstreams() {
-            if let Err(errors) = upstream.reload_tls() {
-                for e in &errors {
-                    tracing::error!(%trigger, upstream = %name, error = %e,
-                        "upstream TLS reload failed; the running CA and client certificate stay");
-                }
-            }
-        }
+        self.front.refresh_tls(&self.current().config, trigger);
     }
 
     /// Go back to the previous good version and pin it until the file changes.

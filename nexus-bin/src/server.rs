@@ -2,16 +2,13 @@
 
 use crate::config_file::LoadedConfig;
 use crate::reload::{self, Reloader};
-use crate::stack::{self, Shared};
 use nexus_core::config::{Config, Overrides};
 use nexus_health::ReadinessGate;
-use nexus_health::shutdown::Shutdown;
-use nexus_proxy::ClientInfo;
+use nexus_proxy::front::Front;
 use nexus_proxy::http1::Server;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Environment variable that sets the number of workers (default: the CPUs this
@@ -70,12 +67,12 @@ fn spawn_workers(
     listener: &std::net::TcpListener,
     tls: Option<&std::net::TcpListener>,
     workers: usize,
-    shared: &Arc<Shared>,
+    front: &Arc<Front>,
     config: &Config,
 ) {
     for i in 1..workers {
-        let (listener, shared, server) = match listener.try_clone() {
-            Ok(l) => (l, Arc::clone(shared), server(config)),
+        let (listener, front, server) = match listener.try_clone() {
+            Ok(l) => (l, Arc::clone(front), server(config)),
             Err(e) => {
                 tracing::error!(worker = i, error = %e, "cannot share the listener with a worker");
                 continue;
@@ -96,11 +93,11 @@ fn spawn_workers(
             };
             rt.block_on(async move {
                 let tls_loop = match tls.map(TcpListener::from_std).transpose() {
-                    Ok(l) => l.map(|l| tokio::spawn(accept_loop(l, Arc::clone(&shared), tls_server, true))),
+                    Ok(l) => l.map(|l| tokio::spawn(Arc::clone(&front).accept_loop(l, tls_server, true))),
                     Err(e) => return tracing::error!(worker = i, error = %e, "cannot register the TLS listener"),
                 };
                 match TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, shared, server, false).await,
+                    Ok(l) => front.accept_loop(l, server, false).await,
                     Err(e) => return tracing::error!(worker = i, error = %e, "cannot register the listener"),
                 }
                 if let Some(t) = tls_loop {
@@ -149,7 +146,7 @@ pub(crate) async fn serve(
     let metrics = crate::telemetry::install();
     crate::telemetry::config_version(&loaded.version, None);
     let gate = ReadinessGate::new();
-    let shared = match stack::shared(config, gate.clone()) {
+    let front = match Front::new(config, gate.clone()) {
         Ok(s) => s,
         Err(e) => {
             for err in &e {
@@ -174,7 +171,7 @@ pub(crate) async fn serve(
         // Deregistered from this runtime, cloned for the other workers, then registered again.
         let shared_listeners = main.into_std().and_then(|l| {
             let t = tls.map(TcpListener::into_std).transpose()?;
-            spawn_workers(&l, t.as_ref(), workers, &shared, config);
+            spawn_workers(&l, t.as_ref(), workers, &front, config);
             Ok((TcpListener::from_std(l)?, t.map(TcpListener::from_std).transpose()?))
         });
         match shared_listeners {
@@ -185,11 +182,11 @@ pub(crate) async fn serve(
         (main, tls)
     };
 
-    let shutdown = shared.shutdown.clone();
-    let main_task = tokio::spawn(accept_loop(main, Arc::clone(&shared), server(config), false));
-    let tls_task = tls.map(|l| tokio::spawn(accept_loop(l, Arc::clone(&shared), server(config), true)));
+    let shutdown = front.shutdown().clone();
+    let main_task = tokio::spawn(Arc::clone(&front).accept_loop(main, server(config), false));
+    let tls_task = tls.map(|l| tokio::spawn(Arc::clone(&front).accept_loop(l, server(config), true)));
     let token = std::env::var(&config.admin.token_env).ok();
-    let reloader = Arc::new(Reloader::new(Arc::clone(&shared), loaded.clone(), overrides));
+    let reloader = Arc::new(Reloader::new(Arc::clone(&front), loaded.clone(), overrides));
     let admin_state = crate::admin::AdminState::new(Arc::clone(&reloader), gate.clone(), token, metrics);
     let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, shutdown.subscribe()));
     let hup_task = reload::on_sighup(Arc::clone(&reloader)).map(tokio::spawn);
@@ -211,7 +208,7 @@ pub(crate) async fn serve(
     }
 
     // The shutdown timings are the running config's (a reload may have changed them).
-    let code = shutdown_sequence(&reloader, &gate, &shutdown, &mut signals).await;
+    let code = shutdown_sequence(&reloader, &front, &mut signals).await;
     // Stopping: listeners close, connections finish what they have.
     shutdown.stop();
     let _ = main_task.await;
@@ -256,15 +253,9 @@ fn bind_failed(key: &str, addr: SocketAddr, e: &std::io::Error) -> ExitCode {
 
 /// SIGTERM/SIGINT: readiness 503 at once, keep serving for `drain_delay`, then
 /// return so listeners close. A second signal during the delay exits 1.
-async fn shutdown_sequence(
-    reloader: &Reloader,
-    gate: &ReadinessGate,
-    shutdown: &Shutdown,
-    signals: &mut Signals,
-) -> ExitCode {
+async fn shutdown_sequence(reloader: &Reloader, front: &Front, signals: &mut Signals) -> ExitCode {
     signals.recv().await;
-    gate.set_draining();
-    shutdown.drain();
+    front.drain();
     let delay = reloader.current().config.server.shutdown.drain_delay.as_std();
     tracing::info!(?delay, "shutdown signal: readiness is now 503; draining");
     tokio::select! {
@@ -316,74 +307,9 @@ fn server(config: &Config) -> Server {
         .with_h2_idle_timeout(limits.h2_idle_timeout.as_std())
 }
 
-/// Accept connections until the shutdown stops; `tls`: this is the TLS listener (each
-/// connection's handshake first, within the header read timeout).
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, server: Server, tls: bool) {
-    let tls = if tls { shared.tls.clone() } else { None };
-    let server = Arc::new(server);
-    // `stopping` looks at the current phase first: a worker thread that starts after the
-    // shutdown began (a loaded machine, drain_delay 0) still closes its copy of the listener.
-    let mut stopping = std::pin::pin!(nexus_health::shutdown::stopping(shared.shutdown.subscribe()));
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stopping.as_mut() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let tracked = shared.shutdown.tracker().track();
-        let client = ClientInfo::new(peer.ip(), &shared.snapshot.load().trusted)
-            .with_tracker(shared.shutdown.tracker().clone())
-            .with_https(tls.is_some());
-        let handler = stack::Listener { shared: Arc::clone(&shared), client };
-        let server = Arc::clone(&server);
-        let phase = shared.shutdown.subscribe();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            // Counted until closed, so the process waits for it (within the grace period).
-            let _tracked = tracked;
-            match tls {
-                None => server.serve_connection(stream, handler, phase).await,
-                Some(tls) => match tls.accept(stream, server.header_read_timeout()).await {
-                    Ok(stream) => server.serve_connection(stream, handler, phase).await,
-                    Err(reason) => tracing::debug!(%peer, %reason, "TLS handshake failed"),
-                },
-            }
-        });
-    }
-    drop(listener);
-}
-
 #[cfg(test)]
 mod tests {
     use super::worker_count;
-
-    #[tokio::test]
-    async fn an_accept_loop_started_after_shutdown_closes_its_listener() {
-        // A worker thread can start its loop after a quick SIGTERM (drain_delay 0s) has
-        // already reached Stopping: it must still close its copy of the listener.
-        let yaml = b"upstreams:\n  a:\n    endpoints: [{ url: http://127.0.0.1:1 }]\nroutes:\n  - name: r\n    paths: [{ path: / }]\n    upstream: a\n";
-        let config = nexus_core::config::Config::from_yaml(yaml).unwrap();
-        let shared = super::stack::shared(&config, super::ReadinessGate::new()).unwrap();
-        shared.shutdown.drain();
-        shared.shutdown.stop();
-        let listener = super::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let ended = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            super::accept_loop(listener, std::sync::Arc::clone(&shared), super::server(&config), false),
-        )
-        .await;
-        assert!(ended.is_ok(), "the accept loop did not see the shutdown");
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is still open");
-    }
 
     #[test]
     fn worker_count_takes_a_number_or_defaults_to_the_cpus() {
