@@ -165,9 +165,11 @@ for t in "${targets[@]}"; do
 done
 
 ticks() { # utime+stime of a process and its children (nginx's worker), in clock ticks
-  local total=0 p
+  local total=0 p t
   for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    # A child may be gone by now (nginx's cache loader exits on its own): it counts 0.
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || t=0
+    total=$((total + ${t:-0}))
   done
   echo "$total"
 }
