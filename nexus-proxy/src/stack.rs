@@ -7,7 +7,7 @@
 //! | [`RateLimitLayer`](nexus_middleware::RateLimitLayer) (`client_ip` / `header:` keys) | the cheapest rejection that needs the route: before any signature is checked |
 //! | [`JwtAuthLayer`](nexus_middleware::JwtAuthLayer) | nothing that fails authentication reaches the upstream; provides the claims |
 //! | [`RateLimitLayer`](nexus_middleware::RateLimitLayer) (`claim:` keys) | keyed by a verified claim, so it runs after authentication |
-//! | forward ([`RouteTarget`](crate::RouteTarget)) | split side, mirror, then the upstream: balancer, retries, breaker, per try |
+//! | forward ([`RouteTarget`](crate::RouteTarget)) | split side, mirror, then the upstream: retries (the [`RetryLoop`](nexus_middleware::retry::RetryLoop) `RetryLayer` runs, over the upstream's own tries), and per try the breaker (the [`SharedBreaker`](nexus_middleware::circuit_breaker::SharedBreaker) `CircuitBreakerLayer` holds), balancer, send within the request's deadline |
 //!
 //! Above the route, [`Gateway::handle`](crate::Gateway::handle) checks the
 //! header and body limits and matches the route; around the gateway, the
