@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use nexus_core::config::Config;
+use nexus_core::error::REQUEST_ID;
 use nexus_core::{ErrorCode, GatewayError};
 
 /// Header names the gateway fills itself; client input in any spelling that differs by `_`
@@ -35,10 +36,11 @@ struct Seen {
     transfer_encoding: bool,
     grpc: bool,
     sampled: bool,
+    request_id: Option<HeaderValue>,
 }
 
 /// What [`Edge::admit`] learnt of a request it let through.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Admitted {
     /// A gRPC request (`content-type: application/grpc*`): the gateway's own answers to it
     /// are trailers-only gRPC responses.
@@ -46,6 +48,9 @@ pub(crate) struct Admitted {
     /// Its `traceparent` (the gateway's, set before) says sampled: the route names itself on
     /// the answer for the server span.
     pub(crate) sampled: bool,
+    /// Its (first) `X-Request-Id`, for the gateway's own answers after the request is gone
+    /// upstream (502, 503, 504): found in this pass instead of a lookup per request.
+    pub(crate) request_id: Option<HeaderValue>,
 }
 
 impl Edge {
@@ -86,6 +91,10 @@ impl Edge {
                 seen.grpc = nexus_core::grpc::is_grpc_value(value);
             } else if name == header::CONNECTION {
                 seen.cleanup |= crate::headers::names_other_headers(value.as_bytes());
+            } else if name == REQUEST_ID {
+                if seen.request_id.is_none() {
+                    seen.request_id = Some(value.clone());
+                }
             } else if name == header::UPGRADE || name.as_str().as_bytes().contains(&b'_') || self.claims.contains(name)
             {
                 seen.cleanup = true;
@@ -127,7 +136,7 @@ impl Edge {
             let http10 = req.version() <= http::Version::HTTP_10;
             self.clean(req.headers_mut(), http10);
         }
-        Ok(Admitted { grpc: seen.grpc, sampled: seen.sampled })
+        Ok(Admitted { grpc: seen.grpc, sampled: seen.sampled, request_id: seen.request_id })
     }
 
     /// Whether `name` is the gateway's (exactly, or spelled with `_` for `-`).

@@ -192,9 +192,9 @@ where
         client: &'a ClientInfo,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let mut req = req;
-        let (refused, grpc, sampled) = match self.edge.admit(&mut req) {
-            Ok(admitted) => (self.check_limits(&req), admitted.grpc, admitted.sampled),
-            Err(res) => (Some(res), grpc::is_grpc(req.headers()), false),
+        let (refused, grpc, sampled, request_id) = match self.edge.admit(&mut req) {
+            Ok(admitted) => (self.check_limits(&req), admitted.grpc, admitted.sampled, admitted.request_id),
+            Err(res) => (Some(res), grpc::is_grpc(req.headers()), false, None),
         };
         // A gRPC client reads the gateway's own answers as trailers-only gRPC responses.
         let for_client = move |res| if grpc { grpc::trailers_only(res) } else { res };
@@ -206,7 +206,7 @@ where
             Ok(id) => {
                 // Body limit wraps the stream: a chunked body over the limit fails mid-way (413).
                 let req = req.map(|b| LimitedBody::new(b, self.max_body));
-                Either::Right(self.routes[id].serve(req, client, grpc, sampled))
+                Either::Right(self.routes[id].serve(req, client, grpc, sampled, request_id))
             }
             Err(res) => {
                 self.unmatched.record(req.method(), res.status().as_u16(), "", Duration::ZERO);

@@ -280,7 +280,9 @@ mod tests {
         assert_eq!(res.headers()["allow"], "GET, HEAD");
         let res = svc.oneshot(req("GET", "/api/x")).await.unwrap();
         assert_eq!(res.status(), 502);
-        assert_eq!(json(res).await["error"]["code"], "bad_gateway");
+        let body = json(res).await;
+        assert_eq!(body["error"]["code"], "bad_gateway");
+        assert_eq!(body["error"]["request_id"], "t-1", "the forward's own answer names the client's id");
     }
 
     fn config(extra: serde_json::Value) -> nexus_core::config::Config {

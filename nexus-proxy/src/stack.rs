@@ -31,7 +31,7 @@ use crate::gateway::{GatewayResponse, RouteTarget};
 use crate::metrics::RouteMetricsLayer;
 use crate::upstream::ClientInfo;
 use futures_util::FutureExt;
-use http::Request;
+use http::{HeaderValue, Request};
 use nexus_core::body::LimitedBody;
 use nexus_core::config::{Config, ConfigError, Env};
 use nexus_core::router::Route;
@@ -117,20 +117,23 @@ impl<B: RequestBody> RouteStack<B> {
     /// `grpc`: the request is a gRPC one, and the route's own answers (its Layers' 401, 429,
     /// the forward's 502/503/504) are turned into trailers-only gRPC responses. `sampled`: its
     /// trace is sampled (the answer carries the route's name for the server span).
+    /// `request_id`: the request's, for the forward's own answers.
     pub(crate) fn serve<'a>(
         &'a self,
         req: Request<LimitedBody<B>>,
         client: &'a ClientInfo,
         grpc: bool,
         sampled: bool,
+        request_id: Option<HeaderValue>,
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let target = &self.target;
         let logged = self.log_all;
+        let mut request_id = request_id;
         // Innermost: split side, mirror, then the upstream (balancer, retries, breaker per try).
         let svc = tower::service_fn(move |req: Request<LimitedBody<B>>| {
             // The access log's `user`: the claims are on the request only below authentication.
             let user = if logged { access_log::user_of(&req) } else { None };
-            target.forward_as(req, client, grpc).map(move |mut res| {
+            target.forward_as(req, client, grpc, request_id.take()).map(move |mut res| {
                 if let Some(user) = user {
                     res.extensions_mut().insert(access_log::User(user));
                 }

@@ -320,21 +320,23 @@ where
         client: &'a ClientInfo,
     ) -> impl Future<Output = Response<ResponseBody<B>>> + Send + 'a {
         let grpc = grpc::is_grpc(req.headers());
-        self.forward_as(req, client, grpc)
+        let request_id = req.headers().get(REQUEST_ID).cloned();
+        self.forward_as(req, client, grpc, request_id)
     }
 
     /// [`forward`](Self::forward) for a request already known to be gRPC or not: a gRPC
     /// request's `grpc-timeout` caps the route's timeout, the deadline goes upstream as
     /// `grpc-timeout`, and an upstream that speaks HTTP/1.1 gets no gRPC request (503,
-    /// UNAVAILABLE to the client, naming the mismatch).
+    /// UNAVAILABLE to the client, naming the mismatch). `rid`: the request's id, for a failed
+    /// forward's answer.
     pub(crate) fn forward_as<'a>(
         &'a self,
         mut req: Request<B>,
         client: &'a ClientInfo,
         grpc: bool,
+        rid: Option<HeaderValue>,
     ) -> impl Future<Output = Response<ResponseBody<B>>> + Send + 'a {
         let upstream = self.choose(&req);
-        let rid = req.headers().get(REQUEST_ID).cloned();
         let mut timeout = self.timeout;
         let mut deadline = None;
         if grpc {
