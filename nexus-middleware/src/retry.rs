@@ -448,14 +448,11 @@ where
             match this.state.as_mut().project() {
                 StateProj::Once { fut } => return fut.poll(cx),
                 StateProj::Reading { collect, then } => {
+                    let read = ready!(collect.poll(cx));
                     let (mut replays, shared) = then.take().expect("polled after completion");
-                    match collect.poll(cx) {
-                        Poll::Pending => {
-                            *then = Some((replays, shared));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Ok(collected)) => replays.template.body = collected.to_bytes(),
-                        Poll::Ready(Err(_)) => {
+                    match read {
+                        Ok(collected) => replays.template.body = collected.to_bytes(),
+                        Err(_) => {
                             let res = GatewayError::new(ErrorCode::BadRequest)
                                 .with_message("the request body could not be read")
                                 .into_response_for(&replays.template.headers);
@@ -580,6 +577,59 @@ mod tests {
         ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
             Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
         }
+    }
+
+    /// A body of known size whose data is not there at the first poll (a slow upload).
+    struct Late(Option<Bytes>, bool);
+
+    impl From<Bytes> for Late {
+        fn from(b: Bytes) -> Self {
+            Self(Some(b), true)
+        }
+    }
+
+    impl Body for Late {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if !self.1 {
+                self.1 = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_read_over_several_polls_is_replayed_whole() {
+        let log: Log = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&log);
+        let svc = ServiceBuilder::new().layer(RetryLayer::new(policy())).service_fn(move |req: Request<Late>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let n = {
+                    let mut log = seen.lock().unwrap();
+                    log.push((Method::PUT, body));
+                    log.len()
+                };
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = http::StatusCode::from_u16(if n == 1 { 503 } else { 200 }).unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let req = Request::put("/x").body(Late(Some(Bytes::from("slow")), false)).unwrap();
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2, "retried once");
+        assert!(log.iter().all(|(_, b)| b == "slow"), "{log:?}");
     }
 
     #[tokio::test(start_paused = true)]
