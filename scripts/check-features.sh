@@ -28,7 +28,7 @@ check -p nexus-proxy --features axum
 echo "== tests without redis and jwks-url"
 "$CARGO" test --locked -p nexus-middleware --no-default-features --features jwt --lib from_config
 echo "== tests without tls and otel"
-"$CARGO" test --locked -p nexus-proxy --no-default-features --lib -- upstream::build::tests spans::tests
+"$CARGO" test --locked -p nexus-proxy --no-default-features --lib -- upstream::build::tests spans::tests front::tests
 
 lines=$("$CARGO" tree --locked -p nexus-middleware --no-default-features -e normal | wc -l)
 echo "== nexus-middleware --no-default-features: $lines lines of cargo tree"

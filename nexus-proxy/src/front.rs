@@ -128,11 +128,7 @@ impl Front {
         #[cfg(feature = "tls")]
         let tls = config.server.tls.as_ref().map(crate::tls::TlsTerminator::new).transpose()?.map(Arc::new);
         #[cfg(not(feature = "tls"))]
-        if config.server.tls.is_some() {
-            let e =
-                nexus_core::config::ConfigError::new("server.tls", "needs the `tls` feature, which this build lacks");
-            return Err(ConfigErrors(vec![e]));
-        }
+        without_tls(config)?;
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             gate,
@@ -177,6 +173,8 @@ impl Front {
     /// the TLS listener's certificate files read again. Nothing is swapped unless all of it
     /// loads: on an error the running config (and certificates) stay.
     pub fn install(&self, config: &Config) -> Result<(), ConfigErrors> {
+        #[cfg(not(feature = "tls"))]
+        without_tls(config)?;
         let snapshot = Snapshot::build(config, Some(&self.snapshot.load()))?;
         // The TLS files are read before anything is swapped.
         #[cfg(feature = "tls")]
@@ -281,6 +279,19 @@ impl Front {
             });
         }
         drop(listener);
+    }
+}
+
+/// A build without the `tls` feature refuses `server.tls`, with its path, instead of serving
+/// plain where TLS was asked for.
+#[cfg(not(feature = "tls"))]
+fn without_tls(config: &Config) -> Result<(), ConfigErrors> {
+    match config.server.tls {
+        Some(_) => Err(ConfigErrors(vec![nexus_core::config::ConfigError::new(
+            "server.tls",
+            "needs the `tls` feature, which this build lacks",
+        )])),
+        None => Ok(()),
     }
 }
 
@@ -479,6 +490,25 @@ mod tests {
         front.shutdown().stop();
         tokio::time::timeout(Duration::from_secs(5), serving).await.unwrap().unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is still open");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn without_the_tls_feature_server_tls_is_refused_with_its_path() {
+        let mut doc = serde_json::to_value(config()).unwrap();
+        doc["server"]["tls"] = serde_json::json!({
+            "listen": "127.0.0.1:0",
+            "certificates": [{ "cert_file": "cert.pem", "key_file": "key.pem" }],
+        });
+        let with_tls = Config::from_json(doc).unwrap();
+        let refused = Front::new(&with_tls, ReadinessGate::new()).unwrap_err();
+        assert!(
+            refused.to_string().contains("server.tls") && refused.to_string().contains("`tls` feature"),
+            "{refused}"
+        );
+        let front = Front::new(&config(), ReadinessGate::new()).unwrap();
+        let refused = front.install(&with_tls).unwrap_err();
+        assert!(refused.to_string().contains("server.tls"), "{refused}");
     }
 
     #[tokio::test]
