@@ -8,6 +8,7 @@
 #   TLS=1 scripts/peer-bench.sh                             # clients over TLS (same certificate)
 #   TLS=1 WRK_HEADER="Connection: close" scripts/peer-bench.sh  # a handshake per request
 #   UPSTREAM_TLS=1 scripts/peer-bench.sh                    # both proxies speak TLS to the upstream
+#   H2=1 CONNS=50 scripts/peer-bench.sh                     # HTTP/2 clients (h2load, 10 streams each)
 #
 # Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
 # [benches/peer-bench.yaml], CONFIG_B [CONFIG] (B's config: one build, two settings), ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
@@ -17,6 +18,9 @@
 # ECDSA P-256 certificate made for the run, TLS 1.3 negotiated by wrk), UPSTREAM_TLS [0]: 1 makes
 # the nginx upstream listen with TLS (the same certificate) and both proxies verify it and keep
 # their TLS connections alive (nginx `proxy_ssl_*` with session reuse, Nexus `https://` + `tls`).
+# H2 [0]: 1 loads with h2load instead of wrk (cleartext HTTP/2 with prior knowledge, `-m` H2_STREAMS
+# [10] streams per connection; nginx gets `listen ... http2`); h2load gives no percentiles, so the
+# tail column is then its slowest request (`max`) instead of wrk's P99.
 #
 # It starts a static nginx upstream on 127.0.0.1:18080 (benches/nginx/upstream.conf), nginx as
 # the peer proxy on :18081 (benches/nginx/proxy.conf), Nexus A on :18085 and B on :18086, one
@@ -41,6 +45,8 @@ WRK_SCRIPT=${WRK_SCRIPT:-}
 PIN=${PIN:-1}
 TLS=${TLS:-0}
 UPSTREAM_TLS=${UPSTREAM_TLS:-0}
+H2=${H2:-0}
+H2_STREAMS=${H2_STREAMS:-10}
 
 die() { echo "peer-bench: $*" >&2; exit 1; }
 for tool in nginx wrk taskset python3 curl pgrep; do
@@ -48,6 +54,10 @@ for tool in nginx wrk taskset python3 curl pgrep; do
 done
 [[ -x $NEXUS_A ]] || die "no Nexus binary at $NEXUS_A (cargo build --release -p nexus-bin)"
 [[ -z $NEXUS_B || -x $NEXUS_B ]] || die "no Nexus binary at $NEXUS_B"
+if [[ $H2 == 1 ]]; then
+  command -v h2load >/dev/null || die "missing h2load (apt-get install nghttp2-client)"
+  [[ $TLS == 0 && -z $WRK_SCRIPT ]] || die "H2=1 runs cleartext GETs: no TLS=1, no WRK_SCRIPT"
+fi
 
 load=() server=()
 if [[ $PIN == 1 && $(nproc) -ge 2 ]]; then
@@ -136,6 +146,12 @@ PY
   scheme=https
   port=([nginx]=18443 [nexus_a]=18445 [nexus_b]=18446)
 fi
+if [[ $H2 == 1 ]]; then
+  # nginx: the same proxy, its listener speaking HTTP/2 (cleartext, prior knowledge, as h2load does).
+  sed -e "s|listen 127.0.0.1:18081 backlog=4096;|listen 127.0.0.1:18081 http2 backlog=4096;|" \
+    "$proxy_conf" >"$work/proxy-h2.conf"
+  proxy_conf=$work/proxy-h2.conf
+fi
 start upstream nginx -p "$work/upstream/" -c "$upstream_conf" -e "$work/upstream/error.log"
 start nginx nginx -p "$work/proxy/" -c "$proxy_conf" -e "$work/proxy/error.log"
 start nexus_a env NEXUS_WORKERS=1 "$NEXUS_A" --config "$config_a" \
@@ -152,6 +168,7 @@ header=()
 [[ -n $WRK_SCRIPT ]] && header+=(-s "$WRK_SCRIPT")
 curl_header=()
 [[ -n $WRK_HEADER ]] && curl_header=(-H "$WRK_HEADER")
+[[ $H2 == 1 ]] && curl_header+=(--http2-prior-knowledge)
 for t in "${targets[@]}"; do
   ok=0
   for _ in $(seq 100); do
@@ -174,9 +191,18 @@ ticks() { # utime+stime of a process and its children (nginx's worker), in clock
   echo "$total"
 }
 
+# One load run against a URL for some seconds: wrk, or h2load with H2=1.
+load_run() { # seconds, conns, url
+  if [[ $H2 == 1 ]]; then
+    "${load[@]}" h2load -c"$2" -m"$H2_STREAMS" -D "$1" "${header[@]}" "$3"
+  else
+    "${load[@]}" wrk -t1 -c"$2" -d"${1}s" --latency "${header[@]}" "$3"
+  fi
+}
+
 samples=$work/samples.tsv
 echo "round	conns	target	rps	p99_ms	cpu_us_per_req" >"$samples"
-echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS upstream_tls=$UPSTREAM_TLS targets=${targets[*]} pin=$PIN" >&2
+echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS upstream_tls=$UPSTREAM_TLS h2=$H2 targets=${targets[*]} pin=$PIN" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in $CONNS; do
     # Rotate the order each round, so no target always runs first (or after the same one).
@@ -184,20 +210,29 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${order[@]}"; do
       pid_var=pid_$t
       pid=${!pid_var}
-      "${load[@]}" wrk -t1 -c"$c" -d1s "${header[@]}" "$scheme://127.0.0.1:${port[$t]}/" >/dev/null # warm-up
+      load_run 1 "$c" "$scheme://127.0.0.1:${port[$t]}/" >/dev/null # warm-up
       before=$(ticks "$pid")
-      out=$("${load[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${header[@]}" "$scheme://127.0.0.1:${port[$t]}/")
+      out=$(load_run "$DURATION" "$c" "$scheme://127.0.0.1:${port[$t]}/")
       after=$(ticks "$pid")
       python3 - "$r" "$c" "$t" "$before" "$after" "$(getconf CLK_TCK)" "$out" >>"$samples" <<'PY'
 import re, sys
 r, c, t, before, after, hz, out = sys.argv[1:]
-reqs = int(re.search(r"(\d+) requests in", out).group(1))
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-v, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()
-p99 = float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-if errors:
-    print(f"peer-bench: {t} -c{c}: {errors.group(1)} non-2xx answers", file=sys.stderr)
+ms = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+h2 = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+if h2:  # h2load: the slowest request stands in for P99
+    reqs = int(h2.group(2))
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    v, unit = re.search(r"time for request:\s+[\d.]+(?:us|ms|s)\s+([\d.]+)(us|ms|s)", out).groups()
+    if int(h2.group(1)) != reqs:
+        print(f"peer-bench: {t} -c{c}: {int(h2.group(1)) - reqs} requests failed", file=sys.stderr)
+else:
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    v, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        print(f"peer-bench: {t} -c{c}: {errors.group(1)} non-2xx answers", file=sys.stderr)
+p99 = float(v) * ms[unit]
 cpu = (int(after) - int(before)) / int(hz) * 1e6 / max(reqs, 1)
 print(f"{r}\t{c}\t{t}\t{rps:.0f}\t{p99:.2f}\t{cpu:.1f}")
 PY
@@ -206,25 +241,29 @@ PY
   done
 done
 
-python3 - "$samples" "${targets[@]}" <<'PY'
+python3 - "$samples" "$H2" "${targets[@]}" <<'PY'
 import csv, statistics, sys
-path, *targets = sys.argv[1:]
+path, h2, *targets = sys.argv[1:]
+tail = "max" if h2 == "1" else "P99"
 rows = list(csv.DictReader(open(path), delimiter="\t"))
 at = {(r["round"], r["conns"], r["target"]): r for r in rows}
 rounds = sorted({r["round"] for r in rows})
 names = {"nginx": "nginx", "nexus_a": "nexus (A)", "nexus_b": "nexus (B)"}
-print("| conns | target | RPS median | P99 ms median | CPU µs/req | × nginx | B/A RPS |")
-print("|---:|---|---:|---:|---:|---:|---:|")
+print(f"| conns | target | RPS median | {tail} ms median | CPU µs/req | × nginx | {tail} × nginx (median, worst round) | B/A RPS |")
+print("|---:|---|---:|---:|---:|---:|---|---:|")
 for c in sorted({r["conns"] for r in rows}, key=int):
     for t in targets:
         mine = [at[(k, c, t)] for k in rounds]
         med = lambda f: statistics.median(float(x[f]) for x in mine)
         ratio = statistics.median(float(at[(k, c, t)]["rps"]) / float(at[(k, c, "nginx")]["rps"]) for k in rounds)
+        tails = [float(at[(k, c, t)]["p99_ms"]) / float(at[(k, c, "nginx")]["p99_ms"]) for k in rounds]
         pair = ""
         if t == "nexus_b":
             pair = f"{statistics.median(float(at[(k, c, 'nexus_b')]['rps']) / float(at[(k, c, 'nexus_a')]['rps']) for k in rounds):.3f}"
-        print(f"| {c} | {names[t]} | {med('rps'):.0f} | {med('p99_ms'):.2f} | {med('cpu_us_per_req'):.1f} | {ratio:.2f} | {pair} |")
-print(f"\nMedians over {len(rounds)} rounds; × nginx and B/A are medians of per-round ratios. Samples: {path}")
+        print(f"| {c} | {names[t]} | {med('rps'):.0f} | {med('p99_ms'):.2f} | {med('cpu_us_per_req'):.1f} | {ratio:.2f} "
+              f"| {statistics.median(tails):.2f}, {max(tails):.2f} | {pair} |")
+print(f"\nMedians over {len(rounds)} rounds; × nginx and B/A are medians of per-round ratios "
+      f"(the worst round: the highest ratio). Samples: {path}")
 PY
 # Keep the samples; the processes stop on exit.
 trap - EXIT

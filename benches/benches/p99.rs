@@ -81,8 +81,16 @@ fn options() -> Options {
 }
 
 /// The upstream: answers every request with a small body, over HTTP/1.1 keep-alive.
+///
+/// Its listen backlog is 4,096 (the peer bench's nginx upstream has the same). With
+/// `TcpListener::bind`'s 128, the gateway's burst of upstream connections at the start of
+/// `c1000` (800 dials within milliseconds) overflowed this listener's accept queue: the
+/// dropped SYNs were sent again a second later, and those requests made a P99.9 of 1.1 s
+/// that was the bench's own upstream, not the gateway (docs/load-test-report.md).
 async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

@@ -114,6 +114,13 @@ fn spawn_workers(
     }
 }
 
+/// The listen backlog asked for: connections the kernel completes and queues before a
+/// worker accepts them. The kernel caps it at `net.core.somaxconn` (4,096 by default since
+/// Linux 5.4). A burst larger than the queue (clients reconnecting after a restart) has
+/// its SYNs dropped and sent again a second later, so ask for what the kernel allows, as
+/// the peer bench's nginx does (`backlog=4096`); Envoy's default is 1,024, nginx's 511.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Bind a listener, with `SO_REUSEPORT` when asked.
 pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -123,7 +130,7 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpLis
     }
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serve a loaded config: main and admin listeners, then drain on a signal.
