@@ -18,9 +18,10 @@ pub struct JwtAuthLayer {
     failures: Option<Failures>,
 }
 
-/// `nexus_auth_failures_total{route,reason}`, one handle per reason.
+/// `nexus_auth_failures_total{route,reason}`, one handle per reason; clones share them (a
+/// clone is one reference-count increment: the gateway applies its layer per request).
 #[derive(Debug, Clone)]
-pub struct Failures(Box<[metrics::Counter]>);
+pub struct Failures(std::sync::Arc<[metrics::Counter]>);
 
 impl Failures {
     /// Register the counters for `route`.
@@ -93,12 +94,17 @@ where
                 let inner = std::mem::replace(&mut self.inner, clone);
                 State::Refetching {
                     fut: Box::pin(async move { store.refetch().await }),
-                    inner: Some(Box::new((inner, req))),
+                    inner: Some(Box::new(Waiting {
+                        svc: inner,
+                        req,
+                        auth: self.auth.clone(),
+                        failures: self.failures.clone(),
+                    })),
                 }
             }
             outcome => decide(&mut self.inner, &self.auth, self.failures.as_ref(), req, outcome),
         };
-        ResponseFuture { state, auth: self.auth.clone(), failures: self.failures.clone() }
+        ResponseFuture { state }
     }
 }
 
@@ -130,11 +136,20 @@ where
     }
 }
 
+/// A request waiting for the key set's refetch, with what deciding it then takes.
+struct Waiting<S, B> {
+    svc: S,
+    req: Request<B>,
+    auth: JwtAuth,
+    failures: Option<Failures>,
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<B>>, B> {
-        // Boxed: only an unknown key waits here, and it keeps every request's future small.
-        Refetching { fut: Refetch, inner: Option<Box<(S, Request<B>)>> },
+        // Boxed: only an unknown key waits here, and it keeps every request's future small
+        // (the policy and its counters are held only by a request that waits).
+        Refetching { fut: Refetch, inner: Option<Box<Waiting<S, B>>> },
         Called { #[pin] fut: S::Future },
         Rejected { res: Option<S::Response> },
     }
@@ -145,8 +160,6 @@ pin_project! {
     pub struct ResponseFuture<S: Service<Request<B>>, B> {
         #[pin]
         state: State<S, B>,
-        auth: JwtAuth,
-        failures: Option<Failures>,
     }
 }
 
@@ -169,9 +182,9 @@ where
             match this.state.as_mut().project() {
                 StateProj::Refetching { fut, inner } => {
                     ready!(fut.as_mut().poll(cx));
-                    let (mut svc, req) = *inner.take().expect("polled after completion");
-                    let outcome = this.auth.verify(req.headers());
-                    let next = decide(&mut svc, this.auth, this.failures.as_ref(), req, outcome);
+                    let Waiting { mut svc, req, auth, failures } = *inner.take().expect("polled after completion");
+                    let outcome = auth.verify(req.headers());
+                    let next = decide(&mut svc, &auth, failures.as_ref(), req, outcome);
                     this.state.set(next);
                 }
                 StateProj::Called { fut } => return fut.poll(cx),

@@ -303,7 +303,7 @@ struct Inner {
     /// One prepared `Validation` per allowed algorithm (no per-request setup).
     validations: Vec<(Algorithm, Validation)>,
     /// Verified tokens by the whole token (`None`: `cache_size` 0).
-    cache: Option<quick_cache::sync::Cache<Box<str>, Verified>>,
+    cache: Option<quick_cache::sync::Cache<Box<[u8]>, Verified>>,
     /// `nexus_jwt_cache_requests_total{result="hit"}` and `{result="miss"}`.
     hits: metrics::Counter,
     misses: metrics::Counter,
@@ -318,6 +318,13 @@ struct Verified {
     /// `exp` and `nbf`, seconds since the epoch: checked again on every use.
     exp: u64,
     nbf: Option<u64>,
+}
+
+/// A field value's bytes when `HeaderValue::to_str` would take it, checked a word at a time
+/// instead of byte by byte. A `HeaderValue` holds no control bytes but tab, so `to_str`'s
+/// "visible ASCII or tab" is plain ASCII.
+fn ascii(v: &HeaderValue) -> Option<&[u8]> {
+    Some(v.as_bytes()).filter(|b| b.is_ascii())
 }
 
 /// A numeric claim as whole seconds.
@@ -419,12 +426,17 @@ impl JwtAuth {
 
     /// The token of a request, from the first configured source that has one.
     pub fn token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        // ASCII (`token_bytes` takes nothing else), so this cannot fail.
+        self.token_bytes(headers).and_then(|t| std::str::from_utf8(t).ok())
+    }
+
+    /// [`token`](Self::token) as bytes: a cached token is found without the text check
+    /// `&str` needs (a bearer token is hundreds of bytes; `is_ascii` goes a word at a time).
+    fn token_bytes<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
         self.inner.config.token_sources.iter().find_map(|s| match s {
-            TokenSource::Authorization => headers.get(header::AUTHORIZATION).and_then(|v| bearer(v.to_str().ok()?)),
-            TokenSource::Header(h) => {
-                headers.get(h).and_then(|v| v.to_str().ok()).map(|v| bearer(v).unwrap_or(v.trim()))
-            }
-            TokenSource::Cookie(name) => nexus_core::cookie::get(headers, name),
+            TokenSource::Authorization => headers.get(header::AUTHORIZATION).and_then(|v| bearer(ascii(v)?)),
+            TokenSource::Header(h) => headers.get(h).and_then(ascii).map(|v| bearer(v).unwrap_or(v.trim_ascii())),
+            TokenSource::Cookie(name) => nexus_core::cookie::get(headers, name).map(str::as_bytes),
         })
     }
 
@@ -435,7 +447,7 @@ impl JwtAuth {
     /// its signature is not checked again, its `exp`/`nbf` (with leeway) and the required
     /// claims are, on every use.
     pub fn verify(&self, headers: &HeaderMap) -> Result<VerifiedClaims, Reason> {
-        let token = self.token(headers).filter(|t| !t.is_empty()).ok_or(Reason::Missing)?;
+        let token = self.token_bytes(headers).filter(|t| !t.is_empty()).ok_or(Reason::Missing)?;
         let claims = self.verified(token)?;
         self.check_required(claims.as_map())?;
         Ok(claims)
@@ -443,10 +455,12 @@ impl JwtAuth {
 
     /// `token`'s claims: from the cache when it was verified under the keys in force now,
     /// else verified (and kept).
-    fn verified(&self, token: &str) -> Result<VerifiedClaims, Reason> {
+    fn verified(&self, token: &[u8]) -> Result<VerifiedClaims, Reason> {
         let inner = &*self.inner;
+        // ASCII (see `token_bytes`): text for the verifier, checked on a miss only.
+        let text = || std::str::from_utf8(token).map_err(|_| Reason::Malformed);
         let Some(cache) = &inner.cache else {
-            return self.verify_token(token).map(VerifiedClaims::new);
+            return self.verify_token(text()?).map(VerifiedClaims::new);
         };
         // Before the keys are read (see `KeyStore::generation`).
         let generation = inner.store.generation();
@@ -456,7 +470,7 @@ impl JwtAuth {
             return Ok(v.claims);
         }
         inner.misses.increment(1);
-        let claims = self.verify_token(token)?;
+        let claims = self.verify_token(text()?)?;
         let (exp, nbf) = (seconds(&claims, "exp"), seconds(&claims, "nbf"));
         let claims = VerifiedClaims::new(claims);
         if let Some(exp) = exp {
@@ -575,9 +589,12 @@ impl JwtAuth {
     }
 }
 
-fn bearer(v: &str) -> Option<&str> {
-    let (scheme, token) = v.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The token of `Bearer <token>` (the scheme in any case; spaces and tabs around it dropped).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let v = v.trim_ascii();
+    let at = v.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = (&v[..at], &v[at + 1..]);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
 }
 
 #[cfg(test)]

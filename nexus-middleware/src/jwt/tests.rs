@@ -332,3 +332,31 @@ fn cache_size_0_verifies_every_request() {
     }
     assert_eq!(auth.cached(), 0);
 }
+
+#[test]
+fn a_token_field_is_read_as_text_exactly_when_to_str_would() {
+    // Every byte a field value may hold, alone and inside a token-like value.
+    for b in 0..=u8::MAX {
+        for bytes in [vec![b], [b"Bearer abc".as_slice(), &[b], b"def"].concat()] {
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                assert_eq!(ascii(&v), v.to_str().ok().map(str::as_bytes), "byte {b:#04x}");
+            }
+        }
+    }
+    // A token with a byte outside ASCII is no token: the request is answered as one without.
+    let auth =
+        JwtAuth::new(config(KeySource::Secret(b"a secret of 32 bytes or more....".to_vec()), vec![Algorithm::HS256]))
+            .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer a.b.\xe9").unwrap());
+    assert_eq!(auth.verify(&headers).unwrap_err(), Reason::Missing);
+}
+
+#[test]
+fn the_bearer_scheme_is_matched_in_any_case_with_spaces_and_tabs_around() {
+    assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+    assert_eq!(bearer(b"\tbEARER   abc \t"), Some(&b"abc"[..]));
+    assert_eq!(bearer(b"Basic abc"), None);
+    assert_eq!(bearer(b"Bearerabc"), None);
+    assert_eq!(bearer(b"Bearer "), None, "no token after the scheme");
+}
