@@ -23,12 +23,13 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 const CONNECTION_BIT: u8 = 1;
 const UPGRADE_BIT: u8 = 1 << 1;
 
-/// A `Connection` option rather than a header name (or nothing at all).
-fn is_connection_option(t: &str) -> bool {
+/// A `Connection` option rather than a header name (or nothing at all). Bytes: the
+/// response path asks for every upstream `Connection` value, with no UTF-8 pass first.
+fn is_connection_option(t: &[u8]) -> bool {
     t.is_empty()
-        || t.eq_ignore_ascii_case("close")
-        || t.eq_ignore_ascii_case("keep-alive")
-        || t.eq_ignore_ascii_case("upgrade")
+        || t.eq_ignore_ascii_case(b"close")
+        || t.eq_ignore_ascii_case(b"keep-alive")
+        || t.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// Whether `name` is hop-by-hop by itself (the fixed list or `Proxy-*`); the headers a
@@ -49,7 +50,7 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Whether a `Connection` value names headers (beyond the options close/keep-alive/upgrade).
 pub(crate) fn names_other_headers(connection: &[u8]) -> bool {
-    connection.split(|b| *b == b',').any(|t| !is_connection_option(std::str::from_utf8(t).unwrap_or("x").trim()))
+    connection.split(|b| *b == b',').any(|t| !is_connection_option(t.trim_ascii()))
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
@@ -177,13 +178,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
                 .into_iter()
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
-                .filter(|t| !is_connection_option(t))
+                .filter(|t| !is_connection_option(t.as_bytes()))
                 .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
                 .collect()
         };
         let mut listed = Vec::new();
         for v in headers.get_all(header::CONNECTION) {
-            if !is_connection_option(v.to_str().unwrap_or("")) {
+            if !is_connection_option(v.as_bytes()) {
                 listed.extend(tokens(v));
             }
         }
@@ -430,6 +431,16 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_connection_value_names_other_headers_only_beyond_its_options() {
+        for options in [&b"keep-alive"[..], b"Close", b" close ,\tUpgrade", b"", b"keep-alive,,"] {
+            assert!(!names_other_headers(options), "{:?}", String::from_utf8_lossy(options));
+        }
+        for named in [&b"x-secret"[..], b"close, X-Secret", b"keep-alive2", b"clos\xc3\xa9"] {
+            assert!(names_other_headers(named), "{:?}", String::from_utf8_lossy(named));
+        }
     }
 
     #[test]

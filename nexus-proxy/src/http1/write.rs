@@ -47,7 +47,7 @@ where
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            length = Some(std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+            length = Some(super::head::parse_length(value.as_bytes()).unwrap_or(0));
         } else if name == header::CONNECTION {
             has_connection = true;
             close |= value.as_bytes().eq_ignore_ascii_case(b"close");
