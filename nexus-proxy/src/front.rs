@@ -311,84 +311,97 @@ impl Handler for Listener {
 }
 
 /// Serve one request.
-async fn handle(
-    front: &Front,
-    client: &ClientInfo,
+///
+/// Neither this nor [`serve`] is an `async fn`: an `async fn` keeps a by-value argument
+/// that it changes twice in its state (the argument, and the local it is rebound to). An
+/// `async` block that captures the request changes it in place.
+#[allow(clippy::manual_async_fn)] // An `async fn` would hold the request twice (the doc above says why).
+fn handle<'f>(
+    front: &'f Front,
+    client: &'f ClientInfo,
     conn: &Connection,
     mut req: Request<ClientBody>,
-) -> Response<ResponseBody<FrontBody>> {
-    // hyper sizes the map to what the client sent; make room once for what the gateway adds
-    // (X-Request-Id, traceparent, X-Forwarded-For/-Proto/-Host) instead of growing it step by step.
-    req.headers_mut().reserve(5);
-    // Request id first: every answer below, errors and panics included, carries it.
-    let id = nexus_middleware::request_id::ensure(req.headers_mut());
-    let http1 = req.version() < Version::HTTP_2;
-    // A gRPC request gets the front's own answers (shutdown, prechecks, a panic's 500) as
-    // trailers-only gRPC responses; the gateway does the same for its own. (Not looked up
-    // for the lean path's requests: HTTP/1.1 without a body, which gRPC never is.)
-    let grpc = !matches!(req.body(), ClientBody::Empty) && grpc::is_grpc(req.headers());
-    let phase = front.shutdown.phase();
-    if phase == Phase::Stopping {
-        // Listeners are closed: a new request on a connection still open is refused.
-        let mut res: Response<ResponseBody<FrontBody>> =
-            GatewayError::new(ErrorCode::ShuttingDown).into_response(id.to_str().unwrap_or(""));
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return if grpc { grpc::trailers_only(res) } else { res };
+) -> impl Future<Output = Response<ResponseBody<FrontBody>>> + Send {
+    async move {
+        // hyper sizes the map to what the client sent; make room once for what the gateway adds
+        // instead of growing it step by step (the lean parse has made this room already).
+        req.headers_mut().reserve(crate::http1::ADDED_REQUEST_FIELDS);
+        // Request id first: every answer below, errors and panics included, carries it.
+        let id = nexus_middleware::request_id::ensure(req.headers_mut());
+        let http1 = req.version() < Version::HTTP_2;
+        // A gRPC request gets the front's own answers (shutdown, prechecks, a panic's 500) as
+        // trailers-only gRPC responses; the gateway does the same for its own. (Not looked up
+        // for the lean path's requests: HTTP/1.1 without a body, which gRPC never is.)
+        let grpc = !matches!(req.body(), ClientBody::Empty) && grpc::is_grpc(req.headers());
+        let phase = front.shutdown.phase();
+        if phase == Phase::Stopping {
+            // Listeners are closed: a new request on a connection still open is refused.
+            let mut res: Response<ResponseBody<FrontBody>> =
+                GatewayError::new(ErrorCode::ShuttingDown).into_response(id.to_str().unwrap_or(""));
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return if grpc { grpc::trailers_only(res) } else { res };
+        }
+        let inflight = &front.inflight;
+        inflight.increment(1.0);
+        // Catch panics: a bug answers 500 for this request instead of resetting the connection.
+        let served = AssertUnwindSafe(serve(front, client, conn, req)).catch_unwind().await;
+        let mut res = served.unwrap_or_else(|_| {
+            tracing::error!(request_id = ?id, "panic while serving a request");
+            GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
+        });
+        if grpc {
+            res = grpc::trailers_only(res);
+        }
+        inflight.decrement(1.0);
+        res.headers_mut().insert(REQUEST_ID, id);
+        if http1 && phase != Phase::Running {
+            // Draining: persistent HTTP/1 clients reconnect elsewhere after this response.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
     }
-    let inflight = &front.inflight;
-    inflight.increment(1.0);
-    // Catch panics: a bug answers 500 for this request instead of resetting the connection.
-    let served = AssertUnwindSafe(serve(front, client, conn, req)).catch_unwind().await;
-    let mut res = served.unwrap_or_else(|_| {
-        tracing::error!(request_id = ?id, "panic while serving a request");
-        GatewayError::new(ErrorCode::Internal).into_response(id.to_str().unwrap_or(""))
-    });
-    if grpc {
-        res = grpc::trailers_only(res);
-    }
-    inflight.decrement(1.0);
-    res.headers_mut().insert(REQUEST_ID, id);
-    if http1 && phase != Phase::Running {
-        // Draining: persistent HTTP/1 clients reconnect elsewhere after this response.
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    res
 }
 
-async fn serve(
-    front: &Front,
-    client: &ClientInfo,
+/// The request's trace, the prechecks, then the gateway, on the snapshot current at the
+/// first poll (all of it inside [`handle`]'s `catch_unwind`). The request is captured once
+/// and changed in place (see [`handle`] on why this is no `async fn`).
+#[allow(clippy::manual_async_fn)] // An `async fn` would hold the request twice (see `handle`).
+fn serve<'f>(
+    front: &'f Front,
+    client: &'f ClientInfo,
     conn: &Connection,
     mut req: Request<ClientBody>,
-) -> Response<ResponseBody<FrontBody>> {
-    let snap = front.snapshot.load_full();
-    // The gateway's span of the client's trace (or a new trace, sampled per `tracing:`):
-    // one traceparent upstream.
-    let tracing = snap.gateway.tracing();
-    let started = nexus_middleware::trace_context::ensure_with(req.headers_mut(), tracing.sampling());
-    // Probes and refused heads: the listener's business, before the gateway's.
-    if let Some(mut res) = precheck(&snap, &front.gate, &req, conn.refusal()) {
-        // Probes are neither counted nor logged (kubelet's every few seconds would drown the rest).
-        if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
-            snap.gateway.record_unmatched(req.method(), res.status().as_u16(), Duration::ZERO);
-            if snap.gateway.access_log() {
-                Pending::start(&req, &client.ip).finish(&mut res);
+) -> impl Future<Output = Response<ResponseBody<FrontBody>>> + Send {
+    async move {
+        let snap = front.snapshot.load_full();
+        // The gateway's span of the client's trace (or a new trace, sampled per `tracing:`):
+        // one traceparent upstream.
+        let tracing = snap.gateway.tracing();
+        let started = nexus_middleware::trace_context::ensure_with(req.headers_mut(), tracing.sampling());
+        // Probes and refused heads: the listener's business, before the gateway's.
+        if let Some(mut res) = precheck(&snap, &front.gate, &req, conn.refusal()) {
+            // Probes are neither counted nor logged (kubelet's every few seconds would drown the rest).
+            if probe::probe_for(req.uri().path(), &snap.probe_prefix).is_none() {
+                snap.gateway.record_unmatched(req.method(), res.status().as_u16(), Duration::ZERO);
+                if snap.gateway.access_log() {
+                    Pending::start(&req, &client.ip).finish(&mut res);
+                }
             }
+            return res;
         }
-        return res;
+        // Limits, route, and the route's stack of Layers (crate::stack), for this
+        // connection's client (rate-limit keys, X-Forwarded-*).
+        if snap.gateway.access_log() || (tracing.exports() && started.ours.sampled()) {
+            // Off the common path: the line's (and span's) fields are copied out of the request
+            // before it goes. (Nothing of it lives across the common path's await: the request's
+            // future stays its size.)
+            let log = Pending::start_with(&req, &client.ip, snap.gateway.access_log(), tracing.trace(&started));
+            let mut res = Box::pin(snap.gateway.serve(req, client)).await;
+            log.finish(&mut res);
+            return res;
+        }
+        snap.gateway.serve(req, client).await
     }
-    // Limits, route, and the route's stack of Layers (crate::stack), for this
-    // connection's client (rate-limit keys, X-Forwarded-*).
-    if snap.gateway.access_log() || (tracing.exports() && started.ours.sampled()) {
-        // Off the common path: the line's (and span's) fields are copied out of the request
-        // before it goes. (Nothing of it lives across the common path's await: the request's
-        // future stays its size.)
-        let log = Pending::start_with(&req, &client.ip, snap.gateway.access_log(), tracing.trace(&started));
-        let mut res = Box::pin(snap.gateway.serve(req, client)).await;
-        log.finish(&mut res);
-        return res;
-    }
-    snap.gateway.serve(req, client).await
 }
 
 /// Refused heads and probes, before the gateway sees the request.

@@ -130,8 +130,8 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
         return Parsed::BadRequest("invalid request target");
     };
-    // Room for what the gateway adds (X-Request-Id, X-Forwarded-For/-Proto/-Host).
-    let Some(headers) = scratch.map(&head, 4, |_| true) else {
+    // Room for what the gateway adds (see `ADDED_REQUEST_FIELDS`).
+    let Some(headers) = scratch.map(&head, super::ADDED_REQUEST_FIELDS, |_| true) else {
         return Parsed::BadRequest("invalid header value");
     };
     let mut request = Request::new(());
@@ -311,6 +311,19 @@ mod tests {
 
     fn parse_one(raw: &[u8]) -> Parsed {
         parse_request(&mut BytesMut::from(raw), &mut Scratch::default())
+    }
+
+    #[test]
+    fn the_fronts_reserve_never_grows_a_lean_requests_map() {
+        for n in 1..=40 {
+            let fields: String = (1..n).map(|i| format!("X-F{i}: v\r\n")).collect();
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+            let Parsed::Ready { mut request, .. } = parse_one(raw.as_bytes()) else { panic!("{n} fields are taken") };
+            assert_eq!(request.headers().len(), n);
+            let room = request.headers().capacity();
+            request.headers_mut().reserve(crate::http1::ADDED_REQUEST_FIELDS);
+            assert_eq!(request.headers().capacity(), room, "{n} fields: the reserve reallocated the map");
+        }
     }
 
     #[test]
