@@ -170,6 +170,32 @@ impl RouteMetricsLayer {
     pub fn new(route: &str) -> Self {
         Self { metrics: Arc::new(RouteMetrics::new(route)) }
     }
+
+    /// [`Layer::layer`](tower::Layer::layer) for a service that lives no longer than this
+    /// layer: it borrows the route's metrics instead of sharing them, so neither wrapping
+    /// nor a request touches a reference count. For a stack applied per request, as the
+    /// Nexus gateway does, where every worker thread would otherwise write the same count
+    /// twice per request.
+    ///
+    /// ```
+    /// use nexus_proxy::metrics::RouteMetricsLayer;
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # tokio_test_block_on(async {
+    /// let layer = RouteMetricsLayer::new("users");
+    /// let inner = tower::service_fn(|_req: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(nexus_proxy::ResponseBody::<()>::empty()))
+    /// });
+    /// let res = layer.layer_ref(inner).oneshot(http::Request::new(())).await.unwrap();
+    /// assert_eq!(res.status(), 200);
+    /// # });
+    /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    pub fn layer_ref<S>(&self, inner: S) -> Recorded<S, &RouteMetrics> {
+        Recorded { inner, metrics: &self.metrics }
+    }
 }
 
 impl<S> tower::Layer<S> for RouteMetricsLayer {
@@ -179,20 +205,23 @@ impl<S> tower::Layer<S> for RouteMetricsLayer {
     }
 }
 
-/// The service of [`RouteMetricsLayer`].
+/// The service of [`RouteMetricsLayer`]. `M` is how it holds the route's metrics: shared
+/// (`Arc`, from [`Layer::layer`](tower::Layer::layer)) or borrowed (from
+/// [`RouteMetricsLayer::layer_ref`]).
 #[derive(Debug, Clone)]
-pub struct Recorded<S> {
+pub struct Recorded<S, M = Arc<RouteMetrics>> {
     inner: S,
-    metrics: Arc<RouteMetrics>,
+    metrics: M,
 }
 
-impl<S, ReqB, B> tower::Service<Request<ReqB>> for Recorded<S>
+impl<S, M, ReqB, B> tower::Service<Request<ReqB>> for Recorded<S, M>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResponseBody<B>>>,
+    M: std::ops::Deref<Target = RouteMetrics> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = RecordedFuture<S::Future>;
+    type Future = RecordedFuture<S::Future, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -200,30 +229,26 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let method = req.method().clone();
-        RecordedFuture {
-            fut: self.inner.call(req),
-            started: Instant::now(),
-            method,
-            metrics: Arc::clone(&self.metrics),
-        }
+        RecordedFuture { fut: self.inner.call(req), started: Instant::now(), method, metrics: self.metrics.clone() }
     }
 }
 
 pin_project! {
     /// Response future of [`Recorded`].
     #[derive(Debug)]
-    pub struct RecordedFuture<F> {
+    pub struct RecordedFuture<F, M = Arc<RouteMetrics>> {
         #[pin]
         fut: F,
         started: Instant,
         method: Method,
-        metrics: Arc<RouteMetrics>,
+        metrics: M,
     }
 }
 
-impl<F, B, E> Future for RecordedFuture<F>
+impl<F, M, B, E> Future for RecordedFuture<F, M>
 where
     F: Future<Output = Result<Response<ResponseBody<B>>, E>>,
+    M: std::ops::Deref<Target = RouteMetrics>,
 {
     type Output = F::Output;
 
@@ -268,5 +293,46 @@ impl GrpcResponses {
             }
         };
         counters[i].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, ServiceExt};
+
+    /// The route's answer, 201 (a status nothing else in the test makes).
+    async fn created(_req: Request<()>) -> Result<Response<ResponseBody<()>>, std::convert::Infallible> {
+        let mut res = Response::new(ResponseBody::<()>::empty());
+        *res.status_mut() = http::StatusCode::CREATED;
+        Ok(res)
+    }
+
+    #[test]
+    fn borrowed_and_shared_services_count_into_the_same_series() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let layer = RouteMetricsLayer::new("users");
+                let shared = layer.layer(tower::service_fn(created));
+                assert_eq!(shared.oneshot(Request::new(())).await.unwrap().status(), 201);
+                let borrowed = layer.layer_ref(tower::service_fn(created));
+                assert_eq!(borrowed.oneshot(Request::new(())).await.unwrap().status(), 201);
+            });
+        });
+        let text = handle.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("http_requests_total{") && l.contains(r#"status="201""#))
+            .unwrap_or_else(|| panic!("no http_requests_total for 201 in:\n{text}"));
+        assert!(line.contains(r#"route="users""#) && line.contains(r#"method="GET""#), "{line}");
+        assert!(line.ends_with(" 2"), "both requests in one series: {line}");
+        let count = text
+            .lines()
+            .find(|l| l.starts_with("http_request_duration_seconds_count{") && l.contains(r#"status="201""#))
+            .unwrap_or_else(|| panic!("no duration histogram in:\n{text}"));
+        assert!(count.ends_with(" 2"), "{count}");
     }
 }

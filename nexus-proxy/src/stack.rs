@@ -156,7 +156,9 @@ impl<B: RequestBody> RouteStack<B> {
             None => Either::Right(svc),
         };
         // Outermost: every answer of the route is counted and timed, its own rejections too.
-        let mut svc = self.metrics.layer(svc);
+        // (Borrowed: the stack lives no longer than this request, so no reference count is
+        // touched per request; shared by every worker, it would be a contended write.)
+        let mut svc = self.metrics.layer_ref(svc);
         // Readiness is the forward's, which is always ready: an upstream over its
         // `max_concurrent_requests` answers 503 at once instead of waiting.
         let ready = svc.poll_ready(&mut Context::from_waker(Waker::noop()));
