@@ -312,9 +312,9 @@ impl Handler for Listener {
 
 /// Serve one request.
 ///
-/// Neither this nor [`serve`] is an `async fn`: an `async fn` keeps a by-value argument
-/// that it changes twice in its state (the argument, and the local it is rebound to). An
-/// `async` block that captures the request changes it in place.
+/// Neither this nor [`serve`] is an `async fn`: an `async fn` whose by-value argument is
+/// `mut` holds it twice in its state (the argument, and the local it is rebound to) and
+/// copies one into the other. An `async` block that captures the request changes it in place.
 #[allow(clippy::manual_async_fn)] // An `async fn` would hold the request twice (the doc above says why).
 fn handle<'f>(
     front: &'f Front,

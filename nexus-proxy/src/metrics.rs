@@ -174,12 +174,12 @@ impl RouteMetricsLayer {
     /// [`Layer::layer`](tower::Layer::layer) for a service that lives no longer than this
     /// layer: it borrows the route's metrics instead of sharing them, so neither wrapping
     /// nor a request touches a reference count. For a stack applied per request, as the
-    /// Nexus gateway does, where every worker thread would otherwise write the same count
-    /// twice per request.
+    /// Nexus gateway does: with [`Layer::layer`](tower::Layer::layer), every request would
+    /// increment and decrement a count that every worker thread shares, twice.
     ///
     /// ```
     /// use nexus_proxy::metrics::RouteMetricsLayer;
-    /// use tower::{Service, ServiceExt};
+    /// use tower::ServiceExt;
     ///
     /// # tokio_test_block_on(async {
     /// let layer = RouteMetricsLayer::new("users");
