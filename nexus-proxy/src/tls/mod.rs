@@ -209,24 +209,33 @@ impl TlsTerminator {
 
     /// The TLS handshake on `tcp`, within `timeout` (plaintext, a refused client
     /// certificate or no common version is an error; each is counted by reason).
+    ///
+    /// A failure is counted before the connection is closed, so a client that sees the
+    /// close and then reads the metrics finds its failure there.
     pub async fn accept(&self, tcp: TcpStream, timeout: Duration) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
-        let result = tokio::time::timeout(timeout, self.handshake(tcp)).await.unwrap_or(Err(HandshakeFailure::Other));
-        if let Err(reason) = result {
-            self.failures[reason as usize].increment(1);
-        }
-        result
+        // Pinned here, so that on a timeout the connection it holds outlives the count.
+        let mut handshake = std::pin::pin!(self.handshake(tcp));
+        let (reason, _connection) = match tokio::time::timeout(timeout, handshake.as_mut()).await {
+            Ok(Ok(tls)) => return Ok(tls),
+            Ok(Err((reason, tcp))) => (reason, Some(tcp)),
+            Err(_) => (HandshakeFailure::Other, None),
+        };
+        self.failures[reason as usize].increment(1);
+        Err(reason)
     }
 
-    async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    /// The handshake; a failed one gives the connection back (for [`accept`](Self::accept)
+    /// to count the failure before closing it).
+    async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, (HandshakeFailure, TcpStream)> {
         // A TLS connection opens with a handshake record (content type 22).
         let mut first = [0u8; 1];
         match tcp.peek(&mut first).await {
             Ok(1) if first[0] == 0x16 => {}
-            Ok(_) => return Err(HandshakeFailure::NotTls),
-            Err(_) => return Err(HandshakeFailure::Other),
+            Ok(_) => return Err((HandshakeFailure::NotTls, tcp)),
+            Err(_) => return Err((HandshakeFailure::Other, tcp)),
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-        acceptor.accept(tcp).await.map_err(|e| HandshakeFailure::of(&e))
+        acceptor.accept(tcp).into_fallible().await.map_err(|(e, tcp)| (HandshakeFailure::of(&e), tcp))
     }
 }
 
