@@ -39,6 +39,7 @@ macro_rules! inner_service_accessors {
 pub mod circuit_breaker;
 pub mod from_config;
 pub mod grpc;
+mod hex;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;

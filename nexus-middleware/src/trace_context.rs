@@ -55,39 +55,19 @@ impl TraceParent {
     pub fn to_header_value(&self) -> HeaderValue {
         let mut buf = [0u8; LEN];
         buf[..3].copy_from_slice(b"00-");
-        encode(&self.trace_id, &mut buf[3..35]);
+        crate::hex::encode(&self.trace_id, &mut buf[3..35]);
         buf[35] = b'-';
-        encode(&self.parent_id, &mut buf[36..52]);
+        crate::hex::encode(&self.parent_id, &mut buf[36..52]);
         buf[52] = b'-';
-        encode(&[self.flags], &mut buf[53..55]);
+        crate::hex::encode(&[self.flags], &mut buf[53..55]);
         HeaderValue::from_bytes(&buf).expect("hex and dashes are a valid header value")
     }
 
     /// The trace id as 32 lower-case hex digits (the access log's `trace_id`).
     pub fn trace_id_hex(&self) -> String {
         let mut buf = [0u8; 32];
-        encode(&self.trace_id, &mut buf);
+        crate::hex::encode(&self.trace_id, &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-/// The two lower-case hex digits of each byte value.
-const HEX: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
-        i += 1;
-    }
-    table
-};
-
-/// Lower-case hex of `bytes` into `out` (twice as long): one table load per byte, and no
-/// bounds check per digit.
-fn encode(bytes: &[u8], out: &mut [u8]) {
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX[usize::from(*b)]);
     }
 }
 

@@ -439,13 +439,21 @@ fn anchored(re: &str) -> String {
 }
 
 /// Lower-case a `Host` value and drop its port; borrows when already lower-case.
+///
+/// One backward scan over bytes for the port's `:` (a `Host` ends with it, so it is a few bytes
+/// away) and one pass for upper case: this runs on every request.
 pub fn normalize_host(raw: &str) -> Cow<'_, str> {
-    let host = if raw.starts_with('[') {
-        raw.find(']').map_or(raw, |i| &raw[..=i])
+    let b = raw.as_bytes();
+    let mut end = if b.first() == Some(&b'[') {
+        b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        b.iter().rposition(|&c| c == b':').unwrap_or(b.len())
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
+    if end > 0 && b[end - 1] == b'.' {
+        end -= 1;
+    }
+    // `end` is at an ASCII byte or the end, so a char boundary.
+    let host = &raw[..end];
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {

@@ -157,7 +157,35 @@ fn host_normalisation() {
     assert_eq!(normalize_host("Example.COM:443"), "example.com");
     assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     assert_eq!(normalize_host("example.com."), "example.com");
+    assert_eq!(normalize_host("Example.com.:8080"), "example.com");
+    assert_eq!(normalize_host("127.0.0.1:18085"), "127.0.0.1");
+    assert_eq!(normalize_host("[::1]"), "[::1]");
+    assert_eq!(normalize_host("API"), "api");
+    assert_eq!(normalize_host(""), "");
+    assert!(matches!(normalize_host("api.example.com:443"), Cow::Borrowed("api.example.com")));
     assert!(check_host_pattern("*.example.com").is_ok());
     assert!(check_host_pattern("a.*.com").is_err());
     assert!(check_host_pattern("example.com:80").is_err());
+}
+
+/// The byte-wise `normalize_host` gives what the rule says in words, for every combination of
+/// a bracketed or plain host, a trailing dot, a port, and upper case.
+#[test]
+fn host_normalisation_agrees_with_the_rule_in_words() {
+    fn by_the_words(raw: &str) -> String {
+        let host = if raw.starts_with('[') {
+            raw.find(']').map_or(raw, |i| &raw[..=i])
+        } else {
+            raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        };
+        host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+    }
+    for name in ["", ".", "a", "A.b", "[::1]", "[::1", "[FE80::1]", "x:y", "b\u{e9}b\u{e9}.fr", "h..", ":"] {
+        for dot in ["", "."] {
+            for port in ["", ":", ":80", ":443:1"] {
+                let raw = format!("{name}{dot}{port}");
+                assert_eq!(normalize_host(&raw), by_the_words(&raw), "{raw:?}");
+            }
+        }
+    }
 }
