@@ -28,7 +28,9 @@
 # upstream share CPU 1, so every proxy competes for the same core. Each round runs every target
 # once per connection count, in an order that rotates between rounds; the table shows medians,
 # and ratios are medians of per-round ratios (the machine drifts; compare within a round).
-# CPU per request is the proxy's utime+stime during its run divided by the requests it served.
+# CPU per request is the proxy's utime+stime during its run divided by the requests it served
+# (also shown split into user and system time), and the upstream's beside it: with PIN=1 the
+# upstream shares the proxies' CPU, so fields a proxy adds to each request cost there too.
 # Needs nginx, wrk, taskset and python3; everything listens on 127.0.0.1 and stops at exit.
 set -euo pipefail
 
@@ -181,14 +183,14 @@ for t in "${targets[@]}"; do
   [[ $ok == 1 ]] || die "$t on :${port[$t]} does not answer 200 (see $work/$t.log)"
 done
 
-ticks() { # utime+stime of a process and its children (nginx's worker), in clock ticks
-  local total=0 p t
+ticks() { # "utime stime" of a process and its children (nginx's worker), in clock ticks
+  local user=0 sys=0 p u s
   for p in "$1" $(pgrep -P "$1" || true); do
     # A child may be gone by now (nginx's cache loader exits on its own): it counts 0.
-    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || t=0
-    total=$((total + ${t:-0}))
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    user=$((user + ${u:-0})) sys=$((sys + ${s:-0}))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
 # One load run against a URL for some seconds: wrk, or h2load with H2=1.
@@ -201,7 +203,7 @@ load_run() { # seconds, conns, url
 }
 
 samples=$work/samples.tsv
-echo "round	conns	target	rps	p99_ms	cpu_us_per_req" >"$samples"
+echo "round	conns	target	rps	p99_ms	cpu_us_per_req	user_us_per_req	sys_us_per_req	upstream_us_per_req" >"$samples"
 echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS upstream_tls=$UPSTREAM_TLS h2=$H2 targets=${targets[*]} pin=$PIN" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in $CONNS; do
@@ -211,12 +213,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
       pid_var=pid_$t
       pid=${!pid_var}
       load_run 1 "$c" "$scheme://127.0.0.1:${port[$t]}/" >/dev/null # warm-up
-      before=$(ticks "$pid")
+      # shellcheck disable=SC2154 # pid_upstream is set by start()
+      before=$(ticks "$pid") up_before=$(ticks "$pid_upstream")
       out=$(load_run "$DURATION" "$c" "$scheme://127.0.0.1:${port[$t]}/")
-      after=$(ticks "$pid")
-      python3 - "$r" "$c" "$t" "$before" "$after" "$(getconf CLK_TCK)" "$out" >>"$samples" <<'PY'
+      after=$(ticks "$pid") up_after=$(ticks "$pid_upstream")
+      python3 - "$r" "$c" "$t" "$before" "$after" "$up_before" "$up_after" "$(getconf CLK_TCK)" "$out" >>"$samples" <<'PY'
 import re, sys
-r, c, t, before, after, hz, out = sys.argv[1:]
+r, c, t, before, after, up_before, up_after, hz, out = sys.argv[1:]
 ms = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 h2 = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
 if h2:  # h2load: the slowest request stands in for P99
@@ -233,8 +236,12 @@ else:
     if errors:
         print(f"peer-bench: {t} -c{c}: {errors.group(1)} non-2xx answers", file=sys.stderr)
 p99 = float(v) * ms[unit]
-cpu = (int(after) - int(before)) / int(hz) * 1e6 / max(reqs, 1)
-print(f"{r}\t{c}\t{t}\t{rps:.0f}\t{p99:.2f}\t{cpu:.1f}")
+# Per request, in µs: the proxy's user and system time, and the upstream's (it shares the
+# proxies' CPU when pinned, so what a proxy sends it is paid on that CPU too).
+per_req = lambda a, b: [(int(y) - int(x)) / int(hz) * 1e6 / max(reqs, 1) for x, y in zip(a.split(), b.split())]
+user, sys_ = per_req(before, after)
+upstream = sum(per_req(up_before, up_after))
+print(f"{r}\t{c}\t{t}\t{rps:.0f}\t{p99:.2f}\t{user + sys_:.1f}\t{user:.1f}\t{sys_:.1f}\t{upstream:.1f}")
 PY
       echo "  round $r -c$c $t: $(tail -1 "$samples" | cut -f4) RPS" >&2
     done
@@ -249,8 +256,8 @@ rows = list(csv.DictReader(open(path), delimiter="\t"))
 at = {(r["round"], r["conns"], r["target"]): r for r in rows}
 rounds = sorted({r["round"] for r in rows})
 names = {"nginx": "nginx", "nexus_a": "nexus (A)", "nexus_b": "nexus (B)"}
-print(f"| conns | target | RPS median | {tail} ms median | CPU µs/req | × nginx | {tail} × nginx (median, worst round) | B/A RPS |")
-print("|---:|---|---:|---:|---:|---:|---|---:|")
+print(f"| conns | target | RPS median | {tail} ms median | CPU µs/req (user + sys) | upstream µs/req | × nginx | {tail} × nginx (median, worst round) | B/A RPS |")
+print("|---:|---|---:|---:|---|---:|---:|---|---:|")
 for c in sorted({r["conns"] for r in rows}, key=int):
     for t in targets:
         mine = [at[(k, c, t)] for k in rounds]
@@ -260,7 +267,8 @@ for c in sorted({r["conns"] for r in rows}, key=int):
         pair = ""
         if t == "nexus_b":
             pair = f"{statistics.median(float(at[(k, c, 'nexus_b')]['rps']) / float(at[(k, c, 'nexus_a')]['rps']) for k in rounds):.3f}"
-        print(f"| {c} | {names[t]} | {med('rps'):.0f} | {med('p99_ms'):.2f} | {med('cpu_us_per_req'):.1f} | {ratio:.2f} "
+        cpu = f"{med('cpu_us_per_req'):.1f} ({med('user_us_per_req'):.1f} + {med('sys_us_per_req'):.1f})"
+        print(f"| {c} | {names[t]} | {med('rps'):.0f} | {med('p99_ms'):.2f} | {cpu} | {med('upstream_us_per_req'):.1f} | {ratio:.2f} "
               f"| {statistics.median(tails):.2f}, {max(tails):.2f} | {pair} |")
 print(f"\nMedians over {len(rounds)} rounds; × nginx and B/A are medians of per-round ratios "
       f"(the worst round: the highest ratio). Samples: {path}")
