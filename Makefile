@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps check-deploy check-features package lint fmt clippy bench bench-router bench-p99 peer-bench grpc-bench fuzz fuzz-ci docker-build demo clean
+.PHONY: all build release test test-deps check-deploy check-features package lint fmt clippy doc bench bench-router bench-p99 peer-bench grpc-bench fuzz fuzz-ci docker-build demo clean
 
 all: build
 
@@ -45,13 +45,17 @@ package:
 		"$(PKG_TARGET)"/debug/.fingerprint/nexus-* "$(PKG_TARGET)"/debug/deps/libnexus_*
 	$(CARGO) package --workspace --exclude nexus-benches --allow-dirty
 
-lint: fmt clippy
+lint: fmt clippy doc
 
 fmt:
 	$(CARGO) fmt --all -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## API docs without broken or private links (what docs.rs would show).
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked
 
 ## All criterion micro benches.
 bench:

@@ -64,6 +64,7 @@ enum Command {
         /// HTTP method, e.g. GET.
         method: String,
         /// URL or path, e.g. http://api.example.com/api/v1/users or /api/v1/users.
+        #[allow(rustdoc::bare_urls)] // Also clap's help text, which shows it as written.
         url: String,
         /// Request header "Name: value" (repeatable).
         #[arg(short = 'H', long = "header", value_name = "HEADER")]

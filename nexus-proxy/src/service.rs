@@ -1,6 +1,6 @@
 //! tower `Service`s over [`Upstream`] and [`Gateway`], for use in any tower,
 //! hyper or axum stack. The client address comes from the request extensions
-//! ([`peer_of`](nexus_core::client::peer_of): a `PeerAddr` your accept loop puts there, or
+//! ([`peer_of`]: a `PeerAddr` your accept loop puts there, or
 //! axum's `ConnectInfo<SocketAddr>` with the `axum` feature). Without one the client is
 //! unknown: `X-Forwarded-For: unknown`, and per-client rate limits answer 500.
 //!
@@ -107,9 +107,10 @@ where
 /// W3C `traceparent` upstream (`nexus_middleware::trace_context`).
 /// Listeners, probes and the shutdown sequence stay with the server around it.
 ///
-/// The client address comes from a [`ClientInfo`](crate::ClientInfo) or a
-/// [`PeerAddr`](nexus_core::client::PeerAddr) in the request's extensions (per-IP
-/// rate limits need one of them: without, every client shares one bucket).
+/// The client address comes from a [`ClientInfo`] or a
+/// [`PeerAddr`](nexus_core::client::PeerAddr) in the request's extensions. A per-client rate
+/// limit needs one of them: without, its route answers 500 rather than put every client in one
+/// bucket.
 ///
 /// ```
 /// use nexus_proxy::GatewayService;

@@ -3,11 +3,11 @@
 //!
 //! | layer | why it sits there |
 //! | --- | --- |
-//! | [`RouteMetricsLayer`](crate::metrics::RouteMetricsLayer) | counts every answer of the route, its own rejections included, and times all of it |
-//! | [`RateLimitLayer`](nexus_middleware::RateLimitLayer) (`client_ip` / `header:` keys) | the cheapest rejection that needs the route: before any signature is checked |
-//! | [`JwtAuthLayer`](nexus_middleware::JwtAuthLayer) | nothing that fails authentication reaches the upstream; provides the claims |
-//! | [`RateLimitLayer`](nexus_middleware::RateLimitLayer) (`claim:` keys) | keyed by a verified claim, so it runs after authentication |
-//! | forward ([`RouteTarget`](crate::RouteTarget)) | split side, mirror, then the upstream: retries (the [`RetryLoop`](nexus_middleware::retry::RetryLoop) `RetryLayer` runs, over the upstream's own tries), and per try the breaker (the [`SharedBreaker`](nexus_middleware::circuit_breaker::SharedBreaker) `CircuitBreakerLayer` holds), balancer, send within the request's deadline |
+//! | [`RouteMetricsLayer`] | counts every answer of the route, its own rejections included, and times all of it |
+//! | [`RateLimitLayer`] (`client_ip` / `header:` keys) | the cheapest rejection that needs the route: before any signature is checked |
+//! | [`JwtAuthLayer`] | nothing that fails authentication reaches the upstream; provides the claims |
+//! | [`RateLimitLayer`] (`claim:` keys) | keyed by a verified claim, so it runs after authentication |
+//! | forward ([`RouteTarget`]) | split side, mirror, then the upstream: retries (the [`RetryLoop`](nexus_middleware::retry::RetryLoop) `RetryLayer` runs, over the upstream's own tries), and per try the breaker (the [`SharedBreaker`](nexus_middleware::circuit_breaker::SharedBreaker) `CircuitBreakerLayer` holds), balancer, send within the request's deadline |
 //!
 //! Above the route, [`Gateway::handle`](crate::Gateway::handle) checks the
 //! header and body limits and matches the route; around the gateway, the
@@ -21,7 +21,7 @@
 //! every layer above moves a pointer, not the forward's state (an embedder's
 //! [`GatewayService`](crate::GatewayService) boxes once more, for a nameable future).
 //!
-//! State that outlives a reload lives in [`Policies`]: a limit whose settings
+//! State that outlives a reload lives in the stack's `Policies`: a limit whose settings
 //! did not change keeps its buckets, an auth policy its key set (and JWKS
 //! refresher); every route that names a limit shares its one bucket set.
 

@@ -13,7 +13,7 @@
 //! [`crate::headers`]). Why the lean paths exist at all, and what they save, is in each
 //! file's docs and in `docs/load-test-report.md`.
 //!
-//! Under `--cfg fuzzing` (as `cargo fuzz` builds), [`fuzzing`] exposes the protocol
+//! Under `--cfg fuzzing` (as `cargo fuzz` builds), the `fuzzing` module exposes the protocol
 //! functions to the targets in `fuzz/`.
 
 mod body;

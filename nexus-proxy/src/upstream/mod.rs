@@ -1,5 +1,5 @@
 //! One upstream: its endpoints, their balancer, and per-endpoint pools of
-//! keep-alive HTTP/1.1 connections (see [`crate::pool`]).
+//! keep-alive HTTP/1.1 connections (the crate's `pool` module).
 
 mod auto;
 mod build;
@@ -115,7 +115,8 @@ struct Shared<B> {
 }
 
 /// A request's slot in the upstream's and the endpoint's in-flight counts; freed on
-/// [`release`](InFlight::release) or drop. It also names the upstream (the metric label of
+/// release (when the response's body ends, its connection back in the pool, or is aborted) or
+/// on drop. It also names the upstream (the metric label of
 /// a response body), so a body keeps it after the slot is freed.
 #[derive(Debug)]
 pub struct InFlight<B> {
