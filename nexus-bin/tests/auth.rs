@@ -134,3 +134,39 @@ async fn an_auth_policy_with_an_unset_secret_is_a_config_error() {
     let stderr = refused_at_start(&yaml);
     assert!(stderr.contains("auth.jwt.main.secret_env"), "{stderr}");
 }
+
+/// A split sticky on a verified claim reads the claims below authentication (the gateway
+/// leaves them out of the request only when nothing below reads them): each user stays on one
+/// side, and users land on both.
+#[tokio::test]
+async fn a_split_sticky_on_a_claim_keeps_each_user_on_one_side() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, JWKS1).unwrap();
+    let yaml = format!(
+        "auth:\n  jwt:\n    main:\n      issuer: https://issuer.test\n      audiences: [nexus]\n      algorithms: [RS256]\n\
+         \x20     jwks_file: {}\n\
+         upstreams:\n  v1:\n    endpoints: [{{ url: \"{}\" }}]\n  v2:\n    endpoints: [{{ url: \"{}\" }}]\n\
+         routes:\n  - name: web\n    paths: [{{ path: / }}]\n    auth: main\n    split:\n\
+         \x20     - {{ upstream: v1, weight: 50 }}\n      - {{ upstream: v2, weight: 50 }}\n    sticky: claim:sub\n",
+        jwks.display(),
+        v1.url(),
+        v2.url()
+    );
+    let gw = gateway(&yaml);
+    let mut sides = std::collections::BTreeSet::new();
+    for user in 0..24 {
+        let good = token("key-1", RSA1, serde_json::json!({ "sub": format!("user-{user}") }));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let (status, _, text) = send(bearer(&gw, "/x", &good)).await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            seen.insert(text.split(' ').next().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "user-{user} moved between sides: {seen:?}");
+        sides.extend(seen);
+    }
+    // 24 users at 50/50 all on one side: 2 in 2^24.
+    assert_eq!(sides.len(), 2, "{sides:?}");
+}

@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | [`RouteMetricsLayer`] | counts every answer of the route, its own rejections included, and times all of it |
 //! | [`RateLimitLayer`] (`client_ip` / `header:` keys) | the cheapest rejection that needs the route: before any signature is checked |
-//! | [`JwtAuthLayer`] | nothing that fails authentication reaches the upstream; provides the claims |
+//! | [`JwtAuthLayer`] | nothing that fails authentication reaches the upstream; provides the claims (in the request's extensions only when a layer below, the access log or a claim-sticky split reads them) |
 //! | [`RateLimitLayer`] (`claim:` keys) | keyed by a verified claim, so it runs after authentication |
 //! | forward ([`RouteTarget`]) | split side, mirror, then the upstream: retries (the [`RetryLoop`](nexus_middleware::retry::RetryLoop) `RetryLayer` runs, over the upstream's own tries), and per try the breaker (the [`SharedBreaker`](nexus_middleware::circuit_breaker::SharedBreaker) `CircuitBreakerLayer` holds), balancer, send within the request's deadline |
 //!
@@ -86,11 +86,14 @@ impl<B> RouteStack<B> {
             Some(l) if matches!(l.limiter().config().key, RateLimitKey::Claim(_)) => (None, Some(l)),
             other => (other, None),
         };
-        let auth = rc
-            .auth
-            .as_deref()
-            .and_then(|name| policies.auths.get(name))
-            .map(|(_, auth)| JwtAuthLayer::new(auth.clone()).with_metric(route.name()));
+        // The verified claims go into the request's extensions only for a reader below the JWT
+        // layer: a claim-keyed limit, the access log's `user`, a split sticky on a claim. (The
+        // extension map's first insert allocates; the forwarded claims go to headers anyway.)
+        let claims_read = after_auth.is_some() || access_log || target.reads_claims();
+        let auth = rc.auth.as_deref().and_then(|name| policies.auths.get(name)).map(|(_, auth)| {
+            let layer = JwtAuthLayer::new(auth.clone()).with_metric(route.name());
+            if claims_read { layer } else { layer.without_claims_extension() }
+        });
         Self {
             metrics: RouteMetricsLayer::new(route.name()),
             before_auth,

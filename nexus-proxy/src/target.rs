@@ -112,6 +112,12 @@ impl MirrorMetrics {
 }
 
 impl<B> RouteTarget<B> {
+    /// Whether the split's side is chosen by a verified claim (which must then be in the
+    /// request's extensions).
+    pub(crate) fn reads_claims(&self) -> bool {
+        matches!(self.sticky, Some(StickyKey::Claim(_)))
+    }
+
     /// The target of `route` (the `i`-th, for error paths), from the built `upstreams`; an
     /// unknown upstream, or a split where nothing carries traffic, is an error in `errors`.
     pub(crate) fn build(

@@ -16,6 +16,8 @@ use tower::{Layer, Service};
 pub struct JwtAuthLayer {
     auth: JwtAuth,
     failures: Option<Failures>,
+    /// Put the verified claims in the request's extensions (the default).
+    claims: bool,
 }
 
 /// `nexus_auth_failures_total{route,reason}`, one handle per reason; clones share them (a
@@ -43,7 +45,7 @@ impl Failures {
 impl JwtAuthLayer {
     /// Authenticate with `auth`.
     pub fn new(auth: JwtAuth) -> Self {
-        Self { auth, failures: None }
+        Self { auth, failures: None, claims: true }
     }
 
     /// Count failures in `nexus_auth_failures_total{route,reason}` under this route name.
@@ -51,12 +53,38 @@ impl JwtAuthLayer {
         self.failures = Some(Failures::new(route));
         self
     }
+
+    /// Leave the verified claims out of the request's extensions, for a stack in which
+    /// nothing below this layer reads them (the claims in `forward_claims` still go to their
+    /// headers). A request's extension map is allocated by its first insert: this saves that
+    /// allocation, and its drop, on every authenticated request.
+    ///
+    /// ```
+    /// use jsonwebtoken::Algorithm;
+    /// use nexus_middleware::jwt::{JwtAuth, JwtConfig, KeySource};
+    /// use nexus_middleware::JwtAuthLayer;
+    ///
+    /// let auth = JwtAuth::new(JwtConfig {
+    ///     algorithms: vec![Algorithm::HS256],
+    ///     keys: KeySource::Secret(b"a secret of 32 bytes or more....".to_vec()),
+    ///     forward_claims: vec![("sub".into(), http::HeaderName::from_static("x-user-id"))],
+    ///     ..JwtConfig::default()
+    /// })
+    /// .unwrap();
+    /// // In front of a proxy: the user's id goes upstream in a header; nothing reads the claims.
+    /// let layer = JwtAuthLayer::new(auth).without_claims_extension();
+    /// # let _ = layer;
+    /// ```
+    pub fn without_claims_extension(mut self) -> Self {
+        self.claims = false;
+        self
+    }
 }
 
 impl<S> Layer<S> for JwtAuthLayer {
     type Service = JwtAuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        JwtAuthService { inner, auth: self.auth.clone(), failures: self.failures.clone() }
+        JwtAuthService { inner, auth: self.auth.clone(), failures: self.failures.clone(), claims: self.claims }
     }
 }
 
@@ -66,6 +94,7 @@ pub struct JwtAuthService<S> {
     inner: S,
     auth: JwtAuth,
     failures: Option<Failures>,
+    claims: bool,
 }
 
 inner_service_accessors!(JwtAuthService);
@@ -99,10 +128,11 @@ where
                         req,
                         auth: self.auth.clone(),
                         failures: self.failures.clone(),
+                        claims: self.claims,
                     })),
                 }
             }
-            outcome => decide(&mut self.inner, &self.auth, self.failures.as_ref(), req, outcome),
+            outcome => decide(&mut self.inner, &self.auth, self.failures.as_ref(), self.claims, req, outcome),
         };
         ResponseFuture { state }
     }
@@ -112,6 +142,7 @@ fn decide<S, B, ResB>(
     inner: &mut S,
     auth: &JwtAuth,
     failures: Option<&Failures>,
+    claims_extension: bool,
     mut req: Request<B>,
     outcome: Result<VerifiedClaims, Reason>,
 ) -> State<S, B>
@@ -123,7 +154,9 @@ where
         Ok(claims) => {
             auth.scrub(req.headers_mut());
             auth.forward(&claims, req.headers_mut());
-            req.extensions_mut().insert(claims);
+            if claims_extension {
+                req.extensions_mut().insert(claims);
+            }
             State::Called { fut: inner.call(req) }
         }
         Err(reason) => {
@@ -142,6 +175,7 @@ struct Waiting<S, B> {
     req: Request<B>,
     auth: JwtAuth,
     failures: Option<Failures>,
+    claims: bool,
 }
 
 pin_project! {
@@ -182,9 +216,10 @@ where
             match this.state.as_mut().project() {
                 StateProj::Refetching { fut, inner } => {
                     ready!(fut.as_mut().poll(cx));
-                    let Waiting { mut svc, req, auth, failures } = *inner.take().expect("polled after completion");
+                    let Waiting { mut svc, req, auth, failures, claims } =
+                        *inner.take().expect("polled after completion");
                     let outcome = auth.verify(req.headers());
-                    let next = decide(&mut svc, &auth, failures.as_ref(), req, outcome);
+                    let next = decide(&mut svc, &auth, failures.as_ref(), claims, req, outcome);
                     this.state.set(next);
                 }
                 StateProj::Called { fut } => return fut.poll(cx),

@@ -58,9 +58,16 @@ fn jwks_auth() -> JwtAuth {
 fn guarded(
     auth: &JwtAuth,
 ) -> (impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone, Arc<AtomicUsize>) {
+    guarded_by(JwtAuthLayer::new(auth.clone()))
+}
+
+/// [`guarded`] with a layer set up by the caller.
+fn guarded_by(
+    layer: JwtAuthLayer,
+) -> (impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
-    let svc = ServiceBuilder::new().layer(JwtAuthLayer::new(auth.clone())).service_fn(move |req: Request<()>| {
+    let svc = ServiceBuilder::new().layer(layer).service_fn(move |req: Request<()>| {
         seen.fetch_add(1, Ordering::SeqCst);
         let user = req.headers().get("x-user-id").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         let has_claims = req.extensions().get::<VerifiedClaims>().is_some();
@@ -109,6 +116,23 @@ async fn a_valid_token_passes_with_claims_forwarded() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
     assert_eq!(body, "alice|true|true");
+}
+
+/// Without the claims extension the forwarded claims still reach the inner service as headers
+/// (the client's own `X-User-Id` replaced), and a bad token is still refused.
+#[tokio::test]
+async fn without_the_claims_extension_claims_are_still_forwarded() {
+    let auth = jwks_auth();
+    let (svc, calls) = guarded_by(JwtAuthLayer::new(auth.clone()).without_claims_extension());
+    let mut req = with_token(&rs256("key-1", RSA1, &claims(serde_json::json!({}))));
+    req.headers_mut().insert("x-user-id", "mallory".parse().unwrap());
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    assert_eq!(body, "alice|false|true");
+    let expired = with_token(&rs256("key-1", RSA1, &claims(serde_json::json!({"exp": now() - 3600}))));
+    assert_eq!(svc.oneshot(expired).await.unwrap().status(), 401);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
