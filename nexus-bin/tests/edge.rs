@@ -123,6 +123,7 @@ async fn connect_unknown_codings_and_h2c_upgrades_never_reach_the_upstream_as_su
         raw(gw.addr, b"CONNECT internal.example.com:443 HTTP/1.1\r\nHost: internal.example.com:443\r\n\r\n").await;
     assert_eq!(status_of(&res), "405", "{res}");
     assert!(res.contains("\"code\":\"method_not_allowed\""), "{res}");
+    assert!(res.contains("allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n"), "{res}");
 
     let res = raw(
         gw.addr,

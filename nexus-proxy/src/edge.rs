@@ -71,11 +71,15 @@ impl Edge {
     #[allow(clippy::result_large_err)]
     pub(crate) fn admit<B, R: From<Bytes>>(&self, req: &mut Request<B>) -> Result<Admitted, Response<R>> {
         if req.method() == Method::CONNECT {
-            return Err(refuse(
+            let mut res = refuse(
                 req.headers(),
                 ErrorCode::MethodNotAllowed,
                 "CONNECT is not supported: this gateway is not a forward proxy",
-            ));
+            );
+            // A 405 names what the target does support (RFC 9110 §15.5.6): every method but
+            // CONNECT reaches the routes (extension methods too; these are the standard ones).
+            res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW_BUT_CONNECT));
+            return Err(res);
         }
         let mut seen = Seen::default();
         let mut host_ok = true;
@@ -215,6 +219,9 @@ fn check_transfer_codings<R: From<Bytes>>(headers: &HeaderMap) -> Result<(), Res
     Ok(())
 }
 
+/// The standard methods a route can serve: all of RFC 9110's but `CONNECT`, and `PATCH`.
+const ALLOW_BUT_CONNECT: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 fn refuse<R: From<Bytes>>(headers: &HeaderMap, code: ErrorCode, message: &'static str) -> Response<R> {
     let mut res: Response<R> = GatewayError::new(code).with_message(message).into_response_for(headers);
     // SPEC §4: a malformed request closes the connection; so does a CONNECT (tunnel bytes
@@ -319,7 +326,10 @@ mod tests {
     fn connect_codings_and_authorization_lines_are_refused() {
         let e = edge(&[]);
         let mut connect = Request::builder().method(Method::CONNECT).uri("example.com:443").body(()).unwrap();
-        assert_eq!(admit(&e, &mut connect), Err(405));
+        let refused = e.admit::<(), Bytes>(&mut connect).unwrap_err();
+        assert_eq!(refused.status(), 405);
+        assert_eq!(refused.headers()["allow"], "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH");
+        assert_eq!(refused.headers()["connection"], "close");
         assert_eq!(admit(&e, &mut request("/", &[("transfer-encoding", "gzip, chunked")])), Err(501));
         assert_eq!(admit(&e, &mut request("/", &[("transfer-encoding", "chunked")])), Ok(()));
         let two = [("authorization", "Bearer a"), ("authorization", "Bearer b")];
