@@ -261,6 +261,16 @@ async fn http2_cleartext_clients_are_served() {
     let seen = up.last();
     assert_eq!(seen.uri, "/h2");
     assert_eq!(seen.headers["host"], gw.addr.to_string().as_str(), ":authority becomes Host upstream");
+    // Bodies reach the HTTP/1.1 upstream whole: a small one (received whole, sent with the
+    // head) and one too large for that (streamed).
+    for size in [7, 100 * 1024] {
+        let sent = "h".repeat(size);
+        let res = h2.request(Request::post(gw.url("/echo")).body(body(sent.clone())).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{size} bytes");
+        assert_eq!(res.headers()["x-framing"], format!("content-length={size}").as_str());
+        let got = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        assert!(got == sent.as_bytes(), "{size} bytes: the body differs");
+    }
 }
 
 #[tokio::test]
@@ -416,8 +426,8 @@ async fn max_concurrent_requests_answers_503_at_once_when_full() {
 async fn one_connection_serves_pipelined_requests_with_and_without_bodies_in_order() {
     let up = upstream("app").await;
     let gw = gateway(&one_route(&up, ""));
-    // Body-less requests, then one with a body (hyper takes the connection from there), then
-    // a streamed (chunked) answer and the client's close.
+    // Body-less requests, then one with a (small) body, then a streamed (chunked) answer and
+    // the client's close.
     let res = raw(
         gw.addr,
         b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -457,6 +467,52 @@ async fn one_connection_serves_pipelined_requests_with_and_without_bodies_in_ord
         rest = &after[size + 2..];
     }
     assert_eq!(total, 70000);
+}
+
+#[tokio::test]
+async fn small_bodies_arrive_whole_in_order_and_a_slow_one_still_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, "").replace("server:\n", "server:\n  limits: { header_read_timeout: 1s }\n"));
+    // Pipelined on one connection: bodies of 11 bytes, none, and exactly 64 KiB (the most the
+    // server reads whole), between requests without one.
+    let big = "b".repeat(64 * 1024);
+    let pipelined = format!(
+        "GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
+         PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{big}\
+         GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        big.len()
+    );
+    let res = raw(gw.addr, pipelined.as_bytes()).await;
+    let answers: Vec<&str> = res.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 5, "{}", &res[..res.len().min(2000)]);
+    assert!(answers.iter().all(|a| a.starts_with("200 OK\r\n")), "{}", &res[..res.len().min(2000)]);
+    assert!(answers[0].ends_with("\r\n\r\napp /a"));
+    assert!(answers[1].contains("x-framing: content-length=11\r\n") && answers[1].ends_with("\r\n\r\nhello world"));
+    assert!(answers[2].contains("content-length: 0\r\n") && answers[2].ends_with("\r\n\r\n"), "{}", answers[2]);
+    assert!(answers[3].contains(&format!("x-framing: content-length={}\r\n", big.len())));
+    assert!(answers[3].ends_with(&format!("\r\n\r\n{big}")), "the 64 KiB body differs");
+    assert!(answers[4].ends_with("\r\n\r\napp /b"));
+    assert_eq!(up.connections(), 1, "one upstream connection carried them all");
+
+    // A body that comes in pieces: within the head's deadline, and after it (the
+    // connection goes on with hyper streaming the rest, instead of being closed).
+    for (pause, what) in [(200, "within the deadline"), (1_500, "past the deadline")] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        s.write_all(b" half").await.unwrap();
+        s.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut out)).await.unwrap().unwrap();
+        let out = String::from_utf8_lossy(&out);
+        let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 2, "{what}: {out}");
+        assert!(answers[0].starts_with("200 OK\r\n") && answers[0].ends_with("\r\n\r\nfirst half"), "{what}: {out}");
+        assert!(answers[1].ends_with("\r\n\r\napp /c"), "{what}: {out}");
+    }
 }
 
 #[tokio::test]

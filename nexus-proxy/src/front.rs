@@ -331,7 +331,7 @@ fn handle<'f>(
         let http1 = req.version() < Version::HTTP_2;
         // A gRPC request gets the front's own answers (shutdown, prechecks, a panic's 500) as
         // trailers-only gRPC responses; the gateway does the same for its own. (Not looked up
-        // for the lean path's requests: HTTP/1.1 without a body, which gRPC never is.)
+        // for a request without a body, which gRPC never is.)
         let grpc = !matches!(req.body(), ClientBody::Empty) && grpc::is_grpc(req.headers());
         let phase = front.shutdown.phase();
         if phase == Phase::Stopping {
@@ -427,8 +427,8 @@ fn precheck(
             Probe::Readiness => probe::readiness(gate),
         });
     }
-    // The lean server path takes no head without `Host`: nothing below applies to its requests.
-    if matches!(req.body(), ClientBody::Empty) {
+    // The lean server path takes no HTTP/1.1 head without `Host`: nothing below applies to its requests.
+    if req.body().is_lean() {
         return None;
     }
     // RFC 9112 §3.2 (the lean path checks its own requests): HTTP/1.1 needs a Host.

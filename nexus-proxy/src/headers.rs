@@ -81,6 +81,23 @@ pub(crate) struct HeadScan {
     pub(crate) sampled: bool,
     upgrade_field: bool,
     upgrade_token: bool,
+    /// A `Transfer-Encoding` field.
+    transfer_encoding: bool,
+    /// `Content-Length` fields seen, and the first one's value when it is plain digits.
+    length_fields: u8,
+    length: Option<u64>,
+}
+
+/// The largest body the lean server reads whole before the request goes on (the most a retry
+/// keeps to send again, too): larger ones are streamed by hyper.
+pub(crate) const LEAN_BODY_MAX: u64 = nexus_core::retry::MAX_REPLAY_BODY as u64;
+
+/// A `Content-Length` value of plain digits (RFC 9110 §8.6: `1*DIGIT`; no sign, no list).
+fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 impl HeadScan {
@@ -100,8 +117,13 @@ impl HeadScan {
             self.host = true;
         } else if name == header::CONTENT_LENGTH {
             self.framed |= value != b"0";
+            if self.length_fields == 0 {
+                self.length = plain_length(value);
+            }
+            self.length_fields = self.length_fields.saturating_add(1);
         } else if name == header::TRANSFER_ENCODING {
             self.framed = true;
+            self.transfer_encoding = true;
         } else if name == header::UPGRADE {
             self.upgrade_field = true;
         } else if name == header::EXPECT {
@@ -127,10 +149,24 @@ impl HeadScan {
         !self.framed && !self.upgrade
     }
 
-    /// Served by the lean server loop (`http1::server`): no body framed, nothing said of an
-    /// upgrade (either half goes to hyper, which knows the rules), no `Expect`.
-    pub(crate) fn lean_server(&self) -> bool {
-        !self.framed && !self.upgrade_field && !self.upgrade_token && !self.expect
+    /// A `Transfer-Encoding` field: the body is sent as hyper frames it.
+    pub(crate) fn transfer_encoding(&self) -> bool {
+        self.transfer_encoding
+    }
+
+    /// Served by the lean server loop (`http1::server`), and the length of the body it reads
+    /// whole first (`Some(0)`: none): nothing said of an upgrade (either half goes to hyper,
+    /// which knows the rules), no `Expect`, no `Transfer-Encoding`, and no body or one framed
+    /// by a single plain `Content-Length` of at most [`LEAN_BODY_MAX`]. (Any other length
+    /// field goes to hyper behind the head gate, which refuses what SPEC §4 refuses.)
+    pub(crate) fn lean_server(&self) -> Option<u64> {
+        if self.upgrade_field || self.upgrade_token || self.expect || self.transfer_encoding {
+            return None;
+        }
+        if !self.framed {
+            return Some(0);
+        }
+        self.length.filter(|n| self.length_fields == 1 && *n <= LEAN_BODY_MAX)
     }
 }
 
@@ -384,10 +420,15 @@ mod tests {
             HeadScan::of(&h)
         };
         assert_eq!(scan(&[]), HeadScan::default());
-        assert_eq!(scan(&[("host", "a"), ("content-length", "0")]), HeadScan { host: true, ..HeadScan::default() });
+        let zero = scan(&[("host", "a"), ("content-length", "0")]);
+        assert!(zero.host && !zero.framed && zero.lean_upstream());
+        assert_eq!(zero.lean_server(), Some(0));
         assert!(scan(&[("content-length", "5")]).framed);
+        assert_eq!(scan(&[("content-length", "5")]).lean_server(), Some(5));
         assert!(scan(&[("content-length", "0"), ("content-length", "5")]).framed);
+        assert_eq!(scan(&[("content-length", "0"), ("content-length", "5")]).lean_server(), None);
         assert!(scan(&[("transfer-encoding", "chunked")]).framed);
+        assert_eq!(scan(&[("transfer-encoding", "chunked")]).lean_server(), None);
         assert!(scan(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]).upgrade);
         assert!(!scan(&[("connection", "upgrade")]).upgrade, "no Upgrade field");
         assert!(!scan(&[("upgrade", "websocket")]).upgrade, "Connection does not ask for it");

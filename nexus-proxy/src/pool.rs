@@ -253,6 +253,7 @@ where
     pub(crate) async fn send_raw(
         &self,
         parts: &request::Parts,
+        body: Option<&bytes::Bytes>,
         client: Client<'_>,
         connect_timeout: Duration,
         deadline: Instant,
@@ -265,7 +266,7 @@ where
                     Err(_) => return Err(ProxyError::new(ErrorKind::Timeout, None)),
                 },
             };
-            match conn.exchange(parts, client, deadline).await {
+            match conn.exchange(parts, body, client, deadline).await {
                 Ok(head) => {
                     let body = RawBody::new(conn, &head);
                     return Ok(head.response.map(|()| body));

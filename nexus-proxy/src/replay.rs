@@ -206,6 +206,55 @@ where
     }
 }
 
+/// What [`SendBody::into_whole`] found.
+#[derive(Debug)]
+pub(crate) enum Whole<B> {
+    /// The whole body, here now.
+    Here(Bytes),
+    /// Not all here (or not small): the body to stream, nothing of it lost.
+    Not(SendBody<B>),
+    /// The client's body failed.
+    Failed(crate::error::ProxyError),
+}
+
+impl<B> SendBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<nexus_core::BoxError>,
+{
+    /// The whole body when it is at most `max` bytes and needs no waiting: one that was read
+    /// ahead, or a stream of known length whose data is all here (a body the lean server
+    /// read, or one hyper has received). A stream is polled once, without a waker of this
+    /// task's (`Pending` consumes nothing, and the next poll registers the real one).
+    pub(crate) fn into_whole(self, max: usize) -> Whole<B> {
+        match self {
+            Self::Buffered { data: Some(data), trailers: None } if data.len() <= max => Whole::Here(data),
+            Self::Stream(mut body) => {
+                let Some(len) = body.size_hint().exact().filter(|n| (1..=max as u64).contains(n)) else {
+                    return Whole::Not(Self::Stream(body));
+                };
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(&mut body).poll_frame(&mut cx) {
+                    Poll::Pending => Whole::Not(Self::Stream(body)),
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if data.len() as u64 == len && body.is_end_stream() => Whole::Here(data),
+                        Ok(data) => Whole::Not(Self::Prefixed { head: Some(data), rest: body }),
+                        // Trailers before the data a known length promised: a broken body.
+                        Err(_) => {
+                            Whole::Failed(crate::error::ProxyError::client_body("trailers before the body".into()))
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => Whole::Failed(crate::error::ProxyError::client_body(e.into())),
+                    Poll::Ready(None) => {
+                        Whole::Failed(crate::error::ProxyError::client_body("the body ended before its length".into()))
+                    }
+                }
+            }
+            other => Whole::Not(other),
+        }
+    }
+}
+
 /// Read `body` ahead for replay: `Ok(Some)` when it ends within the limit (the
 /// empty body of a GET costs nothing), `Ok(None)` with the body to stream once
 /// otherwise. Errors are the client's body errors (413 included).
@@ -307,6 +356,78 @@ mod tests {
         let Err(once) = read_ahead(big).await.unwrap() else { panic!("160 KiB is not kept") };
         assert!(matches!(once, SendBody::Prefixed { .. }));
         assert_eq!(once.collect().await.unwrap().to_bytes().len(), 20 * 8192, "nothing is lost");
+    }
+
+    /// A body of a declared length whose frames come from a channel.
+    struct Declared {
+        len: u64,
+        rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+        ended: bool,
+    }
+
+    impl Body for Declared {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let polled = self.rx.poll_recv(cx);
+            if let Poll::Ready(None) = polled {
+                self.ended = true;
+            }
+            polled
+        }
+        fn is_end_stream(&self) -> bool {
+            self.ended || self.rx.is_closed() && self.rx.is_empty()
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.len)
+        }
+    }
+
+    fn declared(len: u64) -> (tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>, SendBody<Declared>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (tx, SendBody::Stream(Declared { len, rx, ended: false }))
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_taken_as_it_is_and_any_other_loses_nothing() {
+        // Read ahead, or all here: taken.
+        let buffered: SendBody<Declared> =
+            SendBody::Buffered { data: Some(Bytes::from_static(b"abc")), trailers: None };
+        assert!(matches!(buffered.into_whole(64), Whole::Here(d) if d == "abc"));
+        let full = SendBody::Stream(Full::new(Bytes::from_static(b"hello")));
+        assert!(matches!(full.into_whole(64), Whole::Here(d) if d == "hello"));
+        // Over the limit: not even polled.
+        let full = SendBody::Stream(Full::new(Bytes::from_static(b"hello")));
+        let Whole::Not(SendBody::Stream(rest)) = full.into_whole(4) else { panic!("5 bytes are over 4") };
+        assert_eq!(rest.collect().await.unwrap().to_bytes(), "hello");
+        // Nothing here yet: handed back untouched, and it still delivers.
+        let (tx, body) = declared(5);
+        let Whole::Not(body) = body.into_whole(64) else { panic!("nothing has arrived") };
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        // Only part of it here: what was read goes first, then the rest.
+        let (tx, body) = declared(10);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+        let Whole::Not(body @ SendBody::Prefixed { .. }) = body.into_whole(64) else { panic!("half a body") };
+        tx.send(Ok(Frame::data(Bytes::from_static(b" half")))).await.unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "first half");
+        // All of it here, in one frame, and the stream ended: taken.
+        let (tx, body) = declared(5);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
+        drop(tx);
+        assert!(matches!(body.into_whole(64), Whole::Here(d) if d == "hello"));
+        // A failed body, or one that ends short of its length: the client's error.
+        let (tx, body) = declared(5);
+        tx.send(Err(std::io::Error::other("reset"))).await.unwrap();
+        assert!(matches!(body.into_whole(64), Whole::Failed(e) if e.kind() == crate::error::ErrorKind::ClientBody));
+        let (tx, body) = declared(5);
+        drop(tx);
+        assert!(matches!(body.into_whole(64), Whole::Failed(_)));
     }
 
     #[tokio::test]

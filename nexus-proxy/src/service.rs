@@ -380,4 +380,67 @@ mod tests {
         let changed = GatewayService::new(Arc::new(svc.gateway().reload(&config(doc(5))).unwrap()));
         assert_eq!(changed.oneshot(from([192, 0, 2, 1], "/")).await.unwrap().status(), 502, "a new limit, new buckets");
     }
+
+    /// An upstream that reads one request (head, then the body its `Content-Length` says),
+    /// answers 200 and hands over the bytes it read.
+    async fn one_request_upstream() -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                    if got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early: {text}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn an_embedders_whole_body_goes_upstream_with_its_length_and_a_false_length_is_400() {
+        use http_body_util::Full;
+        let (port, upstream) = one_request_upstream().await;
+        let config = nexus_core::config::Config::from_json(serde_json::json!({
+            "upstreams": { "up": { "endpoints": [{ "url": format!("http://127.0.0.1:{port}") }] } },
+            "routes": [{ "name": "r", "paths": [{ "path": "/" }], "upstream": "up" }],
+        }))
+        .unwrap();
+        let svc = GatewayService::<Full<bytes::Bytes>>::from_config(&config).unwrap();
+        let with_peer = |mut req: Request<Full<bytes::Bytes>>| {
+            req.extensions_mut().insert(nexus_core::client::PeerAddr(std::net::SocketAddr::from(([192, 0, 2, 1], 1))));
+            req
+        };
+        // No Content-Length field: the body's is written.
+        let req = with_peer(Request::post("/submit").body(Full::from("hello world")).unwrap());
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let seen = upstream.await.unwrap();
+        assert!(seen.starts_with("POST /submit HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.ends_with("\r\ncontent-length: 11\r\n\r\nhello world"), "{seen}");
+        // A Content-Length the body does not keep: refused, nothing sent.
+        let req = with_peer(Request::post("/submit").header("content-length", "5").body(Full::from("abc")).unwrap());
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 400);
+        assert_eq!(json_of(res).await["error"]["code"], "bad_request");
+    }
+
+    async fn json_of<B: http_body::Body<Error: std::fmt::Debug>>(res: Response<B>) -> serde_json::Value {
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
 }

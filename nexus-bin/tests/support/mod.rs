@@ -183,6 +183,18 @@ async fn answer(
         }
         return Response::new(full(n.to_string()));
     }
+    if path == "/echo" {
+        // The body as it arrived, with the framing the gateway chose.
+        let framing = ["content-length", "transfer-encoding"]
+            .iter()
+            .filter_map(|h| req.headers().get(*h).map(|v| format!("{h}={}", v.to_str().unwrap_or("?"))))
+            .collect::<Vec<_>>()
+            .join(",");
+        return match req.into_body().collect().await {
+            Ok(body) => Response::builder().header("x-framing", framing).body(full(body.to_bytes())).unwrap(),
+            Err(_) => Response::builder().status(499).body(full("aborted")).unwrap(),
+        };
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         let status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
         return Response::builder().status(status).body(full(format!("{name} status"))).unwrap();

@@ -86,17 +86,23 @@ impl RawConn {
         self.buf.is_empty() && self.io.is_open_and_quiet()
     }
 
-    /// Send a request without a body and read the response head, both before `deadline`.
-    /// The body's framing comes with it; the caller wraps the connection in a [`RawBody`].
-    /// Headers that a `Connection` field names must already be gone from `parts`.
+    /// Send a request, without a body or with a whole one (its `Content-Length`, if the head
+    /// has one, must agree), and read the response head, both before `deadline`. The
+    /// response body's framing comes with it; the caller wraps the connection in a
+    /// [`RawBody`]. Headers that a `Connection` field names must already be gone from `parts`.
     pub(crate) async fn exchange(
         &mut self,
         parts: &request::Parts,
+        body: Option<&bytes::Bytes>,
         client: Client<'_>,
         deadline: Instant,
     ) -> Result<ResponseHead, ExchangeError> {
         self.wbuf.clear();
-        encode_head(parts, &client, &mut self.wbuf);
+        encode_head(parts, &client, body.map_or(0, bytes::Bytes::len), &mut self.wbuf);
+        if let Some(body) = body {
+            // Head and body in one write (a body here is at most 64 KiB).
+            self.wbuf.extend_from_slice(body);
+        }
         let head_request = parts.method == Method::HEAD;
         let mut written = 0;
         let mut received = false;
@@ -194,15 +200,16 @@ fn is_reset(e: &io::Error) -> bool {
 /// `METHOD /path?query HTTP/1.1`, the fields as [`crate::headers::write_upstream_fields`]
 /// writes them (lower-case names, as hyper sends them; hop-by-hop left out, `X-Forwarded-*`
 /// set for `client`), and `content-length: 0` for a body-less POST/PUT/PATCH without one.
-pub(crate) fn encode_head(parts: &request::Parts, client: &Client<'_>, out: &mut Vec<u8>) {
+pub(crate) fn encode_head(parts: &request::Parts, client: &Client<'_>, body_len: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     crate::headers::write_upstream_fields(&parts.headers, client.ip, client.trusted, client.proto, out);
-    let body_expected = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    let body_expected = body_len > 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if body_expected && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: 0\r\n");
+        // Writing to a `Vec` cannot fail.
+        let _ = std::io::Write::write_fmt(out, format_args!("content-length: {body_len}\r\n"));
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -271,7 +278,7 @@ mod tests {
         let mut c = conn.take().unwrap();
         let ip = HeaderValue::from_static("10.1.2.3");
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let head = c.exchange(parts, Client { ip: &ip, trusted: false, proto: "http" }, deadline).await.map_err(
+        let head = c.exchange(parts, None, Client { ip: &ip, trusted: false, proto: "http" }, deadline).await.map_err(
             |e| match e {
                 ExchangeError::Unsent(e) | ExchangeError::Closed(e) | ExchangeError::Failed(e) => e,
                 ExchangeError::TimedOut => io::ErrorKind::TimedOut.into(),
@@ -408,7 +415,8 @@ mod tests {
         // Each exchange finds the timer armed for (and fired at) the previous deadline.
         for wait in [Duration::from_millis(300), Duration::from_millis(200), Duration::from_millis(400)] {
             let started = Instant::now();
-            let r = c.exchange(&get("/"), Client { ip: &ip, trusted: false, proto: "http" }, started + wait).await;
+            let r =
+                c.exchange(&get("/"), None, Client { ip: &ip, trusted: false, proto: "http" }, started + wait).await;
             assert!(matches!(r, Err(ExchangeError::TimedOut)), "{r:?}");
             let took = started.elapsed();
             assert!(took >= wait && took < wait + Duration::from_secs(1), "{wait:?}: {took:?}");
@@ -437,14 +445,14 @@ mod tests {
     }
 
     #[test]
-    fn body_less_requests_get_a_zero_length_only_where_a_body_is_expected() {
+    fn requests_get_their_bodys_length_or_zero_where_a_body_is_expected() {
         let ip = HeaderValue::from_static("1.2.3.4");
         let client = Client { ip: &ip, trusted: true, proto: "http" };
         let mut out = Vec::new();
         let mut post = get("/p");
         post.method = Method::POST;
         post.headers.insert("x-forwarded-host", HeaderValue::from_static("outer"));
-        encode_head(&post, &client, &mut out);
+        encode_head(&post, &client, 0, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "POST /p HTTP/1.1\r\nhost: example.com\r\nx-forwarded-host: outer\r\nx-forwarded-for: 1.2.3.4\r\n\
@@ -453,7 +461,15 @@ mod tests {
         out.clear();
         let mut delete = get("/d");
         delete.method = Method::DELETE;
-        encode_head(&delete, &client, &mut out);
+        encode_head(&delete, &client, 0, &mut out);
         assert!(!String::from_utf8_lossy(&out).contains("content-length"));
+        // A whole body sent with the head: its length, when the head has none.
+        out.clear();
+        encode_head(&delete, &client, 11, &mut out);
+        assert!(String::from_utf8_lossy(&out).ends_with("\r\ncontent-length: 11\r\n\r\n"));
+        out.clear();
+        post.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        encode_head(&post, &client, 11, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out).matches("content-length: 11\r\n").count(), 1);
     }
 }

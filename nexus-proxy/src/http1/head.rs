@@ -4,6 +4,7 @@
 //! ([`FieldNames`]).
 
 use super::names::FieldNames;
+use super::server::ClientBody;
 use crate::headers::{self, HeadScan};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
@@ -73,13 +74,18 @@ pub(crate) enum Parsed {
     BadRequest(&'static str),
     /// More fields than any path takes: the JSON 431, then close.
     TooLarge,
-    /// A request without a body; `close`: the client asked to close after this exchange.
-    Ready { request: Request<()>, close: bool },
+    /// A request with its whole body, if it has one; `close`: the client asked to close after
+    /// this exchange.
+    Ready { request: Request<ClientBody>, close: bool },
+    /// A whole head whose body (a `Content-Length` of at most [`crate::headers::LEAN_BODY_MAX`])
+    /// has not all arrived: this many bytes from the start of the buffer make the request.
+    AwaitBody(usize),
 }
 
-/// Parse a request head at the start of `buf` (consumed when [`Parsed::Ready`]). Taken: an
-/// HTTP/1.1 request with an origin-form target that [`HeadScan::lean_server`] allows, of at
-/// most [`MAX_REQUEST_FIELDS`] fields.
+/// Parse a request head at the start of `buf` (consumed, with its body, when
+/// [`Parsed::Ready`]). Taken: an HTTP/1.1 request with an origin-form target that
+/// [`HeadScan::lean_server`] allows (no body, or a small one framed by `Content-Length`), of
+/// at most [`MAX_REQUEST_FIELDS`] fields.
 pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
     scratch.fields.clear();
     // Uninitialised slots: an array of empty headers costs a 2 KiB copy per request.
@@ -116,13 +122,15 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
         let start = h.value.as_ptr() as usize - base;
         scratch.fields.push((name, start, start + h.value.len()));
     }
-    if !scan.lean_server() {
-        return Parsed::Handoff;
-    }
+    let Some(body_len) = scan.lean_server() else { return Parsed::Handoff };
     // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400 (one `Host` too many, or an
     // invalid one, is the gateway's to refuse: `crate::edge`).
     if !scan.host {
         return Parsed::BadRequest("missing Host");
+    }
+    let whole = usize::try_from(body_len).map_or(usize::MAX, |b| len.saturating_add(b));
+    if buf.len() < whole {
+        return Parsed::AwaitBody(whole);
     }
     let path_start = path.as_ptr() as usize - base;
     let path_end = path_start + path.len();
@@ -134,7 +142,9 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
     let Some(headers) = scratch.map(&head, super::ADDED_REQUEST_FIELDS, |_| true) else {
         return Parsed::BadRequest("invalid header value");
     };
-    let mut request = Request::new(());
+    let body =
+        if body_len > 0 { ClientBody::Full(Some(buf.split_to(whole - len).freeze())) } else { ClientBody::Empty };
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -308,9 +318,17 @@ pub(crate) fn parse_trailers(buf: &mut BytesMut) -> io::Result<Option<Option<Hea
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body;
 
     fn parse_one(raw: &[u8]) -> Parsed {
         parse_request(&mut BytesMut::from(raw), &mut Scratch::default())
+    }
+
+    /// Every one of `heads` is handed to hyper.
+    fn all_handed_off(heads: &[&[u8]]) {
+        for head in heads {
+            assert!(matches!(parse_one(head), Parsed::Handoff), "{}", String::from_utf8_lossy(head));
+        }
     }
 
     #[test]
@@ -334,6 +352,7 @@ mod tests {
             panic!("a plain GET is taken")
         };
         assert_eq!(request.uri(), "/a?b=1");
+        assert!(matches!(request.body(), ClientBody::Empty));
         assert_eq!(request.headers()["host"], "x");
         assert!(close);
         assert!(matches!(parse_one(b"GET /a HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
@@ -341,8 +360,7 @@ mod tests {
             parse_one(b"DELETE /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
             Parsed::Ready { .. }
         ));
-        for handoff in [
-            &b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
+        all_handed_off(&[
             b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
@@ -350,9 +368,7 @@ mod tests {
             b"GET http://example.com/a HTTP/1.1\r\n\r\n",
             b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
             b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-        ] {
-            assert!(matches!(parse_one(handoff), Parsed::Handoff), "{}", String::from_utf8_lossy(handoff));
-        }
+        ]);
         // More fields than taken here: hyper's limit is higher (and the gateway's 431 applies).
         let many = format!("GET /a HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(MAX_REQUEST_FIELDS + 1));
         assert!(matches!(parse_one(many.as_bytes()), Parsed::Handoff));
@@ -372,8 +388,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_small_body_framed_by_one_content_length_is_read_whole_and_the_rest_goes_to_hyper() {
+        let mut buf = BytesMut::from(&b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b"[..]);
+        let Parsed::Ready { request, close: false } = parse_request(&mut buf, &mut Scratch::default()) else {
+            panic!("a small body is taken")
+        };
+        let ClientBody::Full(Some(body)) = request.body() else { panic!("the body is read whole") };
+        assert_eq!((request.method(), &body[..]), (&Method::POST, &b"hello"[..]));
+        assert_eq!(&buf[..], b"GET /b", "the next request's bytes stay");
+        // Not all here yet: the head is not consumed, and the request is this long.
+        let partial = b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel";
+        let mut buf = BytesMut::from(&partial[..]);
+        assert!(
+            matches!(parse_request(&mut buf, &mut Scratch::default()), Parsed::AwaitBody(n) if n == partial.len() + 2)
+        );
+        assert_eq!(buf.len(), partial.len());
+        // The largest body read whole, and one byte more.
+        let max = crate::headers::LEAN_BODY_MAX;
+        let at_max = format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {max}\r\n\r\n");
+        assert!(matches!(parse_one(at_max.as_bytes()), Parsed::AwaitBody(_)));
+        let over = format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", max + 1);
+        assert!(matches!(parse_one(over.as_bytes()), Parsed::Handoff));
+        // Any other length field is hyper's (behind the head gate, which refuses SPEC §4's cases).
+        all_handed_off(&[
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\nhello",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        ]);
+        // A body without `Host` is refused as a head without one is.
+        assert!(matches!(parse_one(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"), Parsed::BadRequest(_)));
+    }
+
     /// Mutated and truncated request heads: taken, handed to hyper, refused or waited for,
-    /// never a panic; a head that is taken has a method, an origin-form target and no body.
+    /// never a panic; a head that is taken has a method, an origin-form target and the body
+    /// its `Content-Length` says.
     #[test]
     fn arbitrary_request_heads_never_panic() {
         let seeds: [&[u8]; 3] = [
@@ -387,7 +440,10 @@ mod tests {
             let bytes = rng.mutate(seeds[i % seeds.len()], b"\r\n: /%#\x800", 3);
             if let Parsed::Ready { request, .. } = parse_request(&mut BytesMut::from(&bytes[..]), &mut scratch) {
                 assert!(request.uri().path().starts_with('/'));
-                assert!(request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0"));
+                let length =
+                    request.headers().get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap().parse::<usize>());
+                let body = request.body().size_hint().exact().unwrap();
+                assert_eq!(length.map(Result::unwrap).unwrap_or(0) as u64, body);
                 assert!(!request.headers().contains_key(header::TRANSFER_ENCODING));
                 assert!(request.headers().contains_key(header::HOST));
             }

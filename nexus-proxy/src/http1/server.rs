@@ -1,7 +1,11 @@
 //! The HTTP/1.1 server side: [`Server::serve_connection`] serves one accepted connection,
 //! first on the lean path below, then, for what that path does not take, with hyper.
 //!
-//! **The lean path** takes requests without a body. A request head is parsed with
+//! **The lean path** takes requests without a body, and requests whose body is framed by
+//! one `Content-Length` of at most 64 KiB: such a body is read whole beside its head, within
+//! the head's deadline, and the request carries it as [`ClientBody::Full`] (a body still
+//! arriving at the deadline is hyper's: the connection is handed over with what was read, and
+//! hyper streams the rest). A request head is parsed with
 //! `httparse` straight from the connection's read buffer ([`super::head::parse_request`]:
 //! field values are zero-copy slices of it), the request goes to the [`Handler`] like any
 //! other, and the response is encoded into one write buffer: with a body that is already
@@ -11,9 +15,9 @@
 //! fraction of that.
 //!
 //! **Hyper takes the rest of the connection**, with the bytes already read replayed first
-//! ([`super::sniff::HeadSniffer`]): a request with a body (or `Content-Length` other than 0,
-//! `Transfer-Encoding`, `Expect`), an upgrade or `CONNECT`, HTTP/1.0, a request target that
-//! is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first bytes only), a
+//! ([`super::sniff::HeadSniffer`]): a request with a larger body, `Transfer-Encoding`, more
+//! than one `Content-Length` or one that is not plain digits, `Expect`, an upgrade or
+//! `CONNECT`, HTTP/1.0, a request target that is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first bytes only), a
 //! head with more than 64 fields. A head that is not HTTP/1 (anything `httparse` refuses but
 //! too many fields), or whose target or field values are invalid, is answered on the lean
 //! path as SPEC §4 says: the JSON 400 `bad_request` with a request id, then close (hyper
@@ -59,14 +63,24 @@ use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// A client's request body: hyper's stream, or none (a request the lean path took, which
-/// only takes requests without a body).
+/// A client's request body: hyper's stream, or, for a request the lean path took, none or
+/// the whole (small) body it read.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// The body as hyper reads it (HTTP/1.1 with a body, HTTP/2, upgrades).
+    /// The body as hyper reads it (HTTP/1.1 with a large or chunked body, HTTP/2, upgrades).
     Hyper(Incoming),
-    /// No body (every request the lean path takes).
+    /// No body (a request the lean path took without one).
     Empty,
+    /// A body the lean path read whole (framed by `Content-Length`, at most 64 KiB);
+    /// `None` once it has been polled.
+    Full(Option<Bytes>),
+}
+
+impl ClientBody {
+    /// The request came by the lean HTTP/1.1 path (so it is HTTP/1.1 with a `Host` field).
+    pub fn is_lean(&self) -> bool {
+        !matches!(self, Self::Hyper(_))
+    }
 }
 
 impl Body for ClientBody {
@@ -80,20 +94,23 @@ impl Body for ClientBody {
         match self.get_mut() {
             Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
             Self::Empty => Poll::Ready(None),
+            Self::Full(b) => Poll::Ready(b.take().map(|data| Ok(http_body::Frame::data(data)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
-            Self::Empty => true,
+            Self::Empty | Self::Full(None) => true,
+            Self::Full(Some(_)) => false,
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             Self::Hyper(b) => b.size_hint(),
-            Self::Empty => http_body::SizeHint::with_exact(0),
+            Self::Empty | Self::Full(None) => http_body::SizeHint::with_exact(0),
+            Self::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
         }
     }
 }
@@ -385,6 +402,9 @@ async fn serve_lean<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
         // (A timeout too large to add is a deadline a century away, not a panic.)
         let deadline =
             now.checked_add(header_read_timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        // A whole head whose body is still on its way: at the deadline, hyper takes the
+        // connection (and streams the rest of the body) instead of a close.
+        let mut awaiting_body = false;
         let (request, close) = loop {
             if !buf.is_empty() {
                 // The HTTP/2 preface is taken only as the first bytes of a connection (SPEC
@@ -396,6 +416,10 @@ async fn serve_lean<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     match parse_request(&mut buf, &mut scratch) {
                         Parsed::Ready { request, close } => break (request, close),
+                        Parsed::AwaitBody(whole) => {
+                            awaiting_body = true;
+                            buf.reserve(whole - buf.len());
+                        }
                         Parsed::Handoff => return Outcome::Handoff(buf.freeze(), stream),
                         Parsed::BadRequest(message) => {
                             // SPEC §4: the JSON `bad_request` with its request id, then close.
@@ -426,7 +450,7 @@ async fn serve_lean<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
                 },
                 () = timer.as_mut() => {
                     if tokio::time::Instant::now() >= deadline {
-                        return Outcome::Closed;
+                        return if awaiting_body { Outcome::Handoff(buf.freeze(), stream) } else { Outcome::Closed };
                     }
                     timer.as_mut().reset(deadline);
                 }
@@ -436,7 +460,7 @@ async fn serve_lean<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
         };
         fresh = false;
         let head_request = request.method() == Method::HEAD;
-        let response = handler.call(conn, request.map(|()| ClientBody::Empty)).await;
+        let response = handler.call(conn, request).await;
         match respond(&mut stream, &mut wbuf, response, head_request, close).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Outcome::Closed,

@@ -5,8 +5,9 @@ use super::auto::{Learned, Spoken};
 use super::{ClientInfo, InFlight, Upstream, deadline_after};
 use crate::body::UpstreamBody;
 use crate::error::{ErrorKind, ProxyError};
+use crate::headers::LEAN_BODY_MAX;
 use crate::headers::{self, HeadScan};
-use crate::replay::{Kept, SendBody};
+use crate::replay::{Kept, SendBody, Whole};
 use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
@@ -25,19 +26,20 @@ where
         self.timeout.map_or(deadline, |t| deadline.min(deadline_after(t)))
     }
 
-    /// The lean exchange for a head without a body: hop-by-hop fields are left out and
-    /// `X-Forwarded-*` written as the head is encoded (the map is not rewritten), and left
-    /// out of the response as its head is parsed.
+    /// The lean exchange for a head without a body, or with a small one that is all here:
+    /// hop-by-hop fields are left out and `X-Forwarded-*` written as the head is encoded (the
+    /// map is not rewritten), and left out of the response as its head is parsed.
     async fn send_lean(
         &self,
         guard: InFlight<B>,
         parts: &http::request::Parts,
+        body: Option<bytes::Bytes>,
         client: &ClientInfo,
         deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody<B>>, ProxyError> {
         let pool = self.shared.endpoints[guard.endpoint].pool();
         let client = crate::http1::Client { ip: &client.ip, trusted: client.trusted, proto: client.proto() };
-        let res = pool.send_raw(parts, client, self.connect_timeout, self.capped(deadline)).await?;
+        let res = pool.send_raw(parts, body.as_ref(), client, self.connect_timeout, self.capped(deadline)).await?;
         Ok(res.map(|body| UpstreamBody::raw(body, guard)))
     }
 
@@ -72,19 +74,41 @@ where
             }
         }
         let (req, scan) = match req {
-            Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, client, deadline)),
+            Outgoing::Lean(parts) => return Either::Left(self.send_lean(guard, parts, None, client, deadline)),
             Outgoing::Owned(req, scan) => (req, scan),
         };
         let (mut parts, body) = req.into_parts();
         let upgrade = scan.upgrade;
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
         to_origin_form(&mut parts, scan.host);
-        if scan.lean_upstream() && body.is_end_stream() {
-            if scan.names_others {
-                headers::remove_hop_by_hop(&mut parts.headers, false);
+        // No body, or a small one that is all here (read by the lean server, or ahead for a
+        // retry): the lean exchange sends it after the head, in the same write.
+        let whole = if scan.lean_upstream() && body.is_end_stream() {
+            Ok(None)
+        } else if upgrade || scan.transfer_encoding() {
+            Err(body)
+        } else {
+            match body.into_whole(LEAN_BODY_MAX as usize) {
+                Whole::Here(data) if length_agrees(&parts.headers, data.len()) => Ok(Some(data)),
+                Whole::Here(_) => {
+                    let e = ProxyError::client_body("the body's length differs from its Content-Length".into());
+                    return Either::Right(Either::Right(Box::pin(std::future::ready(Err(e)))));
+                }
+                Whole::Not(body) => Err(body),
+                Whole::Failed(e) => return Either::Right(Either::Right(Box::pin(std::future::ready(Err(e))))),
             }
-            return Either::Right(Either::Left(async move { self.send_lean(guard, &parts, client, deadline).await }));
-        }
+        };
+        let body = match whole {
+            Ok(data) => {
+                if scan.names_others {
+                    headers::remove_hop_by_hop(&mut parts.headers, false);
+                }
+                return Either::Right(Either::Left(async move {
+                    self.send_lean(guard, &parts, data, client, deadline).await
+                }));
+            }
+            Err(body) => body,
+        };
         // Bodies and upgrades go through hyper's client: a future several times the lean one's
         // size, boxed so that every request's future (moved at each await) stays small.
         Either::Right(Either::Right(Box::pin(self.send_hyper_boxed(
@@ -278,6 +302,12 @@ where
 /// A try on hyper's client or HTTP/2 (boxed: see [`Upstream::send`]).
 type Sending<'a, B> =
     std::pin::Pin<Box<dyn Future<Output = Result<Response<UpstreamBody<B>>, ProxyError>> + Send + 'a>>;
+
+/// A body of `len` bytes agrees with the request's `Content-Length`, if it has one (without
+/// one, the lean exchange writes it).
+fn length_agrees(headers: &http::HeaderMap, len: usize) -> bool {
+    headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.to_str().ok().and_then(|v| v.parse().ok()) == Some(len))
+}
 
 /// What one try sends.
 // Not boxed: the owned request is the common case, and boxing it is an allocation per request.
