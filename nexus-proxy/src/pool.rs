@@ -10,7 +10,8 @@
 //! endpoint, one per thread (see [`shard`] and [`Shards`]); a connection that the upstream closed while idle
 //! is noticed at checkout, and a request that was never written is sent again on a fresh one.
 //!
-//! Requests without a body skip hyper altogether: they go over connections of their own
+//! Requests without a body, or with a small one that is all here, skip hyper altogether:
+//! they go over connections of their own
 //! ([`RawConn`], kept in a second set of idle queues) with the lean exchange of [`crate::http1`].
 
 use crate::connect::{Connector, UpstreamIo};

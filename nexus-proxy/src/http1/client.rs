@@ -1,5 +1,6 @@
 //! A lean HTTP/1.1 client exchange for requests without a body (GET, HEAD, DELETE,
-//! OPTIONS and body-less POSTs: the bulk of what an API gateway forwards).
+//! OPTIONS and body-less POSTs: the bulk of what an API gateway forwards), or with a small
+//! body that is all here (at most 64 KiB, written after the head in the same `write`).
 //!
 //! hyper's `client::conn::http1` hands each request to its connection through a channel, runs
 //! a dispatcher state machine and encodes through a generic buffer layer; measured with
@@ -7,9 +8,9 @@
 //! request. A request without a body needs none of it: one `write` of the encoded head, one
 //! `read` of the response, `httparse` for the head (header values are zero-copy slices of the
 //! read buffer) and a small framing state machine for the body (`Content-Length`, chunked
-//! with trailers, or until close). Requests with a body, and upgrades, keep going through
-//! hyper (see [`crate::pool`]): streaming a request body while the response may already be
-//! arriving is exactly the part hyper's dispatcher is for.
+//! with trailers, or until close). Requests with a body still to stream, and upgrades, keep
+//! going through hyper (see [`crate::pool`]): streaming a request body while the response may
+//! already be arriving is exactly the part hyper's dispatcher is for.
 //!
 //! Hop-by-hop response fields are left out while the head is parsed (no second pass over
 //! the map). The connection lives in the response body ([`RawBody`]) while the response is read, and

@@ -1,5 +1,6 @@
-//! How one try goes out: the lean HTTP/1.1 exchange for a head without a body
-//! ([`crate::http1`]), hyper's client for bodies and upgrades.
+//! How one try goes out: the lean HTTP/1.1 exchange for a head without a body or with a
+//! small one that is all here ([`crate::http1`]), hyper's client for bodies to stream and
+//! upgrades.
 
 use super::auto::{Learned, Spoken};
 use super::{ClientInfo, InFlight, Upstream, deadline_after};
@@ -43,8 +44,8 @@ where
         Ok(res.map(|body| UpstreamBody::raw(body, guard)))
     }
 
-    /// Send on the endpoint `guard` holds: the lean exchange for a head without a body,
-    /// hyper's client for the rest. The way is chosen before the first poll.
+    /// Send on the endpoint `guard` holds: the lean exchange for a head without a body or
+    /// with a small whole one, hyper's client for the rest. The way is chosen before the first poll.
     pub(super) fn send<'a>(
         &'a self,
         guard: InFlight<B>,
