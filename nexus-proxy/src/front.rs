@@ -268,11 +268,19 @@ impl Front {
                 let _tracked = tracked;
                 match tls {
                     None => server.serve_connection(stream, handler, phase).await,
+                    // Boxed: the handshake and a TLS stream's connection future are several KiB
+                    // more than a plain one's, and every connection's task would be as large as
+                    // the largest branch (7.6 KiB against 2.9 KiB), copied in at each spawn.
                     #[cfg(feature = "tls")]
-                    Some(tls) => match tls.accept(stream, server.header_read_timeout()).await {
-                        Ok(stream) => server.serve_connection(stream, handler, phase).await,
-                        Err(reason) => tracing::debug!(%peer, %reason, "TLS handshake failed"),
-                    },
+                    Some(tls) => {
+                        Box::pin(async move {
+                            match tls.accept(stream, server.header_read_timeout()).await {
+                                Ok(stream) => server.serve_connection(stream, handler, phase).await,
+                                Err(reason) => tracing::debug!(%peer, %reason, "TLS handshake failed"),
+                            }
+                        })
+                        .await;
+                    }
                     #[cfg(not(feature = "tls"))]
                     Some(never) => match *never {},
                 }
