@@ -92,12 +92,10 @@ pub(crate) struct HeadScan {
 /// keeps to send again, too): larger ones are streamed by hyper.
 pub(crate) const LEAN_BODY_MAX: u64 = nexus_core::retry::MAX_REPLAY_BODY as u64;
 
-/// A `Content-Length` value of plain digits (RFC 9110 §8.6: `1*DIGIT`; no sign, no list).
+/// A `Content-Length` value of plain digits (RFC 9110 §8.6: `1*DIGIT`; no sign, and not the
+/// list of equal values [`crate::http1::parse_length`] also takes).
 fn plain_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    if value.contains(&b',') { None } else { crate::http1::parse_length(value) }
 }
 
 impl HeadScan {

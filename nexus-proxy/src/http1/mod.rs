@@ -32,6 +32,7 @@ mod write;
 
 pub(crate) use body::RawBody;
 pub(crate) use client::{Client, ExchangeError, RawConn};
+pub(crate) use head::parse_length;
 pub use server::{ClientBody, Connection, Handler, Server};
 pub use sniff::Refusal;
 pub(crate) use sniff::only_chunked;

@@ -307,7 +307,7 @@ type Sending<'a, B> =
 /// A body of `len` bytes agrees with the request's `Content-Length`, if it has one (without
 /// one, the lean exchange writes it).
 fn length_agrees(headers: &http::HeaderMap, len: usize) -> bool {
-    headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.to_str().ok().and_then(|v| v.parse().ok()) == Some(len))
+    headers.get(header::CONTENT_LENGTH).is_none_or(|v| crate::http1::parse_length(v.as_bytes()) == Some(len as u64))
 }
 
 /// What one try sends.
