@@ -471,7 +471,6 @@ async fn one_connection_serves_pipelined_requests_with_and_without_bodies_in_ord
 
 #[tokio::test]
 async fn small_bodies_arrive_whole_in_order_and_a_slow_one_still_arrives() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("app").await;
     let gw = gateway(&one_route(&up, "").replace("server:\n", "server:\n  limits: { header_read_timeout: 1s }\n"));
     // Pipelined on one connection: bodies of 11 bytes, none, and exactly 64 KiB (the most the
@@ -500,19 +499,66 @@ async fn small_bodies_arrive_whole_in_order_and_a_slow_one_still_arrives() {
     // A body that comes in pieces: within the head's deadline, and after it (the
     // connection goes on with hyper streaming the rest, instead of being closed).
     for (pause, what) in [(200, "within the deadline"), (1_500, "past the deadline")] {
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst").await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-        s.write_all(b" half").await.unwrap();
-        s.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut out)).await.unwrap().unwrap();
-        let out = String::from_utf8_lossy(&out);
-        let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
-        assert_eq!(answers.len(), 2, "{what}: {out}");
-        assert!(answers[0].starts_with("200 OK\r\n") && answers[0].ends_with("\r\n\r\nfirst half"), "{what}: {out}");
-        assert!(answers[1].ends_with("\r\n\r\napp /c"), "{what}: {out}");
+        let first = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst";
+        body_in_two_parts_then_a_get(gw.addr, first, pause, b" half", what).await;
     }
+}
+
+/// Send `first`, wait `pause_ms`, send `rest` and a `GET /c` that closes: the two answers are
+/// `first half` (the body echoed whole) and the GET's.
+async fn body_in_two_parts_then_a_get(
+    addr: std::net::SocketAddr,
+    first: &[u8],
+    pause_ms: u64,
+    rest: &[u8],
+    what: &str,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(first).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+    s.write_all(rest).await.unwrap();
+    s.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{what}: {out}");
+    assert!(answers[0].starts_with("200 OK\r\n") && answers[0].ends_with("\r\n\r\nfirst half"), "{what}: {out}");
+    assert!(answers[1].ends_with("\r\n\r\napp /c"), "{what}: {out}");
+}
+
+#[tokio::test]
+async fn small_chunked_bodies_arrive_whole_with_a_length_and_other_chunked_ones_still_stream() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, "").replace("server:\n", "server:\n  limits: { header_read_timeout: 1s }\n"));
+    // Pipelined on one connection: one chunk, three chunks, none; each goes upstream as its
+    // data with a `Content-Length`, all on one upstream connection.
+    let pipelined = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n\
+         PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nA\r\n0123456789\r\n1\r\n!\r\n0\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let res = raw(gw.addr, pipelined.as_bytes()).await;
+    let answers: Vec<&str> = res.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{res}");
+    assert!(answers.iter().all(|a| a.starts_with("200 OK\r\n")), "{res}");
+    assert!(answers[0].contains("x-framing: content-length=11\r\n") && answers[0].ends_with("\r\n\r\nhello world"));
+    assert!(answers[1].contains("x-framing: content-length=14\r\n") && answers[1].ends_with("\r\n\r\nabc0123456789!"));
+    assert!(answers[2].contains("x-framing: content-length=0\r\n"), "{}", answers[2]);
+    assert!(answers[3].ends_with("\r\n\r\napp /b"));
+    assert_eq!(up.connections(), 1, "one upstream connection carried them all");
+
+    // Chunks the lean path does not read (an extension, a trailer field, a body that is
+    // still arriving at the head's deadline) are streamed by hyper, as chunks.
+    let other = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n\
+         GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let res = raw(gw.addr, other.as_bytes()).await;
+    let answers: Vec<&str> = res.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{res}");
+    assert!(answers[0].contains("x-framing: transfer-encoding=chunked\r\n") && answers[0].ends_with("\r\n\r\nhello"));
+    assert!(answers[1].ends_with("\r\n\r\napp /c"), "{res}");
+    let first = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+    body_in_two_parts_then_a_get(gw.addr, first, 1_500, b"5\r\n half\r\n0\r\n\r\n", "chunks past the deadline").await;
 }
 
 #[tokio::test]

@@ -83,6 +83,9 @@ pub(crate) struct HeadScan {
     upgrade_token: bool,
     /// A `Transfer-Encoding` field.
     transfer_encoding: bool,
+    /// `Transfer-Encoding` fields seen, and whether the first one's value is `chunked` alone.
+    coding_fields: u8,
+    chunked: bool,
     /// `Content-Length` fields seen, and the first one's value when it is plain digits.
     length_fields: u8,
     length: Option<u64>,
@@ -122,6 +125,10 @@ impl HeadScan {
         } else if name == header::TRANSFER_ENCODING {
             self.framed = true;
             self.transfer_encoding = true;
+            if self.coding_fields == 0 {
+                self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            self.coding_fields = self.coding_fields.saturating_add(1);
         } else if name == header::UPGRADE {
             self.upgrade_field = true;
         } else if name == header::EXPECT {
@@ -152,20 +159,35 @@ impl HeadScan {
         self.transfer_encoding
     }
 
-    /// Served by the lean server loop (`http1::server`), and the length of the body it reads
-    /// whole first (`Some(0)`: none): nothing said of an upgrade (either half goes to hyper,
-    /// which knows the rules), no `Expect`, no `Transfer-Encoding`, and no body or one framed
-    /// by a single plain `Content-Length` of at most [`LEAN_BODY_MAX`]. (Any other length
-    /// field goes to hyper behind the head gate, which refuses what SPEC §4 refuses.)
-    pub(crate) fn lean_server(&self) -> Option<u64> {
-        if self.upgrade_field || self.upgrade_token || self.expect || self.transfer_encoding {
+    /// Served by the lean server loop (`http1::server`), and how the body it reads whole
+    /// first is framed: nothing said of an upgrade (either half goes to hyper, which knows the
+    /// rules), no `Expect`, and no body, or one framed by a single plain `Content-Length` of
+    /// at most [`LEAN_BODY_MAX`], or by a single `Transfer-Encoding: chunked` without any
+    /// `Content-Length` (whose chunks [`crate::http1`] reads, and takes only while they stay
+    /// small). Any other framing goes to hyper behind the head gate, which refuses what SPEC
+    /// §4 refuses.
+    #[inline]
+    pub(crate) fn lean_server(&self) -> Option<LeanBody> {
+        if self.upgrade_field || self.upgrade_token || self.expect {
             return None;
         }
-        if !self.framed {
-            return Some(0);
+        if self.transfer_encoding {
+            return (self.coding_fields == 1 && self.chunked && self.length_fields == 0).then_some(LeanBody::Chunked);
         }
-        self.length.filter(|n| self.length_fields == 1 && *n <= LEAN_BODY_MAX)
+        if !self.framed {
+            return Some(LeanBody::Length(0));
+        }
+        self.length.filter(|n| self.length_fields == 1 && *n <= LEAN_BODY_MAX).map(LeanBody::Length)
     }
+}
+
+/// How a request body the lean server reads whole is framed ([`HeadScan::lean_server`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeanBody {
+    /// This many bytes (`0`: no body).
+    Length(u64),
+    /// Chunks.
+    Chunked,
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -420,13 +442,24 @@ mod tests {
         assert_eq!(scan(&[]), HeadScan::default());
         let zero = scan(&[("host", "a"), ("content-length", "0")]);
         assert!(zero.host && !zero.framed && zero.lean_upstream());
-        assert_eq!(zero.lean_server(), Some(0));
+        assert_eq!(zero.lean_server(), Some(LeanBody::Length(0)));
         assert!(scan(&[("content-length", "5")]).framed);
-        assert_eq!(scan(&[("content-length", "5")]).lean_server(), Some(5));
+        assert_eq!(scan(&[("content-length", "5")]).lean_server(), Some(LeanBody::Length(5)));
         assert!(scan(&[("content-length", "0"), ("content-length", "5")]).framed);
         assert_eq!(scan(&[("content-length", "0"), ("content-length", "5")]).lean_server(), None);
         assert!(scan(&[("transfer-encoding", "chunked")]).framed);
-        assert_eq!(scan(&[("transfer-encoding", "chunked")]).lean_server(), None);
+        assert_eq!(scan(&[("transfer-encoding", "Chunked ")]).lean_server(), Some(LeanBody::Chunked));
+        // Anything but one `chunked` alone, or a length beside it, is hyper's to frame or refuse.
+        for other in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+            &[("content-length", "0"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked;x=1")],
+            &[("transfer-encoding", "chunked"), ("expect", "100-continue")],
+        ] {
+            assert_eq!(scan(other).lean_server(), None, "{other:?}");
+        }
         assert!(scan(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]).upgrade);
         assert!(!scan(&[("connection", "upgrade")]).upgrade, "no Upgrade field");
         assert!(!scan(&[("upgrade", "websocket")]).upgrade, "Connection does not ask for it");

@@ -142,6 +142,107 @@ impl Decoder {
     }
 }
 
+/// Most chunks in a request body the lean server reads whole: more go to hyper, so the scan
+/// that runs again as each read arrives stays short (a body sent in many small pieces is
+/// streamed, as before).
+pub(crate) const MAX_LEAN_CHUNKS: usize = 128;
+
+/// What [`lean_chunks`] found after a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeanChunks {
+    /// The body is all here: `wire` bytes of chunks, `data` bytes of data in them.
+    Whole { wire: usize, data: usize },
+    /// So far a body the lean server takes; more bytes are needed.
+    Partial,
+    /// Not one the lean server reads (too large, too many chunks, or anything but the plain
+    /// form below): hyper frames it, or refuses it.
+    Other,
+}
+
+/// Scan a chunked request body at the start of `buf` without consuming it. Taken only in its
+/// plainest form: `1*6HEXDIG CRLF data CRLF` chunks, then `0 CRLF CRLF` (no chunk extensions,
+/// no trailer fields, no bare LF), with at most [`MAX_LEAN_CHUNKS`] chunks and
+/// [`crate::headers::LEAN_BODY_MAX`] bytes of data. Everything else hyper decides, which is
+/// what every chunked request did before.
+pub(crate) fn lean_chunks(buf: &[u8]) -> LeanChunks {
+    let (mut at, mut data, mut chunks) = (0usize, 0usize, 0usize);
+    loop {
+        let line = &buf[at..];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 && !line.is_empty() || digits > 6 {
+            return LeanChunks::Other;
+        }
+        match &line[digits..] {
+            [] | [b'\r'] => return LeanChunks::Partial,
+            [b'\r', b'\n', ..] => {}
+            _ => return LeanChunks::Other,
+        }
+        // At most six hex digits: the size fits.
+        let size = line[..digits].iter().fold(0usize, |n, d| n * 16 + usize::from(hex_value(*d)));
+        at += digits + 2;
+        if size == 0 {
+            return match &buf[at..] {
+                [] | [b'\r'] => LeanChunks::Partial,
+                [b'\r', b'\n', ..] => LeanChunks::Whole { wire: at + 2, data },
+                _ => LeanChunks::Other,
+            };
+        }
+        data += size;
+        chunks += 1;
+        if data as u64 > crate::headers::LEAN_BODY_MAX || chunks > MAX_LEAN_CHUNKS {
+            return LeanChunks::Other;
+        }
+        let end = at + size;
+        match buf.get(end..end + 2) {
+            None => return LeanChunks::Partial,
+            Some(b"\r\n") => at = end + 2,
+            Some(_) => return LeanChunks::Other,
+        }
+    }
+}
+
+/// The data of the chunks [`lean_chunks`] found whole in `wire` (`data` bytes): a slice of
+/// it when there is one chunk, else one copy.
+pub(crate) fn lean_chunk_data(wire: &Bytes, data: usize) -> Bytes {
+    let mut first = None;
+    let mut copy: Option<BytesMut> = None;
+    let mut at = 0;
+    loop {
+        let digits = wire[at..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let size = wire[at..at + digits].iter().fold(0usize, |n, d| n * 16 + usize::from(hex_value(*d)));
+        at += digits + 2;
+        if size == 0 {
+            break;
+        }
+        let piece = at..at + size;
+        match (&first, &mut copy) {
+            (None, _) => first = Some(piece),
+            (Some(one), None) => {
+                let mut out = BytesMut::with_capacity(data);
+                out.extend_from_slice(&wire[one.clone()]);
+                out.extend_from_slice(&wire[piece]);
+                copy = Some(out);
+            }
+            (Some(_), Some(out)) => out.extend_from_slice(&wire[piece]),
+        }
+        at += size + 2;
+    }
+    match (copy, first) {
+        (Some(out), _) => out.freeze(),
+        (None, Some(one)) => wire.slice(one),
+        (None, None) => Bytes::new(),
+    }
+}
+
+/// A hex digit's value (the caller checked it is one).
+fn hex_value(d: u8) -> u8 {
+    match d {
+        b'0'..=b'9' => d - b'0',
+        b'a'..=b'f' => d - b'a' + 10,
+        _ => d.wrapping_sub(b'A').wrapping_add(10),
+    }
+}
+
 /// A response body read straight off the connection.
 #[derive(Debug)]
 pub(crate) struct RawBody {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 /// What hyper's server made of `input`: the first request's method, target and its body's
-/// length (`None`: not known from the head), or `None` when it took no request.
+/// length (read to the end), or `None` when it took no request or could not read its body.
 async fn hyper_takes(input: &[u8]) -> Option<(Method, String, Option<u64>)> {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let seen = Arc::new(Mutex::new(None));
@@ -22,9 +22,13 @@ async fn hyper_takes(input: &[u8]) -> Option<(Method, String, Option<u64>)> {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let record = Arc::clone(&record);
         async move {
+            let (method, target) = (req.method().clone(), req.uri().to_string());
+            let body = http_body_util::BodyExt::collect(req.into_body()).await;
             let mut slot = record.lock().unwrap();
-            if slot.is_none() {
-                *slot = Some((req.method().clone(), req.uri().to_string(), req.body().size_hint().exact()));
+            if slot.is_none()
+                && let Ok(body) = body
+            {
+                *slot = Some((method, target, Some(body.to_bytes().len() as u64)));
             }
             Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
         }
@@ -50,7 +54,7 @@ async fn hyper_takes(input: &[u8]) -> Option<(Method, String, Option<u64>)> {
 
 #[tokio::test]
 async fn a_head_the_lean_path_takes_is_one_hyper_takes_the_same_way() {
-    let seeds: [&[u8]; 7] = [
+    let seeds: [&[u8]; 9] = [
         b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: abc\r\n\r\n",
         b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nAccept: */*\r\n\r\n",
         b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
@@ -58,6 +62,8 @@ async fn a_head_the_lean_path_takes_is_one_hyper_takes_the_same_way() {
         b"OPTIONS /o HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
         b"GET /t HTTP/1.1\r\nHost: x\r\nX-A: a\tb\r\nX-B:\r\n\r\n",
         b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: x\r\n\r\n1\r\n\r\r\n0\r\n\r\n",
     ];
     let rng = nexus_core::rng::Rng::seeded(23);
     let mut scratch = Scratch::default();

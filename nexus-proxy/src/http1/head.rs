@@ -3,9 +3,10 @@
 //! buffer; field names that repeat the previous head's are not parsed again
 //! ([`FieldNames`]).
 
+use super::body::{LeanChunks, lean_chunk_data, lean_chunks};
 use super::names::FieldNames;
 use super::server::ClientBody;
-use crate::headers::{self, HeadScan};
+use crate::headers::{self, HeadScan, LeanBody};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use std::io;
@@ -77,15 +78,17 @@ pub(crate) enum Parsed {
     /// A request with its whole body, if it has one; `close`: the client asked to close after
     /// this exchange.
     Ready { request: Request<ClientBody>, close: bool },
-    /// A whole head whose body (a `Content-Length` of at most [`crate::headers::LEAN_BODY_MAX`])
-    /// has not all arrived: this many bytes from the start of the buffer make the request.
+    /// A whole head whose body (a `Content-Length` of at most [`crate::headers::LEAN_BODY_MAX`],
+    /// or small chunks) has not all arrived: the request takes this many bytes from the start
+    /// of the buffer (at least this many, when chunked).
     AwaitBody(usize),
 }
 
 /// Parse a request head at the start of `buf` (consumed, with its body, when
 /// [`Parsed::Ready`]). Taken: an HTTP/1.1 request with an origin-form target that
-/// [`HeadScan::lean_server`] allows (no body, or a small one framed by `Content-Length`), of
-/// at most [`MAX_REQUEST_FIELDS`] fields.
+/// [`HeadScan::lean_server`] allows (no body, or a small one framed by `Content-Length` or by
+/// chunks that [`lean_chunks`] takes), of at most [`MAX_REQUEST_FIELDS`] fields. A chunked
+/// body is taken as its data, with a `Content-Length` in place of `Transfer-Encoding`.
 pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
     scratch.fields.clear();
     // Uninitialised slots: an array of empty headers costs a 2 KiB copy per request.
@@ -122,13 +125,23 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
         let start = h.value.as_ptr() as usize - base;
         scratch.fields.push((name, start, start + h.value.len()));
     }
-    let Some(body_len) = scan.lean_server() else { return Parsed::Handoff };
+    let Some(framing) = scan.lean_server() else { return Parsed::Handoff };
     // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400 (one `Host` too many, or an
     // invalid one, is the gateway's to refuse: `crate::edge`).
     if !scan.host {
         return Parsed::BadRequest("missing Host");
     }
-    let whole = usize::try_from(body_len).map_or(usize::MAX, |b| len.saturating_add(b));
+    // Where the body ends, and how many bytes of data it holds when chunked.
+    let (whole, chunked) = match framing {
+        LeanBody::Length(n) => (usize::try_from(n).map_or(usize::MAX, |b| len.saturating_add(b)), None),
+        LeanBody::Chunked => match lean_chunks(&buf[len..]) {
+            LeanChunks::Whole { wire, data } => (len + wire, Some(data)),
+            // At least one byte more (re-scanned as bytes arrive, over at most
+            // `MAX_LEAN_CHUNKS` size lines).
+            LeanChunks::Partial => return Parsed::AwaitBody(buf.len() + 1),
+            LeanChunks::Other => return Parsed::Handoff,
+        },
+    };
     if buf.len() < whole {
         return Parsed::AwaitBody(whole);
     }
@@ -138,12 +151,22 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
         return Parsed::BadRequest("invalid request target");
     };
-    // Room for what the gateway adds (see `ADDED_REQUEST_FIELDS`).
-    let Some(headers) = scratch.map(&head, super::ADDED_REQUEST_FIELDS, |_| true) else {
-        return Parsed::BadRequest("invalid header value");
+    // Room for what the gateway adds (see `ADDED_REQUEST_FIELDS`). A chunked body goes on
+    // as the data it carries, framed by a `Content-Length` instead (as nginx buffers one).
+    let headers = match chunked {
+        None => scratch.map(&head, super::ADDED_REQUEST_FIELDS, |_| true),
+        Some(_) => scratch.map(&head, super::ADDED_REQUEST_FIELDS, |name| name != header::TRANSFER_ENCODING),
     };
-    let body =
-        if body_len > 0 { ClientBody::Full(Some(buf.split_to(whole - len).freeze())) } else { ClientBody::Empty };
+    let Some(mut headers) = headers else { return Parsed::BadRequest("invalid header value") };
+    let body = match chunked {
+        Some(data) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data));
+            lean_chunk_data(&buf.split_to(whole - len).freeze(), data)
+        }
+        None if whole > len => buf.split_to(whole - len).freeze(),
+        None => Bytes::new(),
+    };
+    let body = if body.is_empty() { ClientBody::Empty } else { ClientBody::Full(Some(body)) };
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -361,7 +384,7 @@ mod tests {
             Parsed::Ready { .. }
         ));
         all_handed_off(&[
-            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
             b"GET /a HTTP/1.0\r\n\r\n",
@@ -422,6 +445,66 @@ mod tests {
         ]);
         // A body without `Host` is refused as a head without one is.
         assert!(matches!(parse_one(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"), Parsed::BadRequest(_)));
+    }
+
+    #[test]
+    fn small_plain_chunks_are_read_whole_as_data_with_a_length_and_the_rest_goes_to_hyper() {
+        let head = "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n";
+        let taken = |body: &str, next: &str| {
+            let mut buf = BytesMut::from(format!("{head}{body}{next}").as_bytes());
+            let Parsed::Ready { request, close: false } = parse_request(&mut buf, &mut Scratch::default()) else {
+                panic!("{body:?} is taken")
+            };
+            assert_eq!(&buf[..], next.as_bytes(), "exactly the body is consumed: {body:?}");
+            let (parts, body) = request.into_parts();
+            assert!(!parts.headers.contains_key(header::TRANSFER_ENCODING));
+            assert_eq!(parts.headers["x-a"], "1");
+            let data = match body {
+                ClientBody::Full(Some(b)) => b,
+                ClientBody::Empty => Bytes::new(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(parts.headers[header::CONTENT_LENGTH], data.len().to_string().as_str());
+            data
+        };
+        assert_eq!(taken("5\r\nhello\r\n0\r\n\r\n", "GET /b"), "hello");
+        assert_eq!(taken("3\r\nabc\r\nA\r\n0123456789\r\n1\r\n!\r\n0\r\n\r\n", ""), "abc0123456789!");
+        assert_eq!(taken("0\r\n\r\n", "GET /b HTTP/1.1\r\n"), "");
+        assert_eq!(taken("000004\r\nwiki\r\n0\r\n\r\n", ""), "wiki");
+        // A body that is so far a plain one waits (the head stays, nothing is consumed),
+        // wherever it was cut.
+        let whole = format!("{head}5\r\nhello\r\n0\r\n\r\n");
+        for cut in head.len()..whole.len() {
+            let mut buf = BytesMut::from(&whole.as_bytes()[..cut]);
+            let parsed = parse_request(&mut buf, &mut Scratch::default());
+            assert!(matches!(parsed, Parsed::AwaitBody(n) if n > cut), "cut at {cut}: {parsed:?}");
+            assert_eq!(buf.len(), cut);
+        }
+        // Anything but the plainest form is hyper's to frame or to refuse, from the head on.
+        let max = usize::try_from(crate::headers::LEAN_BODY_MAX).unwrap();
+        let many: String = "1\r\nx\r\n".repeat(super::super::body::MAX_LEAN_CHUNKS + 1);
+        for body in [
+            "5;ext=1\r\nhello\r\n0\r\n\r\n".to_string(),
+            "5\nhello\r\n0\r\n\r\n".to_string(),
+            "5\r\nhello\n0\r\n\r\n".to_string(),
+            "5\r\nhelloX\r\n0\r\n\r\n".to_string(),
+            "5 \r\nhello\r\n0\r\n\r\n".to_string(),
+            "0\r\nX-Sum: 1\r\n\r\n".to_string(),
+            "-5\r\nhello\r\n0\r\n\r\n".to_string(),
+            "0000005\r\nhello\r\n0\r\n\r\n".to_string(),
+            format!("{:x}\r\n", max + 1),
+            format!("{:x}\r\n{}\r\n1\r\n", max, "x".repeat(max)),
+            many,
+        ] {
+            let mut buf = BytesMut::from(format!("{head}{body}").as_bytes());
+            let len = buf.len();
+            let parsed = parse_request(&mut buf, &mut Scratch::default());
+            assert!(matches!(parsed, Parsed::Handoff), "{body:?}: {parsed:?}");
+            assert_eq!(buf.len(), len);
+        }
+        // The largest body read whole.
+        let at_max = format!("{head}{:x}\r\n{}\r\n0\r\n\r\n", max, "x".repeat(max));
+        assert!(matches!(parse_one(at_max.as_bytes()), Parsed::Ready { .. }));
     }
 
     /// Mutated and truncated request heads: taken, handed to hyper, refused or waited for,

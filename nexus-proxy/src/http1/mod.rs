@@ -1,9 +1,9 @@
 //! The hand-written HTTP/1.1 code, in one place, behind two entry points:
 //!
 //! - **serve a connection**: [`Server::serve_connection`] takes requests without a body, or
-//!   with a small one framed by `Content-Length` (read whole first), on a lean loop of its
-//!   own and hands the rest of the connection to hyper (chunked or large bodies, upgrades,
-//!   HTTP/2 cleartext), see `server`;
+//!   with a small one framed by `Content-Length` or by a few plain chunks (read whole first),
+//!   on a lean loop of its own and hands the rest of the connection to hyper (large bodies,
+//!   other chunked ones, upgrades, HTTP/2 cleartext), see `server`;
 //! - **exchange on a pooled connection**: the upstream side sends a request without a body,
 //!   or with a small one that is all here, and reads the response straight off a
 //!   keep-alive connection (`client`, used by the pool; other bodies go through hyper's
@@ -55,9 +55,10 @@ pub mod fuzzing {
     use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
     /// Parse `data` as a request head: never a panic; a head that is taken has an
-    /// origin-form target and the body its `Content-Length` says (none without one), and
-    /// the bytes head and body used are gone from the buffer; a head waiting for its body
-    /// names a length beyond the bytes there.
+    /// origin-form target and the body its `Content-Length` says (none without one; a
+    /// chunked body is taken as its data, with the length put in its place), and the bytes
+    /// head and body used are gone from the buffer; a head waiting for its body names a
+    /// length beyond the bytes there.
     pub fn request_head(data: &[u8]) {
         let mut buf = BytesMut::from(data);
         match head::parse_request(&mut buf, &mut Scratch::default()) {
