@@ -1,5 +1,5 @@
 //! End-to-end latency of the `nexus` binary: RPS, P50/P95/P99/P99.9 and errors
-//! for five scenarios, measured with a load generator written on hyper.
+//! for seven scenarios, measured with a load generator written on hyper.
 //!
 //! ```sh
 //! cargo bench -p nexus-benches --bench p99                      # all scenarios, 5 s each
@@ -10,6 +10,8 @@
 //! Scenarios (each against the same in-process upstream on 127.0.0.1):
 //! - `direct`: straight to the upstream, the floor;
 //! - `bare_proxy`: through `nexus` with one route;
+//! - `post_1k`: the same route, every request a POST with a 1 KiB body (`Content-Length`);
+//! - `post_chunked`: the same, the body sent `Transfer-Encoding: chunked`;
 //! - `full_chain`: through `nexus` with request id, metrics, a rate limit, a circuit breaker
 //!   and HS256 JWT verification on the route;
 //! - `c1000`: the full chain with 1,000 concurrent connections;
@@ -26,7 +28,7 @@
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -96,7 +98,9 @@ async fn upstream() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = service_fn(|_req: Request<Incoming>| async {
+                let svc = service_fn(|req: Request<Incoming>| async {
+                    // The body is read (as an application would), so the connection stays usable.
+                    let _ = req.into_body().collect().await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello from upstream\n"))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
@@ -200,6 +204,23 @@ fn tokens(n: usize) -> Tokens {
 /// The `Authorization` values a scenario sends, in turn.
 type Tokens = Arc<[http::HeaderValue]>;
 
+/// What a scenario's requests are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// `GET /bench`, no body.
+    Get,
+    /// `POST /bench` with 1 KiB framed by `Content-Length`.
+    Post,
+    /// `POST /bench` with 1 KiB sent chunked.
+    Chunked,
+}
+
+/// A scenario's requests, and the `Authorization` values they carry.
+type Requests = (Load, Option<Tokens>);
+
+/// The POST scenarios' body.
+static BODY: [u8; 1024] = [b'x'; 1024];
+
 #[derive(Debug, Default)]
 struct Sample {
     latencies_us: Vec<u32>,
@@ -210,7 +231,7 @@ struct Sample {
 /// at `start + offset + k * interval`, and its latency counts from then.
 async fn connection(
     addr: SocketAddr,
-    auth: Option<Tokens>,
+    (load, auth): Requests,
     start: Instant,
     end: Instant,
     interval: Option<Duration>,
@@ -241,13 +262,23 @@ async fn connection(
             tokio::time::sleep_until(due).await;
         }
         k += 1;
-        let mut req = Request::get("/bench").header("host", "bench.local");
+        let mut req = match load {
+            Load::Get => Request::get("/bench"),
+            Load::Post => Request::post("/bench"),
+            // hyper frames the body as the header says.
+            Load::Chunked => Request::post("/bench").header("transfer-encoding", "chunked"),
+        }
+        .header("host", "bench.local");
         if let Some(t) = &auth {
             // Connections start at different tokens and take the next one each request.
             let i = (first_token + usize::try_from(k).unwrap_or(0)) % t.len();
             req = req.header("authorization", t[i].clone());
         }
-        let req = req.body(Empty::<Bytes>::new()).expect("request");
+        let body = match load {
+            Load::Get => Either::Left(Empty::<Bytes>::new()),
+            Load::Post | Load::Chunked => Either::Right(Full::new(Bytes::from_static(&BODY))),
+        };
+        let req = req.body(body).expect("request");
         if sender.ready().await.is_err() {
             sample.errors += 1;
             break;
@@ -287,7 +318,7 @@ struct Result_ {
 async fn run(
     scenario: &str,
     addr: SocketAddr,
-    auth: Option<Tokens>,
+    (load, auth): Requests,
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
@@ -302,7 +333,7 @@ async fn run(
             .map_or(Duration::ZERO, |iv| iv * u32::try_from(i).unwrap_or(0) / u32::try_from(connections).unwrap_or(1));
         // Spread the connections over the tokens (each takes the next one per request).
         let first_token = auth.as_ref().map_or(0, |t| i * t.len() / connections.max(1));
-        tasks.push(tokio::spawn(connection(addr, auth.clone(), start, end, interval, offset, first_token)));
+        tasks.push(tokio::spawn(connection(addr, (load, auth.clone()), start, end, interval, offset, first_token)));
     }
     let mut all = Vec::new();
     let mut errors = 0;
@@ -337,7 +368,7 @@ async fn run(
 
 fn print(r: &Result_) {
     println!(
-        "{:<11} {:<6} c={:<5} {:>9.0} rps  p50 {:>7.3}  p95 {:>7.3}  p99 {:>7.3}  p99.9 {:>7.3}  max {:>8.3} ms  errors {}",
+        "{:<12} {:<6} c={:<5} {:>9.0} rps  p50 {:>7.3}  p95 {:>7.3}  p99 {:>7.3}  p99.9 {:>7.3}  max {:>8.3} ms  errors {}",
         r.scenario, r.mode, r.connections, r.rps, r.p50_ms, r.p95_ms, r.p99_ms, r.p999_ms, r.max_ms, r.errors
     );
 }
@@ -352,26 +383,28 @@ fn main() {
         let full = gateway(&bin, &full_config(up));
         let token = tokens(1);
         let many = tokens(20_000);
-        let scenarios: Vec<(&str, SocketAddr, Option<Tokens>, usize)> = vec![
-            ("direct", up, None, o.connections),
-            ("bare_proxy", bare.addr, None, o.connections),
-            ("full_chain", full.addr, Some(Arc::clone(&token)), o.connections),
-            ("c1000", full.addr, Some(Arc::clone(&token)), 1000),
-            ("jwt_misses", full.addr, Some(many), o.connections),
+        let scenarios: Vec<(&str, SocketAddr, Requests, usize)> = vec![
+            ("direct", up, (Load::Get, None), o.connections),
+            ("bare_proxy", bare.addr, (Load::Get, None), o.connections),
+            ("post_1k", bare.addr, (Load::Post, None), o.connections),
+            ("post_chunked", bare.addr, (Load::Chunked, None), o.connections),
+            ("full_chain", full.addr, (Load::Get, Some(Arc::clone(&token))), o.connections),
+            ("c1000", full.addr, (Load::Get, Some(Arc::clone(&token))), 1000),
+            ("jwt_misses", full.addr, (Load::Get, Some(many)), o.connections),
         ];
         println!("nexus p99 bench: {} s per run, upstream {up}", o.duration.as_secs_f64());
         let mut results = Vec::new();
-        for (name, addr, auth, conns) in scenarios {
+        for (name, addr, load, conns) in scenarios {
             if o.only.as_deref().is_some_and(|s| s != name) {
                 continue;
             }
             // Warm up pools and caches, then the closed loop, then the open loop at a
             // fraction of the closed-loop throughput.
-            let _ = run(name, addr, auth.clone(), conns.min(50), Duration::from_millis(500), None).await;
-            let closed = run(name, addr, auth.clone(), conns, o.duration, None).await;
+            let _ = run(name, addr, load.clone(), conns.min(50), Duration::from_millis(500), None).await;
+            let closed = run(name, addr, load.clone(), conns, o.duration, None).await;
             print(&closed);
             let rate = (closed.rps * o.open_fraction).max(100.0);
-            let open = run(name, addr, auth.clone(), conns, o.duration, Some(rate)).await;
+            let open = run(name, addr, load, conns, o.duration, Some(rate)).await;
             print(&open);
             results.push(closed);
             results.push(open);

@@ -83,6 +83,19 @@ async fn body_over_the_limit_is_413_declared_or_streamed() {
         .unwrap();
     let (status, _, text) = send(req).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    // Small chunks read whole on the lean path: refused before anything goes upstream (and
+    // the connection closed, as for a declared length); at the limit they pass.
+    let chunked = |sizes: &[usize]| {
+        let chunks: String = sizes.iter().map(|n| format!("{n:x}\r\n{}\r\n", "d".repeat(*n))).collect();
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n")
+    };
+    let res =
+        raw(gw.addr, format!("{}GET /after HTTP/1.1\r\nHost: x\r\n\r\n", chunked(&[1000, 1000])).as_bytes()).await;
+    assert!(res.starts_with("HTTP/1.1 413 ") && res.contains("payload_too_large"), "{res}");
+    assert_eq!(res.matches("HTTP/1.1 ").count(), 1, "{res}");
+    let res =
+        raw(gw.addr, chunked(&[1000, 24]).replace("chunked\r\n", "chunked\r\nConnection: close\r\n").as_bytes()).await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n") && res.ends_with("\r\n\r\n1024"), "{res}");
     // Exactly at the limit passes.
     let req = Request::post(gw.url("/upload")).body(body(vec![b'c'; 1024])).unwrap();
     let (status, _, text) = send(req).await;

@@ -103,11 +103,23 @@ pub mod fuzzing {
     }
 
     /// Decode `data` as a chunked body, whole and fed in pieces of `piece` bytes: never a
-    /// panic, and the same data, trailers and outcome either way.
+    /// panic, and the same data, trailers and outcome either way. A body the lean server's
+    /// scan takes whole is one the decoder reads to the same data, ending at the same byte,
+    /// without trailers; one it waits for is one the decoder has not found the end of.
     pub fn chunked_body(data: &[u8], piece: usize) {
         let whole = decode(data, data.len().max(1));
         let pieces = decode(data, piece.max(1));
         assert_eq!(whole, pieces);
+        match super::body::lean_chunks(data) {
+            super::body::LeanChunks::Whole { wire, data: n } => {
+                let lean = super::body::lean_chunk_data(&bytes::Bytes::copy_from_slice(&data[..wire]), n);
+                assert_eq!(lean.len(), n);
+                assert_eq!(decode(&data[..wire], wire.max(1)), Ok((lean.to_vec(), None, true)));
+            }
+            // (It may wait on bytes the decoder already refuses: the next ones settle it.)
+            super::body::LeanChunks::Partial => assert!(!matches!(whole, Ok((_, _, true))), "{whole:?}"),
+            super::body::LeanChunks::Other => {}
+        }
     }
 
     fn decode(wire: &[u8], piece: usize) -> Result<(Vec<u8>, Option<HeaderMap>, bool), String> {
