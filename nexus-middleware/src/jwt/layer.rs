@@ -1,6 +1,6 @@
 //! The tower Layer and Service around a [`JwtAuth`].
 
-use super::{JwtAuth, Reason};
+use super::{Forwarded, JwtAuth, Reason};
 use bytes::Bytes;
 use http::{Request, Response};
 use nexus_core::claims::VerifiedClaims;
@@ -115,7 +115,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let state = match self.auth.verify(req.headers()) {
+        let state = match self.auth.verify_forwarding(req.headers()) {
             Err(Reason::UnknownKey) => {
                 // Rare: a kid we do not have. Refetch (shared, rate-limited), then verify again.
                 let store = std::sync::Arc::clone(self.auth.store());
@@ -144,16 +144,16 @@ fn decide<S, B, ResB>(
     failures: Option<&Failures>,
     claims_extension: bool,
     mut req: Request<B>,
-    outcome: Result<VerifiedClaims, Reason>,
+    outcome: Result<(VerifiedClaims, Option<Forwarded>), Reason>,
 ) -> State<S, B>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     ResB: From<Bytes>,
 {
     match outcome {
-        Ok(claims) => {
+        Ok((claims, forwarded)) => {
             auth.scrub(req.headers_mut());
-            auth.forward(&claims, req.headers_mut());
+            auth.forward_from(&claims, forwarded.as_ref(), req.headers_mut());
             if claims_extension {
                 req.extensions_mut().insert(claims);
             }
@@ -218,7 +218,7 @@ where
                     ready!(fut.as_mut().poll(cx));
                     let Waiting { mut svc, req, auth, failures, claims } =
                         *inner.take().expect("polled after completion");
-                    let outcome = auth.verify(req.headers());
+                    let outcome = auth.verify_forwarding(req.headers());
                     let next = decide(&mut svc, &auth, failures.as_ref(), claims, req, outcome);
                     this.state.set(next);
                 }

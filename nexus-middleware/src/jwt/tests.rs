@@ -384,3 +384,45 @@ fn the_bearer_scheme_is_matched_in_any_case_with_spaces_and_tabs_around() {
     assert_eq!(bearer(b"Bearerabc"), None);
     assert_eq!(bearer(b"Bearer "), None, "no token after the scheme");
 }
+
+/// Forwarded claims come out the same from a verification and from a cache hit (whose values
+/// were made when the token was verified), and with the cache off: strings as they are,
+/// numbers printed, an absent claim or one that is no valid field value left out, and a
+/// client's own values replaced every time.
+#[tokio::test]
+async fn forwarded_claims_are_the_same_from_the_cache_as_from_a_verification() {
+    let forward =
+        ["sub", "level", "missing", "note"].map(|c| (c.to_string(), HeaderName::try_from(format!("x-{c}")).unwrap()));
+    for cache_size in [10_000, 0] {
+        let mut config = config(KeySource::Jwks(JWKS1.into()), vec![Algorithm::RS256]);
+        config.forward_claims = forward.to_vec();
+        config.cache_size = cache_size;
+        let auth = JwtAuth::new(config).unwrap();
+        let svc = ServiceBuilder::new().layer(JwtAuthLayer::new(auth.clone())).service_fn(|req: Request<()>| {
+            let seen: Vec<String> = ["x-sub", "x-level", "x-missing", "x-note"]
+                .iter()
+                .map(|h| {
+                    req.headers()
+                        .get_all(*h)
+                        .iter()
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .collect::<Vec<_>>()
+                        .join("+")
+                })
+                .collect();
+            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen.join("|"))))) }
+        });
+        let token = rs256("key-1", RSA1, &claims(serde_json::json!({"level": 3, "note": "line\nbreak"})));
+        for round in 0..3 {
+            let mut req = with_token(&token);
+            for h in ["x-sub", "x-level", "x-missing", "x-note"] {
+                req.headers_mut().insert(h, "spoofed".parse().unwrap());
+            }
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), 200);
+            let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+            assert_eq!(body, "alice|3||", "cache_size {cache_size}, request {round}");
+        }
+        assert_eq!(auth.cached(), u64::from(cache_size > 0));
+    }
+}
