@@ -67,12 +67,13 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// the whole (small) body it read.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// The body as hyper reads it (HTTP/1.1 with a large or chunked body, HTTP/2, upgrades).
+    /// The body as hyper reads it (HTTP/1.1 with a body the lean path does not read whole,
+    /// HTTP/2, upgrades).
     Hyper(Incoming),
     /// No body (a request the lean path took without one).
     Empty,
-    /// A body the lean path read whole (framed by `Content-Length`, at most 64 KiB);
-    /// `None` once it has been polled.
+    /// A body the lean path read whole (framed by `Content-Length`, or a few plain chunks:
+    /// their data; at most 64 KiB); `None` once it has been polled.
     Full(Option<Bytes>),
 }
 
