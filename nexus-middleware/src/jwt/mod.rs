@@ -315,8 +315,9 @@ struct Verified {
     /// The key set's generation it was verified under (a newer one makes it a miss).
     generation: u64,
     claims: VerifiedClaims,
-    /// Its `forward_claims` values, made when it was verified.
-    forwarded: Forwarded,
+    /// Its `forward_claims` values, made when it was verified (`None` when the policy
+    /// forwards no claims: a hit then clones nothing more).
+    forwarded: Option<Forwarded>,
     /// `exp` and `nbf`, seconds since the epoch: checked again on every use.
     exp: u64,
     nbf: Option<u64>,
@@ -481,17 +482,21 @@ impl JwtAuth {
         if let Some(v) = cache.get(token).filter(|v| v.generation == generation) {
             inner.hits.increment(1);
             self.check_times(v.exp, v.nbf)?;
-            return Ok((v.claims, Some(v.forwarded)));
+            return Ok((v.claims, v.forwarded));
         }
         inner.misses.increment(1);
         let claims = self.verify_token(text()?)?;
         let (exp, nbf) = (seconds(&claims, "exp"), seconds(&claims, "nbf"));
         let claims = VerifiedClaims::new(claims);
         let Some(exp) = exp else { return Ok((claims, None)) };
-        let forwarded: Forwarded = inner.config.forward_claims.iter().map(|(c, _)| claim_value(&claims, c)).collect();
-        let verified = Verified { generation, claims: claims.clone(), forwarded: Arc::clone(&forwarded), exp, nbf };
-        cache.insert(token.into(), verified);
-        Ok((claims, Some(forwarded)))
+        let forward = &inner.config.forward_claims;
+        let forwarded: Option<Forwarded> =
+            (!forward.is_empty()).then(|| forward.iter().map(|(c, _)| claim_value(&claims, c)).collect());
+        cache.insert(
+            token.into(),
+            Verified { generation, claims: claims.clone(), forwarded: forwarded.clone(), exp, nbf },
+        );
+        Ok((claims, forwarded))
     }
 
     /// Tokens in the cache.
