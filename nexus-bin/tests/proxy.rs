@@ -575,6 +575,48 @@ async fn small_chunked_bodies_arrive_whole_with_a_length_and_other_chunked_ones_
 }
 
 #[tokio::test]
+async fn http10_clients_keep_the_connection_they_ask_for_and_read_a_streamed_answer_to_the_close() {
+    let up = upstream("app").await;
+    let gw = gateway(&one_route(&up, ""));
+    // As `ab -k` sends them, pipelined on one connection: a GET and a small POST asking for
+    // keep-alive, then a streamed answer (an HTTP/1.0 client reads no chunks: the body is sent
+    // as it is and ends with the connection), so the last request is never read.
+    let res = raw(
+        gw.addr,
+        b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n\
+          POST /echo HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\nContent-Length: 5\r\n\r\nhello\
+          GET /big/10 HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n\
+          GET /never HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n",
+    )
+    .await;
+    let answers: Vec<&str> = res.split("HTTP/1.0 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{res}");
+    assert!(answers.iter().all(|a| a.starts_with("200 OK\r\n") && a.contains("\r\nx-request-id: ")), "{res}");
+    assert!(answers[0].contains("\r\nconnection: keep-alive\r\n") && answers[0].ends_with("\r\n\r\napp /a"), "{res}");
+    assert!(answers[1].contains("\r\nconnection: keep-alive\r\n") && answers[1].ends_with("\r\n\r\nhello"), "{res}");
+    assert!(answers[1].contains("x-framing: content-length=5\r\n"), "{res}");
+    assert!(answers[2].contains("\r\nconnection: close\r\n") && !answers[2].contains("transfer-encoding"), "{res}");
+    assert!(answers[2].ends_with("\r\n\r\nxxxxxxxxxx"), "{res}");
+    let seen = up.seen();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/a", "/echo", "/big/10"]);
+    // Upstream, they are HTTP/1.1 requests on one kept connection; the client's
+    // `Connection` is hop-by-hop and stays behind.
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_11 && !s.headers.contains_key("connection")));
+    assert_eq!(up.connections(), 1);
+
+    // Without `Connection: keep-alive`, one answer and the close; without `Host`, the same
+    // (HTTP/1.0 does not need one), answered by the route that takes any host.
+    for head in
+        [&b"GET /one HTTP/1.0\r\nHost: x\r\n\r\nGET /two HTTP/1.0\r\nHost: x\r\n\r\n"[..], b"GET /one HTTP/1.0\r\n\r\n"]
+    {
+        let res = raw(gw.addr, head).await;
+        assert_eq!(res.matches("HTTP/1.0 200 OK\r\n").count(), 1, "{res}");
+        assert!(res.ends_with("\r\n\r\napp /one"), "{res}");
+    }
+}
+
+#[tokio::test]
 async fn a_stalled_or_idle_connection_is_closed_after_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("app").await;

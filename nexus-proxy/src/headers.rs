@@ -75,6 +75,8 @@ pub(crate) struct HeadScan {
     pub(crate) host: bool,
     /// `Connection: close` is asked for.
     pub(crate) close: bool,
+    /// `Connection: keep-alive` is asked for (what keeps an HTTP/1.0 connection open).
+    pub(crate) keep_alive: bool,
     /// An `Expect` field (`100-continue`).
     pub(crate) expect: bool,
     /// The `traceparent` (the gateway's, once it has set it) says sampled.
@@ -138,6 +140,8 @@ impl HeadScan {
             for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     self.upgrade_token = true;
                 }

@@ -6,29 +6,29 @@
 
 use super::head::{Parsed, Scratch, parse_request};
 use bytes::BytesMut;
-use http::{Method, Request};
+use http::{Method, Request, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
-/// What hyper's server made of `input`: the first request's method, target and its body's
-/// length (read to the end), or `None` when it took no request or could not read its body.
-async fn hyper_takes(input: &[u8]) -> Option<(Method, String, Option<u64>)> {
+/// What hyper's server made of `input`: the first request's method, target, version and its
+/// body's length (read to the end), or `None` when it took no request or could not read its body.
+async fn hyper_takes(input: &[u8]) -> Option<(Method, String, Version, Option<u64>)> {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let seen = Arc::new(Mutex::new(None));
     let record = Arc::clone(&seen);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let record = Arc::clone(&record);
         async move {
-            let (method, target) = (req.method().clone(), req.uri().to_string());
+            let (method, target, version) = (req.method().clone(), req.uri().to_string(), req.version());
             let body = http_body_util::BodyExt::collect(req.into_body()).await;
             let mut slot = record.lock().unwrap();
             if slot.is_none()
                 && let Ok(body) = body
             {
-                *slot = Some((method, target, Some(body.to_bytes().len() as u64)));
+                *slot = Some((method, target, version, Some(body.to_bytes().len() as u64)));
             }
             Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
         }
@@ -54,7 +54,7 @@ async fn hyper_takes(input: &[u8]) -> Option<(Method, String, Option<u64>)> {
 
 #[tokio::test]
 async fn a_head_the_lean_path_takes_is_one_hyper_takes_the_same_way() {
-    let seeds: [&[u8]; 9] = [
+    let seeds: [&[u8]; 11] = [
         b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: abc\r\n\r\n",
         b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nAccept: */*\r\n\r\n",
         b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
@@ -64,6 +64,8 @@ async fn a_head_the_lean_path_takes_is_one_hyper_takes_the_same_way() {
         b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
         b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
         b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: x\r\n\r\n1\r\n\r\r\n0\r\n\r\n",
+        b"GET /k HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\nUser-Agent: ApacheBench/2.3\r\n\r\n",
+        b"POST /q HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\nok",
     ];
     let rng = nexus_core::rng::Rng::seeded(23);
     let mut scratch = Scratch::default();
@@ -82,12 +84,17 @@ async fn a_head_the_lean_path_takes_is_one_hyper_takes_the_same_way() {
         };
         taken += 1;
         let hyper = hyper_takes(&input).await;
-        let Some((method, target, length)) = hyper else {
+        let Some((method, target, version, length)) = hyper else {
             panic!("the lean path took a head hyper refuses: {:?}", String::from_utf8_lossy(&input));
         };
         assert_eq!(
-            (&method, target.as_str(), length),
-            (request.method(), request.uri().to_string().as_str(), request.body().size_hint().exact()),
+            (&method, target.as_str(), version, length),
+            (
+                request.method(),
+                request.uri().to_string().as_str(),
+                request.version(),
+                request.body().size_hint().exact()
+            ),
             "{:?}",
             String::from_utf8_lossy(&input)
         );

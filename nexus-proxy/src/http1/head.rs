@@ -85,7 +85,8 @@ pub(crate) enum Parsed {
 }
 
 /// Parse a request head at the start of `buf` (consumed, with its body, when
-/// [`Parsed::Ready`]). Taken: an HTTP/1.1 request with an origin-form target that
+/// [`Parsed::Ready`]). Taken: an HTTP/1.1 request (or an HTTP/1.0 one with `Host` and no
+/// transfer coding) with an origin-form target that
 /// [`HeadScan::lean_server`] allows (no body, or a small one framed by `Content-Length` or by
 /// chunks that [`lean_chunks`] takes), of at most [`MAX_REQUEST_FIELDS`] fields. A chunked
 /// body is taken as its data, with a `Content-Length` in place of `Transfer-Encoding`.
@@ -110,9 +111,10 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
         // Malformed (SPEC §4): hyper would close with a bare 400; the JSON answer instead.
         Err(_) => return Parsed::BadRequest("malformed request head"),
     };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(path), Some(minor @ (0 | 1))) = (req.method, req.path, req.version) else {
         return Parsed::Handoff;
     };
+    let http10 = minor == 0;
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Handoff };
     if method == Method::CONNECT || !path.starts_with('/') {
         return Parsed::Handoff;
@@ -126,6 +128,11 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
         scratch.fields.push((name, start, start + h.value.len()));
     }
     let Some(framing) = scan.lean_server() else { return Parsed::Handoff };
+    // HTTP/1.0 (`ab -k`, old proxies and probes): without `Host`, or with a transfer coding
+    // (RFC 9112 §6.1: faulty framing in HTTP/1.0), hyper takes the connection, as before.
+    if http10 && (!scan.host || framing == LeanBody::Chunked) {
+        return Parsed::Handoff;
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400 (one `Host` too many, or an
     // invalid one, is the gateway's to refuse: `crate::edge`).
     if !scan.host {
@@ -170,8 +177,12 @@ pub(crate) fn parse_request(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
+    if http10 {
+        // An HTTP/1.0 connection persists only when the client asks (RFC 9112 §9.3).
+        *request.version_mut() = Version::HTTP_10;
+        return Parsed::Ready { request, close: scan.close || !scan.keep_alive };
+    }
     Parsed::Ready { request, close: scan.close }
 }
 
@@ -409,6 +420,37 @@ mod tests {
         ] {
             assert!(matches!(parse_one(malformed), Parsed::BadRequest(_)), "{}", String::from_utf8_lossy(malformed));
         }
+    }
+
+    #[test]
+    fn http10_requests_with_a_host_are_taken_and_kept_open_only_when_they_ask() {
+        let Parsed::Ready { request, close } =
+            parse_one(b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n")
+        else {
+            panic!("an HTTP/1.0 GET asking for keep-alive is taken")
+        };
+        assert_eq!((request.version(), request.uri().path(), close), (Version::HTTP_10, "/a", false));
+        // HTTP/1.0 closes unless asked not to, and `close` wins over `keep-alive`.
+        for head in [
+            &b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n"[..],
+            b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
+        ] {
+            let Parsed::Ready { request, close } = parse_one(head) else { panic!("{}", String::from_utf8_lossy(head)) };
+            assert!(close && request.version() == Version::HTTP_10, "{}", String::from_utf8_lossy(head));
+        }
+        let Parsed::Ready { request, .. } = parse_one(b"POST /a HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+        else {
+            panic!("an HTTP/1.0 body framed by its length is taken")
+        };
+        assert_eq!(request.body().size_hint().exact(), Some(2));
+        // No Host (optional in HTTP/1.0), a transfer coding (faulty framing in HTTP/1.0), an
+        // expectation or an upgrade: hyper's, with its own HTTP/1.0 rules, as before.
+        all_handed_off(&[
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET /ws HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ]);
     }
 
     #[test]

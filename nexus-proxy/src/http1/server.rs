@@ -1,8 +1,9 @@
 //! The HTTP/1.1 server side: [`Server::serve_connection`] serves one accepted connection,
 //! first on the lean path below, then, for what that path does not take, with hyper.
 //!
-//! **The lean path** takes requests without a body, and requests whose body is framed by
-//! one `Content-Length` of at most 64 KiB: such a body is read whole beside its head, within
+//! **The lean path** takes HTTP/1.1 requests (and HTTP/1.0 ones with a `Host`) without a
+//! body, and requests whose body is framed by one `Content-Length` of at most 64 KiB or sent
+//! in a few plain chunks of at most 64 KiB in all: such a body is read whole beside its head, within
 //! the head's deadline, and the request carries it as [`ClientBody::Full`] (a body still
 //! arriving at the deadline is hyper's: the connection is handed over with what was read, and
 //! hyper streams the rest). A request head is parsed with
@@ -15,9 +16,9 @@
 //! fraction of that.
 //!
 //! **Hyper takes the rest of the connection**, with the bytes already read replayed first
-//! ([`super::sniff::HeadSniffer`]): a request with a larger body, `Transfer-Encoding`, more
-//! than one `Content-Length` or one that is not plain digits, `Expect`, an upgrade or
-//! `CONNECT`, HTTP/1.0, a request target that is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first bytes only), a
+//! ([`super::sniff::HeadSniffer`]): a request with a larger body, any other
+//! `Transfer-Encoding`, more than one `Content-Length` or one that is not plain digits,
+//! `Expect`, an upgrade or `CONNECT`, HTTP/1.0 without `Host` or with a transfer coding, a request target that is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first bytes only), a
 //! head with more than 64 fields. A head that is not HTTP/1 (anything `httparse` refuses but
 //! too many fields), or whose target or field values are invalid, is answered on the lean
 //! path as SPEC §4 says: the JSON 400 `bad_request` with a request id, then close (hyper
@@ -461,8 +462,9 @@ async fn serve_lean<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
         };
         fresh = false;
         let head_request = request.method() == Method::HEAD;
+        let http10 = request.version() == Version::HTTP_10;
         let response = handler.call(conn, request).await;
-        match respond(&mut stream, &mut wbuf, response, head_request, close).await {
+        match respond(&mut stream, &mut wbuf, response, head_request, (close, http10)).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Outcome::Closed,
         }
@@ -476,5 +478,5 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, wbuf: &mut Vec<u8>, code:
     let mut res: Response<http_body_util::Full<Bytes>> =
         GatewayError::new(code).with_message(message).into_response(id.to_str().unwrap_or(""));
     res.headers_mut().insert(REQUEST_ID, id);
-    let _ = respond(stream, wbuf, res, false, true).await;
+    let _ = respond(stream, wbuf, res, false, (true, false)).await;
 }

@@ -17,12 +17,16 @@ use tokio::io::AsyncWriteExt;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 /// Write `res`; `Ok(true)` when the connection can take another request.
+///
+/// `http10`: the request was HTTP/1.0. The answer says `HTTP/1.0`, as hyper's does; a kept
+/// connection says `Connection: keep-alive`; and a body of unknown length is sent as it is,
+/// ended by closing the connection (an HTTP/1.0 client reads no chunks).
 pub(super) async fn respond<B, S: tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     wbuf: &mut Vec<u8>,
     res: http::Response<B>,
     head_request: bool,
-    client_close: bool,
+    (client_close, http10): (bool, bool),
 ) -> std::io::Result<bool>
 where
     B: Body<Data = Bytes>,
@@ -31,7 +35,7 @@ where
     let mut body = pin!(body);
     wbuf.clear();
     let status = parts.status;
-    wbuf.extend_from_slice(b"HTTP/1.1 ");
+    wbuf.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     wbuf.extend_from_slice(status.as_str().as_bytes());
     wbuf.push(b' ');
     wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -82,13 +86,20 @@ where
             Framing::Empty
         } else if let Some(n) = length {
             Framing::Length(n)
+        } else if http10 {
+            close = true;
+            Framing::Close
         } else {
             wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
             Framing::Chunked
         }
     };
-    if close && !has_connection {
-        wbuf.extend_from_slice(b"connection: close\r\n");
+    if !has_connection {
+        if close {
+            wbuf.extend_from_slice(b"connection: close\r\n");
+        } else if http10 {
+            wbuf.extend_from_slice(b"connection: keep-alive\r\n");
+        }
     }
     wbuf.extend_from_slice(b"\r\n");
     if framing == Framing::Empty {
@@ -109,6 +120,8 @@ where
                         {
                             if framing == Framing::Chunked {
                                 encode_chunk(&data, wbuf);
+                            } else if framing == Framing::Close {
+                                wbuf.extend_from_slice(&data);
                             } else {
                                 let left = remaining.unwrap_or(0);
                                 let take = left.min(data.len() as u64);
@@ -217,14 +230,25 @@ fn http_date(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use std::convert::Infallible;
 
     /// What `respond` writes for `res` and whether it keeps the connection.
     async fn written(res: http::Response<http_body_util::Full<Bytes>>, head: bool) -> (String, bool) {
+        written_for(res, head, (false, false)).await
+    }
+
+    /// The same for a request that asked to close, or was HTTP/1.0 (`(close, http10)`), and
+    /// any body.
+    async fn written_for<B: Body<Data = Bytes>>(
+        res: http::Response<B>,
+        head: bool,
+        asked: (bool, bool),
+    ) -> (String, bool) {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let keep = respond(&mut server, &mut Vec::new(), res, head, false).await.unwrap();
+        let keep = respond(&mut server, &mut Vec::new(), res, head, asked).await.unwrap();
         drop(server);
         let mut out = String::new();
         client.read_to_string(&mut out).await.unwrap();
@@ -250,6 +274,34 @@ mod tests {
         *res.status_mut() = StatusCode::NO_CONTENT;
         let (out, keep) = written(res, false).await;
         assert!(out.starts_with("HTTP/1.1 204 No Content\r\n") && !out.contains("content-length") && keep, "{out}");
+    }
+
+    #[tokio::test]
+    async fn an_http10_client_gets_an_http10_answer_kept_open_only_when_asked_and_never_chunks() {
+        let full = || http_body_util::Full::new(Bytes::from_static(b"hello"));
+        // `Connection: keep-alive` asked for: said back, and the connection stays.
+        let (out, keep) = written_for(http::Response::new(full()), false, (false, true)).await;
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n") && out.contains("\r\nconnection: keep-alive\r\n"), "{out}");
+        assert!(out.contains("\r\ncontent-length: 5\r\n") && out.ends_with("\r\n\r\nhello") && keep, "{out}");
+        // Not asked for: closed.
+        let (out, keep) = written_for(http::Response::new(full()), false, (true, true)).await;
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n") && out.contains("\r\nconnection: close\r\n") && !keep, "{out}");
+        // A body of unknown length: as it is, ended by the close (the HTTP/1.1 client gets chunks).
+        let stream = || {
+            let frames =
+                ["hel", "lo"].map(|s| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(s.as_bytes()))));
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+        };
+        let (out, keep) = written_for(http::Response::new(stream()), false, (false, true)).await;
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n") && out.contains("\r\nconnection: close\r\n"), "{out}");
+        assert!(!out.contains("transfer-encoding") && out.ends_with("\r\n\r\nhello") && !keep, "{out}");
+        let (out, keep) = written_for(http::Response::new(stream()), false, (false, false)).await;
+        assert!(
+            out.contains("\r\ntransfer-encoding: chunked\r\n")
+                && out.ends_with("\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"),
+            "{out}"
+        );
+        assert!(keep && !out.contains("connection:"), "{out}");
     }
 
     #[test]
