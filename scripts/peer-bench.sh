@@ -9,6 +9,7 @@
 #   TLS=1 WRK_HEADER="Connection: close" scripts/peer-bench.sh  # a handshake per request
 #   UPSTREAM_TLS=1 scripts/peer-bench.sh                    # both proxies speak TLS to the upstream
 #   H2=1 CONNS=50 scripts/peer-bench.sh                     # HTTP/2 clients (h2load, 10 streams each)
+#   AB=1 CONNS=50 scripts/peer-bench.sh                     # HTTP/1.0 keep-alive clients (ab -k)
 #
 # Settings (environment): NEXUS_A [target/release/nexus], NEXUS_B [none], CONFIG
 # [benches/peer-bench.yaml], CONFIG_B [CONFIG] (B's config: one build, two settings), ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
@@ -21,7 +22,9 @@
 # their TLS connections alive (nginx `proxy_ssl_*` with session reuse, Nexus `https://` + `tls`).
 # H2 [0]: 1 loads with h2load instead of wrk (cleartext HTTP/2 with prior knowledge, `-m` H2_STREAMS
 # [10] streams per connection; nginx gets `listen ... http2`); h2load gives no percentiles, so the
-# tail column is then its slowest request (`max`) instead of wrk's P99.
+# tail column is then its slowest request (`max`) instead of wrk's P99. AB [0]: 1 loads with
+# ApacheBench (`ab -k`: HTTP/1.0 requests asking for keep-alive, as old clients and proxies
+# send them); its P99 is in whole milliseconds.
 #
 # It starts a static nginx upstream on 127.0.0.1:18080 (benches/nginx/upstream.conf), nginx as
 # the peer proxy on :18081 (benches/nginx/proxy.conf), Nexus A on :18085 and B on :18086, one
@@ -50,6 +53,7 @@ TLS=${TLS:-0}
 UPSTREAM_TLS=${UPSTREAM_TLS:-0}
 H2=${H2:-0}
 H2_STREAMS=${H2_STREAMS:-10}
+AB=${AB:-0}
 
 die() { echo "peer-bench: $*" >&2; exit 1; }
 for tool in nginx wrk taskset python3 curl pgrep; do
@@ -60,6 +64,10 @@ done
 if [[ $H2 == 1 ]]; then
   command -v h2load >/dev/null || die "missing h2load (apt-get install nghttp2-client)"
   [[ $TLS == 0 && -z $WRK_SCRIPT ]] || die "H2=1 runs cleartext GETs: no TLS=1, no WRK_SCRIPT"
+fi
+if [[ $AB == 1 ]]; then
+  command -v ab >/dev/null || die "missing ab (apt-get install apache2-utils)"
+  [[ $TLS == 0 && $H2 == 0 && -z $WRK_SCRIPT ]] || die "AB=1 runs cleartext GETs: no TLS=1, H2=1 or WRK_SCRIPT"
 fi
 
 load=() server=()
@@ -194,9 +202,12 @@ ticks() { # "utime stime" of a process and its children (nginx's worker), in clo
   echo "$user $sys"
 }
 
-# One load run against a URL for some seconds: wrk, or h2load with H2=1.
+# One load run against a URL for some seconds: wrk, h2load with H2=1, or ab with AB=1.
 load_run() { # seconds, conns, url
-  if [[ $H2 == 1 ]]; then
+  if [[ $AB == 1 ]]; then
+    # (-n: a bound ab never reaches in the run's seconds; -t ends it.)
+    "${load[@]}" ab -q -k -c"$2" -t"$1" -n 100000000 "${header[@]}" "$3"
+  elif [[ $H2 == 1 ]]; then
     "${load[@]}" h2load -c"$2" -m"$H2_STREAMS" -D "$1" "${header[@]}" "$3"
   else
     "${load[@]}" wrk -t1 -c"$2" -d"${1}s" --latency "${header[@]}" "$3"
@@ -205,7 +216,7 @@ load_run() { # seconds, conns, url
 
 samples=$work/samples.tsv
 echo "round	conns	target	rps	p99_ms	cpu_us_per_req	user_us_per_req	sys_us_per_req	upstream_us_per_req" >"$samples"
-echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS upstream_tls=$UPSTREAM_TLS h2=$H2 targets=${targets[*]} pin=$PIN" >&2
+echo "peer-bench: rounds=$ROUNDS duration=${DURATION}s conns=[$CONNS] config=$CONFIG script=${WRK_SCRIPT:-none} tls=$TLS upstream_tls=$UPSTREAM_TLS h2=$H2 ab=$AB targets=${targets[*]} pin=$PIN" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in $CONNS; do
     # Rotate the order each round, so no target always runs first (or after the same one).
@@ -223,7 +234,16 @@ import re, sys
 r, c, t, before, after, up_before, up_after, hz, out = sys.argv[1:]
 ms = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 h2 = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-if h2:  # h2load: the slowest request stands in for P99
+ab = re.search(r"Complete requests:\s+(\d+)", out)
+if ab:  # ab -k: percentiles in whole ms
+    reqs = int(ab.group(1))
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    v, unit = re.search(r"\s99%\s+(\d+)", out).group(1), "ms"
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    kept = int(re.search(r"Keep-Alive requests:\s+(\d+)", out).group(1))
+    if failed or kept != reqs:
+        print(f"peer-bench: {t} -c{c}: {failed} failed, {reqs - kept} not kept alive", file=sys.stderr)
+elif h2:  # h2load: the slowest request stands in for P99
     reqs = int(h2.group(2))
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     v, unit = re.search(r"time for request:\s+[\d.]+(?:us|ms|s)\s+([\d.]+)(us|ms|s)", out).groups()
