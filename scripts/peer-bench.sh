@@ -15,7 +15,7 @@
 # [benches/peer-bench.yaml], CONFIG_B [CONFIG] (B's config: one build, two settings), ROUNDS [3], DURATION seconds per wrk run [5], CONNS ["50 1000"],
 # WRK_HEADER (one extra request header, e.g. "Authorization: Bearer ..."), WRK_SCRIPT (a wrk Lua
 # script, e.g. benches/wrk/post.lua: POSTs with a 1 KiB body; benches/wrk/chunked.lua: the same
-# body sent chunked), PIN [1], TLS [0]: 1 puts TLS in
+# body sent chunked; benches/wrk/browser.lua: GETs with a browser's seven fields), PIN [1], TLS [0]: 1 puts TLS in
 # front of both proxies (nginx `listen ssl` on :18443, Nexus `server.tls` on :18445/:18446, one
 # ECDSA P-256 certificate made for the run, TLS 1.3 negotiated by wrk), UPSTREAM_TLS [0]: 1 makes
 # the nginx upstream listen with TLS (the same certificate) and both proxies verify it and keep
