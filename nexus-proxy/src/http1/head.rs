@@ -75,8 +75,8 @@ pub(crate) enum Parsed {
     BadRequest(&'static str),
     /// More fields than any path takes: the JSON 431, then close.
     TooLarge,
-    /// A request with its whole body, if it has one; `close`: the client asked to close after
-    /// this exchange.
+    /// A request with its whole body, if it has one; `close`: the connection closes after
+    /// this exchange (the client asked to, or it is HTTP/1.0 and did not ask to keep it).
     Ready { request: Request<ClientBody>, close: bool },
     /// A whole head whose body (a `Content-Length` of at most [`crate::headers::LEAN_BODY_MAX`],
     /// or small chunks) has not all arrived: the request takes this many bytes from the start

@@ -3,8 +3,8 @@
 //!
 //! **The lean path** takes HTTP/1.1 requests (and HTTP/1.0 ones with a `Host`) without a
 //! body, and requests whose body is framed by one `Content-Length` of at most 64 KiB or sent
-//! in a few plain chunks of at most 64 KiB in all: such a body is read whole beside its head, within
-//! the head's deadline, and the request carries it as [`ClientBody::Full`] (a body still
+//! in at most 128 plain chunks of at most 64 KiB in all: such a body is read whole beside its
+//! head, within the head's deadline, and the request carries it as [`ClientBody::Full`] (a body still
 //! arriving at the deadline is hyper's: the connection is handed over with what was read, and
 //! hyper streams the rest). A request head is parsed with
 //! `httparse` straight from the connection's read buffer ([`super::head::parse_request`]:
@@ -18,8 +18,9 @@
 //! **Hyper takes the rest of the connection**, with the bytes already read replayed first
 //! ([`super::sniff::HeadSniffer`]): a request with a larger body, any other
 //! `Transfer-Encoding`, more than one `Content-Length` or one that is not plain digits,
-//! `Expect`, an upgrade or `CONNECT`, HTTP/1.0 without `Host` or with a transfer coding, a request target that is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first bytes only), a
-//! head with more than 64 fields. A head that is not HTTP/1 (anything `httparse` refuses but
+//! `Expect`, an upgrade or `CONNECT`, HTTP/1.0 without `Host` or with a transfer coding, a
+//! request target that is not origin-form, the HTTP/2 preface (h2c with prior knowledge, first
+//! bytes only), a head with more than 64 fields. A head that is not HTTP/1 (anything `httparse` refuses but
 //! too many fields), or whose target or field values are invalid, is answered on the lean
 //! path as SPEC §4 says: the JSON 400 `bad_request` with a request id, then close (hyper
 //! would send a bare 400); so is a head larger than hyper's buffer or with more than 100
