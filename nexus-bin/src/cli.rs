@@ -106,7 +106,7 @@ pub(crate) fn run() -> ExitCode {
             };
             let checked = config_file::load(&path, &Overrides::default()).and_then(|loaded| {
                 if !*skip_files {
-                    config_file::check_files(&loaded.config)?;
+                    nexus_proxy::files::check(&loaded.config)?;
                 }
                 Ok(loaded)
             });

@@ -26,52 +26,6 @@ pub(crate) fn load(path: &Path, overrides: &Overrides) -> Result<LoadedConfig, C
     Ok(LoadedConfig { config, version: version_of(&bytes), source: path.to_path_buf(), loaded_at: SystemTime::now() })
 }
 
-/// The files a config names, read and parsed as the gateway will (SPEC §9: `nexus validate`
-/// checks them; `--skip-files` leaves them out, for rendering checks outside the pod):
-/// TLS certificates and keys (each key matches its certificate) and the client CA, the CA
-/// files and client certificates of `https://` upstreams, JWT public keys and JWKS files. Every error with its field path.
-pub(crate) fn check_files(config: &Config) -> Result<(), ConfigErrors> {
-    let mut errors = Vec::new();
-    if let Some(tls) = &config.server.tls
-        && let Err(e) = nexus_proxy::tls::LoadedTls::load(tls)
-    {
-        errors.extend(e.0);
-    }
-    for (name, upstream) in &config.upstreams {
-        let https = upstream
-            .endpoints
-            .iter()
-            .any(|e| nexus_core::upstream::parse_endpoint_url(&e.url).is_ok_and(|a| a.is_tls()));
-        if https && let Err(e) = nexus_proxy::tls::UpstreamTls::load(name, &upstream.tls.clone().unwrap_or_default()) {
-            errors.extend(e.0);
-        }
-    }
-    for (name, jwt) in &config.auth.jwt {
-        let files = [("public_key_file", &jwt.public_key_file), ("jwks_file", &jwt.jwks_file)];
-        for (key, file) in files.iter().filter_map(|(k, f)| f.as_ref().map(|f| (*k, f))) {
-            let path = format!("auth.jwt.{name}.{key}");
-            match std::fs::read(file) {
-                Err(e) => errors.push(ConfigError::new(path, format!("cannot read {file}: {e}"))),
-                Ok(bytes) if key == "jwks_file" => {
-                    let keys = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
-                    if !keys.as_ref().is_some_and(|v| v["keys"].is_array()) {
-                        errors.push(ConfigError::new(
-                            path,
-                            format!("{file} is not a JWKS (a JSON object with \"keys\")"),
-                        ));
-                    }
-                }
-                Ok(bytes) => {
-                    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
-                        errors.push(ConfigError::new(path, format!("{file} is not a PEM public key")));
-                    }
-                }
-            }
-        }
-    }
-    if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
-}
-
 /// The config version: first 12 hex digits of SHA-256 of the bytes.
 pub(crate) fn version_of(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);

@@ -1,10 +1,7 @@
 //! The Prometheus recorder behind `/metrics`, and the process-level metrics of SPEC §5.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use nexus_core::metric_names::{
-    BUILD_INFO, CONFIG_VERSION_INFO as VERSION_INFO, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
-    UPSTREAM_ENDPOINT_HEALTHY, UPSTREAM_REQUESTS_TOTAL,
-};
+use nexus_core::metric_names::{BUILD_INFO, CONFIG_VERSION_INFO as VERSION_INFO, HTTP_REQUEST_DURATION_SECONDS};
 pub(crate) use nexus_core::metric_names::{CONFIG_RELOADS_TOTAL as RELOADS, INFLIGHT_REQUESTS as INFLIGHT};
 use nexus_proxy::metrics::DURATION_BUCKETS;
 use std::sync::OnceLock;
@@ -56,41 +53,13 @@ fn upkeep_loop(handle: &PrometheusHandle) {
     }
 }
 
+/// HELP texts: the library's series, then the binary's own.
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(HTTP_REQUESTS_TOTAL, "Requests answered, by route, method, status and upstream.");
-    describe_histogram!(
-        HTTP_REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time to response headers, by route, method and status."
-    );
-    describe_counter!(UPSTREAM_REQUESTS_TOTAL, "Requests sent to upstream endpoints, by outcome.");
-    describe_gauge!(UPSTREAM_ENDPOINT_HEALTHY, "1 when the endpoint may receive traffic.");
+    use metrics::{describe_counter, describe_gauge};
+    nexus_proxy::metrics::describe();
     describe_counter!(RELOADS, "Config reloads, by result.");
     describe_gauge!(VERSION_INFO, "1 for the running config version.");
-    describe_gauge!(INFLIGHT, "Requests being served.");
     describe_gauge!(BUILD_INFO, "Build information.");
-    use nexus_core::metric_names as m;
-    describe_gauge!(m::UPSTREAM_ENDPOINT_EJECTED, "1 while outlier detection keeps the endpoint out of balancing.");
-    describe_counter!(m::OUTLIER_EJECTIONS_TOTAL, "Ejections by outlier detection, by endpoint.");
-    describe_counter!(m::UPSTREAM_RETRIES_TOTAL, "Retries sent to an upstream.");
-    describe_gauge!(m::CIRCUIT_BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open.");
-    describe_counter!(m::RATE_LIMITED_TOTAL, "Requests refused by a rate limit (429), by route and limit.");
-    describe_counter!(
-        m::RATE_LIMIT_UNKNOWN_CLIENT_TOTAL,
-        "Requests a per-client limit refused for want of a client address."
-    );
-    describe_counter!(m::AUTH_FAILURES_TOTAL, "Requests refused by JWT authentication, by route and reason.");
-    describe_counter!(m::MIRROR_REQUESTS_TOTAL, "Mirrored copies, by route, upstream and outcome.");
-    describe_counter!(m::JWT_CACHE_REQUESTS_TOTAL, "Verified-token cache lookups, hit or miss.");
-    describe_gauge!(m::TLS_CERTIFICATE_EXPIRY, "A loaded certificate's notAfter, as Unix time.");
-    describe_counter!(m::TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
-    describe_counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL, "Failed TLS handshakes, by reason.");
-    describe_counter!(m::ACCESS_LOG_DROPPED_TOTAL, "Access-log lines dropped because the writer fell behind.");
-    describe_counter!(
-        m::TRACE_SPANS_DROPPED_TOTAL,
-        "Spans not exported: the export queue was full or the collector failed."
-    );
 }
 
 /// Mark `version` as the running config (and `previous`, if any, as not).

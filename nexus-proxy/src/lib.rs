@@ -61,6 +61,7 @@ pub mod body;
 mod connect;
 mod edge;
 pub mod error;
+pub mod files;
 pub mod front;
 pub mod gateway;
 mod h2;

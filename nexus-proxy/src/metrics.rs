@@ -26,6 +26,65 @@ pub const UNMATCHED: &str = "_unmatched";
 pub const DURATION_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Give every metric the gateway library records its Prometheus `# HELP` text (and the
+/// histogram its unit), through the `metrics` facade: call it once after installing a recorder.
+/// The `nexus` binary does; an embedder that serves `/metrics` from its own recorder calls it
+/// to get the same descriptions. (The binary's own series, config reloads, config version and
+/// build info, are described by the binary.)
+///
+/// ```
+/// let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+///     .set_buckets_for_metric(
+///         metrics_exporter_prometheus::Matcher::Full(nexus_proxy::metrics::HTTP_REQUEST_DURATION_SECONDS.into()),
+///         &nexus_proxy::metrics::DURATION_BUCKETS,
+///     )
+///     .unwrap()
+///     .build_recorder();
+/// let handle = recorder.handle();
+/// metrics::with_local_recorder(&recorder, || {
+///     nexus_proxy::metrics::describe();
+///     metrics::counter!(nexus_proxy::metrics::UPSTREAM_REQUESTS_TOTAL).increment(1);
+/// });
+/// assert!(handle.render().contains("# HELP nexus_upstream_requests_total Requests sent"));
+/// ```
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use nexus_core::metric_names as m;
+    describe_counter!(m::HTTP_REQUESTS_TOTAL, "Requests answered, by route, method, status and upstream.");
+    describe_histogram!(
+        m::HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to response headers, by route, method and status."
+    );
+    describe_counter!(m::UPSTREAM_REQUESTS_TOTAL, "Requests sent to upstream endpoints, by outcome.");
+    describe_gauge!(m::UPSTREAM_ENDPOINT_HEALTHY, "1 when the endpoint may receive traffic.");
+    describe_gauge!(m::INFLIGHT_REQUESTS, "Requests being served.");
+    describe_gauge!(m::UPSTREAM_ENDPOINT_EJECTED, "1 while outlier detection keeps the endpoint out of balancing.");
+    describe_counter!(m::OUTLIER_EJECTIONS_TOTAL, "Ejections by outlier detection, by endpoint.");
+    describe_counter!(m::UPSTREAM_RETRIES_TOTAL, "Retries sent to an upstream.");
+    describe_gauge!(m::CIRCUIT_BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open.");
+    describe_counter!(m::RATE_LIMITED_TOTAL, "Requests refused by a rate limit (429), by route and limit.");
+    describe_counter!(
+        m::RATE_LIMIT_UNKNOWN_CLIENT_TOTAL,
+        "Requests a per-client limit refused for want of a client address."
+    );
+    describe_counter!(m::AUTH_FAILURES_TOTAL, "Requests refused by JWT authentication, by route and reason.");
+    describe_counter!(m::MIRROR_REQUESTS_TOTAL, "Mirrored copies, by route, upstream and outcome.");
+    describe_counter!(m::JWT_CACHE_REQUESTS_TOTAL, "Verified-token cache lookups, hit or miss.");
+    describe_counter!(
+        m::GRPC_RESPONSES_TOTAL,
+        "gRPC answers by route and grpc-status, the upstream's or the gateway's own."
+    );
+    describe_gauge!(m::TLS_CERTIFICATE_EXPIRY, "A loaded certificate's notAfter, as Unix time.");
+    describe_counter!(m::TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
+    describe_counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL, "Failed TLS handshakes, by reason.");
+    describe_counter!(m::ACCESS_LOG_DROPPED_TOTAL, "Access-log lines dropped because the writer fell behind.");
+    describe_counter!(
+        m::TRACE_SPANS_DROPPED_TOTAL,
+        "Spans not exported: the export queue was full or the collector failed."
+    );
+}
+
 #[derive(Clone)]
 struct Entry {
     method: Method,
@@ -306,6 +365,52 @@ mod tests {
         let mut res = Response::new(ResponseBody::<()>::empty());
         *res.status_mut() = http::StatusCode::CREATED;
         Ok(res)
+    }
+
+    #[test]
+    fn every_series_the_library_records_has_a_help_line() {
+        use nexus_core::metric_names as m;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counters = [
+            m::HTTP_REQUESTS_TOTAL,
+            m::UPSTREAM_REQUESTS_TOTAL,
+            m::OUTLIER_EJECTIONS_TOTAL,
+            m::UPSTREAM_RETRIES_TOTAL,
+            m::RATE_LIMITED_TOTAL,
+            m::RATE_LIMIT_UNKNOWN_CLIENT_TOTAL,
+            m::AUTH_FAILURES_TOTAL,
+            m::MIRROR_REQUESTS_TOTAL,
+            m::JWT_CACHE_REQUESTS_TOTAL,
+            m::GRPC_RESPONSES_TOTAL,
+            m::TLS_RELOADS_TOTAL,
+            m::TLS_HANDSHAKE_FAILURES_TOTAL,
+            m::ACCESS_LOG_DROPPED_TOTAL,
+            m::TRACE_SPANS_DROPPED_TOTAL,
+        ];
+        let gauges = [
+            m::UPSTREAM_ENDPOINT_HEALTHY,
+            m::INFLIGHT_REQUESTS,
+            m::UPSTREAM_ENDPOINT_EJECTED,
+            m::CIRCUIT_BREAKER_STATE,
+            m::TLS_CERTIFICATE_EXPIRY,
+        ];
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            for name in counters {
+                metrics::counter!(name).increment(1);
+            }
+            for name in gauges {
+                metrics::gauge!(name).set(1.0);
+            }
+            metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS).record(0.001);
+        });
+        let text = handle.render();
+        for name in counters.iter().chain(&gauges).chain(&[m::HTTP_REQUEST_DURATION_SECONDS]) {
+            assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name} in:\n{text}");
+        }
+        // The duration histogram says its unit (`metrics`' `Unit::Seconds`).
+        assert!(text.contains("# HELP http_request_duration_seconds Time to response headers"), "{text}");
     }
 
     #[test]
