@@ -193,7 +193,9 @@ where
     ) -> impl Future<Output = GatewayResponse<B>> + Send + 'a {
         let mut req = req;
         let (refused, grpc, sampled, request_id) = match self.edge.admit(&mut req) {
-            Ok(admitted) => (self.check_limits(&req), admitted.grpc, admitted.sampled, admitted.request_id),
+            Ok(admitted) => {
+                (self.check_limits(&req, admitted.header_bytes), admitted.grpc, admitted.sampled, admitted.request_id)
+            }
             Err(res) => (Some(res), grpc::is_grpc(req.headers()), false, None),
         };
         // A gRPC client reads the gateway's own answers as trailers-only gRPC responses.
@@ -221,11 +223,11 @@ where
         self.unmatched.record(method, status, "", elapsed);
     }
 
-    /// The header-size and declared-body-size rejections, before any routing work.
-    fn check_limits(&self, req: &Request<B>) -> Option<GatewayResponse<B>> {
+    /// The header-size and declared-body-size rejections, before any routing work. `size`:
+    /// the fields' names and values in bytes, as the edge's pass counted them.
+    fn check_limits(&self, req: &Request<B>, size: usize) -> Option<GatewayResponse<B>> {
         let headers = req.headers();
         // The parser's buffer is larger than the limit; the exact limit is checked here.
-        let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
         if size > self.max_header_bytes {
             return Some(GatewayError::new(ErrorCode::HeadersTooLarge).into_response_for(headers));
         }
