@@ -235,9 +235,6 @@ impl Edge {
     }
 }
 
-/// `chunked` is the only transfer coding the gateway implements: any other is 501 (the
-/// same judgement the HTTP/1 server's gate makes before hyper reads a head).
-#[allow(clippy::result_large_err)]
 /// Whether `name` holds a `_`. The owned names are 11 to 17 bytes long (and `accept-encoding`,
 /// `accept-language`, as long as `x-forwarded-for`, are in most browsers' requests): 8 to 16
 /// bytes are two overlapping words, each tested for the byte at once, where `memchr` on so
@@ -258,6 +255,9 @@ fn has_underscore(name: &[u8]) -> bool {
     }
 }
 
+/// `chunked` is the only transfer coding the gateway implements: any other is 501 (the
+/// same judgement the HTTP/1 server's gate makes before hyper reads a head).
+#[allow(clippy::result_large_err)]
 fn check_transfer_codings<R: From<Bytes>>(headers: &HeaderMap) -> Result<(), Response<R>> {
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         if let Err(refusal) = crate::http1::only_chunked(value.as_bytes()) {
